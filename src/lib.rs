@@ -1,0 +1,13 @@
+//! chime: a durable store for delayed and scheduled messages.
+//!
+//! Layers, each knowing only the ones below it: `http` → `group` → `store` → `clock`.
+#![deny(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod group;
+pub mod http;
+pub mod names;
+pub mod schedule;
+pub mod server;
+pub mod store;

@@ -1,0 +1,191 @@
+//! Durability: the flush policy, the flusher thread, group commit and poisoning.
+//!
+//! The flusher thread (`chime-flush`) fsyncs the commit log in offset order and publishes the
+//! durable position on a `watch` channel. Under [`FlushPolicy::Sync`] a send waits on that
+//! channel until its end offset is durable; every send that arrived while one fsync ran is
+//! covered by the next one (group commit), so concurrent sends share fsyncs. Periodically it
+//! also flushes the consume queues and writes the checkpoint.
+//!
+//! A failed fsync or append poisons the store: the failure is published, waiting sends fail
+//! (they are not acknowledged) and later sends are refused with the reason, because after a
+//! failed fsync the kernel may have dropped the dirty pages and carrying on would acknowledge
+//! data that is not safe. A restart recovers from what is on disk.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+use super::{Store, StoreError};
+
+/// When an acknowledged send is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Acknowledged once written to the page cache, fsync'd every `interval`. Survives a crash
+    /// of the process; a crash of the machine can lose up to the last `interval` of sends.
+    Async { interval: Duration },
+    /// Acknowledged only after fsync. Survives a crash of the machine. Concurrent sends share
+    /// one fsync (group commit).
+    Sync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FlushJob {
+    /// Fsync the commit log only (the group-commit path).
+    Log,
+    /// Also fsync the consume queues and write the checkpoint.
+    Checkpoint,
+}
+
+#[derive(Debug, Clone)]
+struct Progress {
+    flushed: u64,
+    poisoned: Option<Arc<str>>,
+}
+
+#[derive(Default)]
+struct Ctl {
+    requested: bool,
+    stop: bool,
+}
+
+pub(super) struct Durability {
+    policy: FlushPolicy,
+    ctl: Mutex<Ctl>,
+    cv: Condvar,
+    progress: watch::Sender<Progress>,
+    poisoned: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl Durability {
+    pub(super) fn new(policy: FlushPolicy, flushed: u64) -> Self {
+        let (progress, _) = watch::channel(Progress { flushed, poisoned: None });
+        Self {
+            policy,
+            ctl: Mutex::new(Ctl::default()),
+            cv: Condvar::new(),
+            progress,
+            poisoned: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn check(&self) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let reason = self.progress.borrow().poisoned.as_deref().unwrap_or("unknown").to_string();
+            return Err(StoreError::Poisoned { reason });
+        }
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Records a fatal write failure; returns the error to give the caller.
+    pub(super) fn poison(&self, reason: String) -> StoreError {
+        tracing::error!(%reason, "store poisoned: refusing writes until restart");
+        self.poisoned.store(true, Ordering::Release);
+        let shared: Arc<str> = reason.clone().into();
+        self.progress.send_modify(|p| {
+            p.poisoned.get_or_insert(shared);
+        });
+        StoreError::Poisoned { reason }
+    }
+
+    /// An I/O error that happened before anything was written (allocating a segment): the
+    /// store stays healthy; a full disk is reported as such.
+    pub(super) fn io_error(&self, context: &str, e: std::io::Error) -> StoreError {
+        if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull {
+            StoreError::DiskFull { context: format!("{context}: {e}") }
+        } else {
+            StoreError::Io { context: context.to_string(), source: e }
+        }
+    }
+
+    pub(super) fn flushed(&self, upto: u64) {
+        self.progress.send_if_modified(|p| {
+            if upto > p.flushed {
+                p.flushed = upto;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub(super) async fn wait_durable(&self, end: u64) -> Result<(), StoreError> {
+        if let FlushPolicy::Async { .. } = self.policy {
+            return self.check();
+        }
+        let mut rx = self.progress.subscribe();
+        if rx.borrow().flushed < end {
+            self.ctl.lock().requested = true;
+            self.cv.notify_one();
+        }
+        let p =
+            rx.wait_for(|p| p.flushed >= end || p.poisoned.is_some()).await.map_err(|_| StoreError::Closed)?.clone();
+        match p.poisoned {
+            Some(reason) if p.flushed < end => Err(StoreError::Poisoned { reason: reason.to_string() }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.ctl.lock().stop = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Starts the flusher thread. It holds only a weak reference to the store, so dropping the
+/// store ends it.
+pub(super) fn spawn_flusher(
+    store: Weak<Store>,
+    d: Arc<Durability>,
+    checkpoint_interval: Duration,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name("chime-flush".into())
+        .spawn(move || {
+            let mut last_checkpoint = Instant::now();
+            let mut checkpointed_at: Option<u64> = None;
+            loop {
+                let stop = {
+                    let mut ctl = d.ctl.lock();
+                    if !ctl.requested && !ctl.stop {
+                        let wait = match d.policy {
+                            FlushPolicy::Async { interval } => interval,
+                            FlushPolicy::Sync => checkpoint_interval.saturating_sub(last_checkpoint.elapsed()),
+                        };
+                        d.cv.wait_for(&mut ctl, wait);
+                    }
+                    ctl.requested = false;
+                    ctl.stop
+                };
+                // Shutdown does the final flush itself, after the last append.
+                if stop {
+                    return;
+                }
+                let Some(store) = store.upgrade() else { return };
+                if d.poisoned.load(Ordering::Acquire) {
+                    continue;
+                }
+                let due =
+                    matches!(d.policy, FlushPolicy::Async { .. }) || last_checkpoint.elapsed() >= checkpoint_interval;
+                let pos = store.log.write_pos();
+                let job = if due && checkpointed_at != Some(pos) { FlushJob::Checkpoint } else { FlushJob::Log };
+                if store.flush_job(job).is_ok() && job == FlushJob::Checkpoint {
+                    checkpointed_at = Some(pos);
+                }
+                if due {
+                    // Also when there was nothing new to checkpoint: the next one is due an
+                    // interval from now, so the sync-mode wait above never spins.
+                    last_checkpoint = Instant::now();
+                }
+            }
+        })
+        .map_err(StoreError::io("spawn the flusher thread"))
+}

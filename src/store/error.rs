@@ -1,0 +1,47 @@
+//! The store's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::lock::LockError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A write or fsync failed: acknowledged data is safe, but nothing more is accepted until
+    /// the process restarts and recovers.
+    #[error("store is poisoned and refuses writes until restarted: {reason}")]
+    Poisoned { reason: String },
+    /// The disk is full; nothing was written. Sends succeed again once space is freed.
+    #[error("disk full: {context}")]
+    DiskFull { context: String },
+    #[error("corrupt {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("the data directory {0} cannot be used: {1}")]
+    BadDataDir(PathBuf, String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+        let context = context.into();
+        move |source| StoreError::Io { context, source }
+    }
+
+    /// True for errors that mean "try again later" rather than "your request is wrong".
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Poisoned { .. } | StoreError::DiskFull { .. } | StoreError::Closed | StoreError::Io { .. }
+        )
+    }
+}

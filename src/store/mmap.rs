@@ -1,0 +1,213 @@
+//! A fixed-size file mapped into memory, written append-only: the one module that uses `unsafe`.
+//!
+//! Every segment of the commit log and of the consume queues is a `MappedFile`. The file is
+//! allocated to its full size when created (`fallocate`, so a full disk is an error at creation
+//! rather than a `SIGBUS` when a page is first touched) and mapped shared, read-write.
+//!
+//! # Invariants that make the `unsafe` blocks sound
+//! - `published` splits the map in two. Bytes below it are immutable while the file is shared
+//!   (`&self`): readers get plain `&[u8]` slices of them. Bytes at or above it are touched only by
+//!   the single writer that holds `write_lock`, and are published with a `Release` store after
+//!   being written, so a reader that loads `published` with `Acquire` sees complete bytes.
+//! - Bytes below `published` are changed again only through `&mut self` (recovery truncating a
+//!   torn tail), when no reader can hold a slice.
+//! - The map is never resized or remapped while a `MappedFile` exists.
+//!
+//! Another process writing the same file would break these invariants; the data directory's
+//! lock file (`store::lock`) keeps other chime processes out.
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::Mutex;
+
+/// A mapped file of fixed length with an append-only publish watermark.
+pub struct MappedFile {
+    path: PathBuf,
+    map: MmapRaw,
+    len: usize,
+    /// Bytes `[0, published)` are complete and immutable while shared.
+    published: AtomicUsize,
+    /// Serialises writers of the unpublished region.
+    write_lock: Mutex<()>,
+    _file: File,
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedFile")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("published", &self.published())
+            .finish()
+    }
+}
+
+impl MappedFile {
+    /// Creates a new file of `len` bytes (failing if it exists), allocates its blocks and maps it.
+    pub fn create(path: &Path, len: usize) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        if let Err(e) = fs4::FileExt::allocate(&file, len as u64) {
+            // Leave no half-made segment behind: recovery would otherwise meet a short file.
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Self::map(path.to_path_buf(), file, len)
+    }
+
+    /// Opens an existing file, which must be exactly `len` bytes long. Nothing is published:
+    /// recovery reads it through [`MappedFile::recovery_bytes`] and then calls
+    /// [`MappedFile::set_published`].
+    pub fn open(path: &Path, len: usize) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let actual = file.metadata()?.len();
+        if actual != len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is {actual} bytes, expected {len} (was the segment size changed?)", path.display()),
+            ));
+        }
+        Self::map(path.to_path_buf(), file, len)
+    }
+
+    fn map(path: PathBuf, file: File, len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map an empty file"));
+        }
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(Self { path, map, len, published: AtomicUsize::new(0), write_lock: Mutex::new(()), _file: file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// End of the published (complete, immutable) prefix.
+    pub fn published(&self) -> usize {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// The published bytes `[pos, pos + len)`, or `None` if any of them is not published.
+    pub fn read(&self, pos: usize, len: usize) -> Option<&[u8]> {
+        let end = pos.checked_add(len)?;
+        if end > self.published() {
+            return None;
+        }
+        // SAFETY: `[pos, end)` lies below `published` (loaded with Acquire after the writer's
+        // Release), so it is fully written and, while `self` is shared, never written again;
+        // the map lives as long as `self`, which the returned slice borrows.
+        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(pos), len) })
+    }
+
+    /// Writes `data` at `pos`, which must be at or above the published watermark, then publishes
+    /// up to `pos + data.len()`. Returns `false` (writing nothing) if the range is out of bounds
+    /// or already published.
+    pub fn append_at(&self, pos: usize, data: &[u8]) -> bool {
+        let _guard = self.write_lock.lock();
+        let Some(end) = pos.checked_add(data.len()) else {
+            return false;
+        };
+        if end > self.len || pos < self.published.load(Ordering::Relaxed) {
+            return false;
+        }
+        // SAFETY: `[pos, end)` is inside the map and at or above `published`, so no reader holds
+        // a slice of it; `write_lock` excludes every other writer. `data` cannot alias the map's
+        // unpublished region because no safe reference to that region exists.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(pos), data.len());
+        }
+        self.published.store(end, Ordering::Release);
+        true
+    }
+
+    /// The whole map, for recovery scans. Needs `&mut self`, so no reader can be active.
+    pub fn recovery_bytes(&mut self) -> &[u8] {
+        // SAFETY: `&mut self` proves there are no other borrows of this file's bytes; the map
+        // is `len` bytes long and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len) }
+    }
+
+    /// Zeroes `[from, to)` (a torn or discarded tail) and sets the watermark to `from`.
+    /// Bytes past `to` must already be zero: callers pass the end of what was ever written.
+    pub fn truncate(&mut self, from: usize, to: usize) {
+        let to = to.min(self.len);
+        let from = from.min(to);
+        // SAFETY: `&mut self` proves no reader holds a slice; the range is inside the map.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(from), 0, to - from) };
+        *self.published.get_mut() = from;
+    }
+
+    /// Sets the watermark after recovery has validated `[0, to)`.
+    pub fn set_published(&mut self, to: usize) {
+        *self.published.get_mut() = to.min(self.len);
+    }
+
+    /// Writes `data` at any position (recovery rebuilding an index). Needs `&mut self`.
+    pub fn overwrite(&mut self, pos: usize, data: &[u8]) -> bool {
+        let Some(end) = pos.checked_add(data.len()) else {
+            return false;
+        };
+        if end > self.len {
+            return false;
+        }
+        // SAFETY: `&mut self` proves no reader holds a slice; the range is inside the map.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(pos), data.len());
+        }
+        true
+    }
+
+    /// Flushes `[from, to)` to disk (`msync(MS_SYNC)`), so it survives a machine crash.
+    pub fn flush_range(&self, from: usize, to: usize) -> io::Result<()> {
+        let to = to.min(self.len);
+        if from >= to {
+            return Ok(());
+        }
+        self.map.flush_range(from, to - from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_publish_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let f = MappedFile::create(&path, 4096).unwrap();
+        assert_eq!(f.published(), 0);
+        assert!(f.read(0, 1).is_none());
+        assert!(f.append_at(0, b"hello"));
+        assert_eq!(f.read(0, 5).unwrap(), b"hello");
+        assert!(f.read(0, 6).is_none());
+        // Rewriting published bytes through &self is refused.
+        assert!(!f.append_at(2, b"xx"));
+        // Past the end is refused.
+        assert!(!f.append_at(4095, b"xx"));
+        assert!(f.append_at(5, b" world"));
+        f.flush_range(0, 11).unwrap();
+        drop(f);
+
+        let mut f = MappedFile::open(&path, 4096).unwrap();
+        assert_eq!(&f.recovery_bytes()[..11], b"hello world");
+        f.truncate(5, 4096);
+        assert_eq!(f.published(), 5);
+        assert_eq!(f.recovery_bytes()[5], 0);
+        assert!(MappedFile::open(&path, 8192).is_err(), "length mismatch is an error");
+        assert!(MappedFile::create(&path, 4096).is_err(), "create never clobbers");
+    }
+}

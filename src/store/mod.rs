@@ -1,0 +1,345 @@
+//! The message store: commit log, consume queues, topics, durability and recovery.
+//!
+//! On disk, under the data directory:
+//!
+//! ```text
+//! LOCK                          flock held by the running process (`lock`)
+//! checkpoint                    durable positions, replaced atomically (`checkpoint`)
+//! topics.json                   the topics and their queue counts (`topics`)
+//! commitlog/{base:020}          record segments (`commitlog`, `record`)
+//! consumequeue/{topic}/{q}/{base:020}   20-byte index entries (`consume_queue`)
+//! groups/{group}.json           consumer-group progress (`crate::group`)
+//! ```
+//!
+//! Every message is appended once to the commit log and indexed in the consume queue of its
+//! topic and queue. One appender (the `writer` lock) assigns commit-log offsets and queue
+//! offsets together, so each queue is in commit-log order. Readers never take that lock.
+//! The store knows nothing of HTTP.
+
+pub mod checkpoint;
+pub mod commitlog;
+pub mod consume_queue;
+pub mod lock;
+pub mod mmap;
+pub mod record;
+pub mod recovery;
+pub mod segments;
+pub mod topics;
+
+mod durability;
+mod error;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::clock::SharedClock;
+pub use commitlog::RecordRef;
+pub use consume_queue::{tag_hash, CqEntry};
+pub use durability::FlushPolicy;
+use durability::{Durability, FlushJob};
+pub use error::StoreError;
+pub use record::NewMessage;
+use record::{FLAG_BATCH, FLAG_BATCH_END};
+pub use recovery::RecoveryReport;
+use topics::{Topic, Topics};
+
+/// How the store is laid out and made durable.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub dir: PathBuf,
+    /// Bytes per commit-log segment.
+    pub segment_size: u64,
+    /// Entries per consume-queue segment.
+    pub cq_segment_entries: u32,
+    pub flush: FlushPolicy,
+    /// How often consume queues are flushed and the checkpoint written.
+    pub checkpoint_interval: Duration,
+}
+
+/// A message's permanent id: its commit-log offset and record CRC, as 24 hex digits. The CRC
+/// makes a guessed or stale id (pointing at another record) fail to resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    pub offset: u64,
+    pub crc: u32,
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016X}{:08X}", self.offset, self.crc)
+    }
+}
+
+impl std::str::FromStr for MessageId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s.len() != 24 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(());
+        }
+        Ok(Self {
+            offset: u64::from_str_radix(&s[..16], 16).map_err(|_| ())?,
+            crc: u32::from_str_radix(&s[16..], 16).map_err(|_| ())?,
+        })
+    }
+}
+
+/// Where one appended message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: MessageId,
+    pub queue_id: u16,
+    pub queue_offset: u64,
+    pub store_ms: i64,
+    pub deliver_at_ms: i64,
+}
+
+/// The result of an append: each message's place, and the log position that must be durable
+/// before the send may be acknowledged (see [`Store::wait_durable`]).
+#[derive(Debug, Clone)]
+pub struct AppendResult {
+    pub messages: Vec<Appended>,
+    pub end: u64,
+}
+
+struct Writer {
+    log: commitlog::LogWriter,
+    /// Store times never go backwards, even if the wall clock does.
+    last_store_ms: i64,
+    scratch: Vec<u8>,
+}
+
+pub struct Store {
+    opts: StoreOptions,
+    clock: SharedClock,
+    log: commitlog::CommitLog,
+    topics: Topics,
+    writer: Mutex<Writer>,
+    durability: Arc<Durability>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    recovery: RecoveryReport,
+    _lock: lock::DirLock,
+}
+
+impl Store {
+    /// Locks the data directory, recovers it, and starts the flusher thread.
+    pub fn open(opts: StoreOptions, clock: SharedClock) -> Result<Arc<Self>, StoreError> {
+        let dir_lock = lock::DirLock::acquire(&opts.dir)?;
+        Self::open_locked(dir_lock, opts, clock)
+    }
+
+    /// [`Store::open`] with the directory lock already taken (the server takes it before it
+    /// listens, so a second process exits at once).
+    pub fn open_locked(
+        dir_lock: lock::DirLock,
+        opts: StoreOptions,
+        clock: SharedClock,
+    ) -> Result<Arc<Self>, StoreError> {
+        let recovered = recovery::recover(&opts, clock.now_ms())?;
+        let durability = Arc::new(Durability::new(opts.flush.clone(), recovered.log.write_pos()));
+        let store = Arc::new(Self {
+            clock,
+            log: recovered.log,
+            topics: recovered.topics,
+            writer: Mutex::new(Writer { log: recovered.writer, last_store_ms: 0, scratch: Vec::new() }),
+            durability: durability.clone(),
+            flusher: Mutex::new(None),
+            recovery: recovered.report,
+            opts,
+            _lock: dir_lock,
+        });
+        let handle = durability::spawn_flusher(Arc::downgrade(&store), durability, store.opts.checkpoint_interval)?;
+        *store.flusher.lock() = Some(handle);
+        Ok(store)
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// `Err(Poisoned)` once a flush has failed: nothing more is accepted until a restart.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.durability.check()
+    }
+
+    /// Appends `msgs` to one queue of `topic`, all-or-nothing: a batch is written contiguously
+    /// and marked so that recovery drops it whole if its end never reached the disk.
+    pub fn append(&self, topic: &Topic, msgs: &[NewMessage]) -> Result<AppendResult, StoreError> {
+        if msgs.is_empty() {
+            return Ok(AppendResult { messages: Vec::new(), end: self.log.write_pos() });
+        }
+        self.check_writable()?;
+        let queue_id = topic.pick_queue();
+        let cq = &topic.queues[queue_id as usize];
+        let batch = msgs.len() > 1;
+        let flags = if batch { FLAG_BATCH } else { 0 };
+
+        let mut w = self.writer.lock();
+        // Encode into the reused scratch buffer; position fields are sealed below.
+        let mut buf = std::mem::take(&mut w.scratch);
+        buf.clear();
+        let mut bounds = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let start = buf.len();
+            record::encode(&mut buf, &topic.name, queue_id, flags, m);
+            bounds.push(start..buf.len());
+        }
+        let result = self.append_locked(&mut w, &mut buf, &bounds, topic, queue_id, cq, batch);
+        w.scratch = buf;
+        drop(w);
+        let result = result?;
+        topic.appended.notify_waiters();
+        Ok(result)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append_locked(
+        &self,
+        w: &mut Writer,
+        buf: &mut [u8],
+        bounds: &[std::ops::Range<usize>],
+        topic: &Topic,
+        queue_id: u16,
+        cq: &consume_queue::ConsumeQueue,
+        batch: bool,
+    ) -> Result<AppendResult, StoreError> {
+        self.check_writable()?;
+        let first_qo = cq.next();
+        // Everything fallible happens before the first byte is written.
+        self.log
+            .prepare(&w.log, bounds.iter().map(|r| r.len()))
+            .map_err(|e| self.durability.io_error("allocate commit-log segment", e))?;
+        cq.prepare(first_qo, bounds.len() as u64)
+            .map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
+
+        let store_ms = self.clock.now_ms().max(w.last_store_ms);
+        w.last_store_ms = store_ms;
+        let mut out = Vec::with_capacity(bounds.len());
+        for (i, r) in bounds.iter().enumerate() {
+            let qo = first_qo + i as u64;
+            let last = i + 1 == bounds.len();
+            let extra = if batch && last { FLAG_BATCH_END } else { 0 };
+            let rec = &mut buf[r.clone()];
+            let crc = record::seal(rec, qo, store_ms, extra);
+            let deliver_at_ms = i64::from_le_bytes(rec[36..44].try_into().expect("8 bytes"));
+            let tag = tag_of(rec);
+            let offset = self
+                .log
+                .append(&mut w.log, rec)
+                .map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))?;
+            cq.put(qo, CqEntry { log_offset: offset, size: rec.len() as u32, tag_hash: tag })
+                .map_err(|e| self.durability.poison(format!("consume-queue append failed: {e}")))?;
+            out.push(Appended { id: MessageId { offset, crc }, queue_id, queue_offset: qo, store_ms, deliver_at_ms });
+        }
+        self.log.publish(&w.log);
+        let _ = topic;
+        Ok(AppendResult { messages: out, end: w.log.pos() })
+    }
+
+    /// Waits until the log is durable up to `end` (immediately under [`FlushPolicy::Async`]).
+    /// Fails if the store is poisoned meanwhile: the send must not be acknowledged.
+    pub async fn wait_durable(&self, end: u64) -> Result<(), StoreError> {
+        self.durability.wait_durable(end).await
+    }
+
+    /// The record at a commit-log offset.
+    pub fn read(&self, offset: u64) -> Option<RecordRef> {
+        self.log.read(offset)
+    }
+
+    /// The record a message id names, if the id is valid (its CRC matches the record there).
+    pub fn read_id(&self, id: MessageId) -> Option<RecordRef> {
+        let r = self.log.read(id.offset)?;
+        let rec = r.decode().ok()?;
+        (rec.crc == id.crc).then_some(())?;
+        Some(r)
+    }
+
+    /// Bytes in the commit log.
+    pub fn log_bytes(&self) -> u64 {
+        self.log.write_pos() - self.log.min_offset()
+    }
+
+    /// Flushes everything and writes the checkpoint (the flusher does this periodically).
+    pub fn flush_all(&self) -> Result<(), StoreError> {
+        self.flush_job(FlushJob::Checkpoint)
+    }
+
+    fn flush_job(&self, job: FlushJob) -> Result<(), StoreError> {
+        let upto = self.log.write_pos();
+        if let Err(e) = self.log.flush(upto) {
+            return Err(self.durability.poison(format!("commit-log fsync failed: {e}")));
+        }
+        self.durability.flushed(upto);
+        if job == FlushJob::Checkpoint {
+            for t in self.topics.list() {
+                for q in &t.queues {
+                    if let Err(e) = q.flush() {
+                        return Err(self.durability.poison(format!("consume-queue fsync failed for {}: {e}", t.name)));
+                    }
+                }
+            }
+            let cp = checkpoint::Checkpoint { log_flushed: upto, indexed: upto, written_ms: self.clock.now_ms() };
+            if let Err(e) = cp.store(&self.opts.dir) {
+                return Err(self.durability.poison(format!("checkpoint write failed: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the flusher after a final flush and checkpoint. Appends after this fail.
+    pub fn shutdown(&self) -> Result<(), StoreError> {
+        self.durability.stop();
+        if let Some(h) = self.flusher.lock().take() {
+            let _ = h.join();
+        }
+        self.flush_all()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.durability.stop();
+    }
+}
+
+fn tag_of(rec: &[u8]) -> u64 {
+    let topic_len = u16::from_le_bytes([rec[48], rec[49]]) as usize;
+    let tag_len = u16::from_le_bytes([rec[50], rec[51]]) as usize;
+    if tag_len == 0 {
+        return 0;
+    }
+    let at = record::HEADER_LEN + topic_len;
+    tag_hash(std::str::from_utf8(&rec[at..at + tag_len]).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_round_trip() {
+        let id = MessageId { offset: 0x1234_5678_9ABC, crc: 0xDEAD_BEEF };
+        let s = id.to_string();
+        assert_eq!(s.len(), 24);
+        assert_eq!(s.parse::<MessageId>(), Ok(id));
+        assert_eq!(s.to_lowercase().parse::<MessageId>(), Ok(id));
+        for bad in ["", "xyz", &s[..23], &format!("{s}0"), "G00000000000000000000000"] {
+            assert!(bad.parse::<MessageId>().is_err(), "{bad}");
+        }
+    }
+}

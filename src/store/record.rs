@@ -1,0 +1,433 @@
+//! Commit-log record format: encoding, decoding and validation.
+//!
+//! Every message is stored once, as one record, in the commit log. All integers are
+//! little-endian. A record never spans two segments.
+//!
+//! ```text
+//! offset size field
+//!  0     4    total_len      u32  length of the whole record, this field included
+//!  4     4    magic          u32  MAGIC_MESSAGE, or MAGIC_BLANK for end-of-segment padding
+//!  8     4    crc            u32  CRC32C of bytes [12, total_len)
+//! 12     8    queue_offset   u64  index of this message in its consume queue
+//! 20     8    born_ms        i64  when the server received the request
+//! 28     8    store_ms       i64  when the record was appended
+//! 36     8    deliver_at_ms  i64  when it becomes visible (= store_ms for a normal message)
+//! 44     2    queue_id       u16
+//! 46     2    flags          u16  FLAG_BINARY | FLAG_BATCH | FLAG_BATCH_END
+//! 48     2    topic_len      u16  1..=255
+//! 50     2    tag_len        u16  0 = no tag
+//! 52     4    keys_len       u32  bytes of the keys section
+//! 56     4    props_len      u32  bytes of the properties section
+//! 60     4    body_len       u32
+//! 64          topic, tag, keys section, properties section, body (in this order)
+//! keys section:       repeated { u16 len, bytes }
+//! properties section: repeated { u16 key_len, key, u32 value_len, value }
+//! ```
+//!
+//! A blank record (`MAGIC_BLANK`) fills the rest of a segment when the next record does not fit;
+//! only its first 8 bytes are written. Fewer than 8 bytes left at the end of a segment need no
+//! marker. A `total_len` of zero means nothing was written there (files are zero-filled).
+//!
+//! Invariants: `total_len == HEADER_LEN + topic_len + tag_len + keys_len + props_len + body_len`;
+//! the CRC covers everything after itself, so a torn or corrupted record is detected; all strings
+//! are UTF-8. Records of a batch carry `FLAG_BATCH`, its last one also `FLAG_BATCH_END`, so
+//! recovery can drop a batch whose end never reached the disk (a batch is all-or-nothing).
+
+use std::collections::BTreeMap;
+
+/// Bytes before the variable part.
+pub const HEADER_LEN: usize = 64;
+/// Marks a message record ("CHIME" + format version 1).
+pub const MAGIC_MESSAGE: u32 = 0xC41E_0001;
+/// Marks end-of-segment padding.
+pub const MAGIC_BLANK: u32 = 0xC41E_B1A4;
+/// The smallest gap that gets a blank marker (`total_len` + `magic`).
+pub const BLANK_MARKER_LEN: usize = 8;
+
+/// The body was sent as `body_base64` and is returned that way.
+pub const FLAG_BINARY: u16 = 1;
+/// The record belongs to a batch.
+pub const FLAG_BATCH: u16 = 2;
+/// The record is the last of its batch.
+pub const FLAG_BATCH_END: u16 = 4;
+
+/// Why bytes do not decode as a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record truncated: need {need} bytes, have {have}")]
+    Truncated { need: usize, have: usize },
+    #[error("bad magic {0:#010x}")]
+    BadMagic(u32),
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    BadChecksum { stored: u32, computed: u32 },
+    #[error("malformed record: {0}")]
+    Malformed(&'static str),
+}
+
+/// A message to append, before the store assigns its position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewMessage {
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    pub properties: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// The body arrived base64-encoded.
+    pub binary: bool,
+    pub born_ms: i64,
+    /// `None` for a normal message (visible when stored).
+    pub deliver_at_ms: Option<i64>,
+}
+
+/// A decoded record, borrowing its variable parts from the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub queue_offset: u64,
+    pub born_ms: i64,
+    pub store_ms: i64,
+    pub deliver_at_ms: i64,
+    pub queue_id: u16,
+    pub flags: u16,
+    pub topic: &'a str,
+    pub tag: Option<&'a str>,
+    keys: &'a [u8],
+    props: &'a [u8],
+    pub body: &'a [u8],
+    pub crc: u32,
+}
+
+/// What lies at a position of the commit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A valid message record of `len` bytes.
+    Message { record: Record<'a>, len: usize },
+    /// End-of-segment padding: continue at the next segment.
+    Blank,
+    /// Zero bytes: nothing was ever written here.
+    End,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Size of the encoded record for `topic` and `msg`.
+pub fn encoded_len(topic: &str, msg: &NewMessage) -> usize {
+    HEADER_LEN + topic.len() + msg.tag.as_ref().map_or(0, |t| t.len()) + keys_len(msg) + props_len(msg) + msg.body.len()
+}
+
+fn keys_len(msg: &NewMessage) -> usize {
+    msg.keys.iter().map(|k| 2 + k.len()).sum()
+}
+
+fn props_len(msg: &NewMessage) -> usize {
+    msg.properties.iter().map(|(k, v)| 2 + k.len() + 4 + v.len()).sum()
+}
+
+/// Appends the record for `msg` to `out`, with placeholder position fields (zero queue offset,
+/// store time and CRC) that [`seal`] fills in once the store has assigned them.
+///
+/// The caller has validated lengths: topic 1..=255 bytes, tag ≤ 65535, each key ≤ 65535,
+/// each property key ≤ 65535 bytes, the whole record ≤ u32::MAX.
+pub fn encode(out: &mut Vec<u8>, topic: &str, queue_id: u16, flags: u16, msg: &NewMessage) {
+    let total = encoded_len(topic, msg);
+    let start = out.len();
+    out.reserve(total);
+    let flags = flags | if msg.binary { FLAG_BINARY } else { 0 };
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    out.extend_from_slice(&MAGIC_MESSAGE.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes()); // crc, sealed later
+    out.extend_from_slice(&0u64.to_le_bytes()); // queue_offset, sealed later
+    out.extend_from_slice(&msg.born_ms.to_le_bytes());
+    out.extend_from_slice(&0i64.to_le_bytes()); // store_ms, sealed later
+    out.extend_from_slice(&msg.deliver_at_ms.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&queue_id.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(msg.tag.as_ref().map_or(0, |t| t.len()) as u16).to_le_bytes());
+    out.extend_from_slice(&(keys_len(msg) as u32).to_le_bytes());
+    out.extend_from_slice(&(props_len(msg) as u32).to_le_bytes());
+    out.extend_from_slice(&(msg.body.len() as u32).to_le_bytes());
+    debug_assert_eq!(out.len() - start, HEADER_LEN);
+    out.extend_from_slice(topic.as_bytes());
+    if let Some(tag) = &msg.tag {
+        out.extend_from_slice(tag.as_bytes());
+    }
+    for k in &msg.keys {
+        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+    }
+    for (k, v) in &msg.properties {
+        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(&msg.body);
+    debug_assert_eq!(out.len() - start, total);
+}
+
+/// Fills in the position fields of an encoded record and computes its CRC; returns the CRC.
+/// A normal message (deliver_at 0 at encode time) becomes visible at `store_ms`.
+pub fn seal(rec: &mut [u8], queue_offset: u64, store_ms: i64, extra_flags: u16) -> u32 {
+    rec[12..20].copy_from_slice(&queue_offset.to_le_bytes());
+    rec[28..36].copy_from_slice(&store_ms.to_le_bytes());
+    if u64_at(rec, 36) == 0 {
+        rec[36..44].copy_from_slice(&store_ms.to_le_bytes());
+    }
+    let flags = u16_at(rec, 46) | extra_flags;
+    rec[46..48].copy_from_slice(&flags.to_le_bytes());
+    let crc = crc32c::crc32c(&rec[12..]);
+    rec[8..12].copy_from_slice(&crc.to_le_bytes());
+    crc
+}
+
+/// The 8-byte blank marker that pads the `len` bytes left at the end of a segment.
+pub fn blank_marker(len: usize) -> [u8; BLANK_MARKER_LEN] {
+    let mut m = [0u8; BLANK_MARKER_LEN];
+    m[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+    m[4..8].copy_from_slice(&MAGIC_BLANK.to_le_bytes());
+    m
+}
+
+/// Decodes whatever starts at `buf[0]` (the rest of a segment, or exactly one record).
+pub fn decode(buf: &[u8]) -> Result<Decoded<'_>, RecordError> {
+    if buf.len() < BLANK_MARKER_LEN {
+        return if buf.iter().all(|&b| b == 0) {
+            Ok(Decoded::End)
+        } else {
+            Err(RecordError::Truncated { need: BLANK_MARKER_LEN, have: buf.len() })
+        };
+    }
+    let total = u32_at(buf, 0) as usize;
+    let magic = u32_at(buf, 4);
+    if total == 0 && magic == 0 {
+        return Ok(Decoded::End);
+    }
+    match magic {
+        MAGIC_BLANK => return Ok(Decoded::Blank),
+        MAGIC_MESSAGE => {}
+        other => return Err(RecordError::BadMagic(other)),
+    }
+    if total < HEADER_LEN {
+        return Err(RecordError::Malformed("total_len below header length"));
+    }
+    if buf.len() < total {
+        return Err(RecordError::Truncated { need: total, have: buf.len() });
+    }
+    let rec = &buf[..total];
+    let stored = u32_at(rec, 8);
+    let computed = crc32c::crc32c(&rec[12..]);
+    if stored != computed {
+        return Err(RecordError::BadChecksum { stored, computed });
+    }
+    let topic_len = u16_at(rec, 48) as usize;
+    let tag_len = u16_at(rec, 50) as usize;
+    let keys_len = u32_at(rec, 52) as usize;
+    let props_len = u32_at(rec, 56) as usize;
+    let body_len = u32_at(rec, 60) as usize;
+    let var = topic_len
+        .checked_add(tag_len)
+        .and_then(|n| n.checked_add(keys_len))
+        .and_then(|n| n.checked_add(props_len))
+        .and_then(|n| n.checked_add(body_len))
+        .ok_or(RecordError::Malformed("section lengths overflow"))?;
+    if HEADER_LEN + var != total {
+        return Err(RecordError::Malformed("section lengths do not add up to total_len"));
+    }
+    if topic_len == 0 {
+        return Err(RecordError::Malformed("empty topic"));
+    }
+    let mut at = HEADER_LEN;
+    let mut take = |n: usize| {
+        let s = &rec[at..at + n];
+        at += n;
+        s
+    };
+    let topic = std::str::from_utf8(take(topic_len)).map_err(|_| RecordError::Malformed("topic not UTF-8"))?;
+    let tag = take(tag_len);
+    let tag = if tag.is_empty() {
+        None
+    } else {
+        Some(std::str::from_utf8(tag).map_err(|_| RecordError::Malformed("tag not UTF-8"))?)
+    };
+    let keys = take(keys_len);
+    let props = take(props_len);
+    let body = take(body_len);
+    let record = Record {
+        queue_offset: u64_at(rec, 12),
+        born_ms: u64_at(rec, 20) as i64,
+        store_ms: u64_at(rec, 28) as i64,
+        deliver_at_ms: u64_at(rec, 36) as i64,
+        queue_id: u16_at(rec, 44),
+        flags: u16_at(rec, 46),
+        topic,
+        tag,
+        keys,
+        props,
+        body,
+        crc: stored,
+    };
+    // Validate the sections now, so iterating them later cannot fail.
+    record.try_keys()?;
+    record.try_properties()?;
+    Ok(Decoded::Message { record, len: total })
+}
+
+impl<'a> Record<'a> {
+    pub fn binary(&self) -> bool {
+        self.flags & FLAG_BINARY != 0
+    }
+
+    fn try_keys(&self) -> Result<Vec<&'a str>, RecordError> {
+        let mut out = Vec::new();
+        let mut b = self.keys;
+        while !b.is_empty() {
+            if b.len() < 2 {
+                return Err(RecordError::Malformed("keys section"));
+            }
+            let n = u16_at(b, 0) as usize;
+            let s = b.get(2..2 + n).ok_or(RecordError::Malformed("keys section"))?;
+            out.push(std::str::from_utf8(s).map_err(|_| RecordError::Malformed("key not UTF-8"))?);
+            b = &b[2 + n..];
+        }
+        Ok(out)
+    }
+
+    fn try_properties(&self) -> Result<Vec<(&'a str, &'a str)>, RecordError> {
+        let mut out = Vec::new();
+        let mut b = self.props;
+        let bad = RecordError::Malformed("properties section");
+        while !b.is_empty() {
+            let kn = u16_at(b.get(..2).ok_or(bad.clone())?, 0) as usize;
+            let k = b.get(2..2 + kn).ok_or(bad.clone())?;
+            let vn = u32_at(b.get(2 + kn..6 + kn).ok_or(bad.clone())?, 0) as usize;
+            let v = b.get(6 + kn..6 + kn + vn).ok_or(bad.clone())?;
+            let utf8 = |s| std::str::from_utf8(s).map_err(|_| RecordError::Malformed("property not UTF-8"));
+            out.push((utf8(k)?, utf8(v)?));
+            b = &b[6 + kn + vn..];
+        }
+        Ok(out)
+    }
+
+    /// The business keys (validated by [`decode`]).
+    pub fn keys(&self) -> Vec<&'a str> {
+        self.try_keys().unwrap_or_default()
+    }
+
+    /// The properties (validated by [`decode`]).
+    pub fn properties(&self) -> Vec<(&'a str, &'a str)> {
+        self.try_properties().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NewMessage {
+        NewMessage {
+            tag: Some("TagA".into()),
+            keys: vec!["order-1".into(), "k2".into()],
+            properties: [("a".to_string(), "1".to_string()), ("bé".into(), "".into())].into(),
+            body: b"hello \x00 world".to_vec(),
+            binary: true,
+            born_ms: 1_700_000_000_123,
+            deliver_at_ms: None,
+        }
+    }
+
+    fn sealed(topic: &str, msg: &NewMessage) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode(&mut buf, topic, 3, 0, msg);
+        seal(&mut buf, 42, 1_700_000_000_500, FLAG_BATCH);
+        buf
+    }
+
+    #[test]
+    fn round_trip() {
+        let msg = sample();
+        let buf = sealed("orders", &msg);
+        assert_eq!(buf.len(), encoded_len("orders", &msg));
+        let Decoded::Message { record, len } = decode(&buf).unwrap() else { panic!("not a message") };
+        assert_eq!(len, buf.len());
+        assert_eq!(record.topic, "orders");
+        assert_eq!(record.tag, Some("TagA"));
+        assert_eq!(record.queue_id, 3);
+        assert_eq!(record.queue_offset, 42);
+        assert_eq!(record.born_ms, 1_700_000_000_123);
+        assert_eq!(record.store_ms, 1_700_000_000_500);
+        assert_eq!(record.deliver_at_ms, 1_700_000_000_500, "normal message: visible when stored");
+        assert!(record.binary());
+        assert_eq!(record.flags & FLAG_BATCH, FLAG_BATCH);
+        assert_eq!(record.keys(), vec!["order-1", "k2"]);
+        assert_eq!(record.properties(), vec![("a", "1"), ("bé", "")]);
+        assert_eq!(record.body, b"hello \x00 world");
+    }
+
+    #[test]
+    fn minimal_record_and_trailing_bytes() {
+        let msg = NewMessage { body: vec![], ..Default::default() };
+        let mut buf = sealed("t", &msg);
+        let n = buf.len();
+        buf.extend_from_slice(&[0xAB; 100]); // whatever follows is not part of the record
+        let Decoded::Message { record, len } = decode(&buf).unwrap() else { panic!() };
+        assert_eq!(len, n);
+        assert_eq!(record.tag, None);
+        assert!(record.keys().is_empty());
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let buf = sealed("orders", &sample());
+        for cut in 1..buf.len() {
+            let r = decode(&buf[..cut]);
+            assert!(r.is_err(), "cut at {cut} decoded as {r:?}");
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let buf = sealed("orders", &sample());
+        for byte in 0..buf.len() {
+            for bit in 0..8 {
+                let mut b = buf.clone();
+                b[byte] ^= 1 << bit;
+                match decode(&b) {
+                    Err(_) => {}
+                    // A flip in total_len can make the record look longer than the buffer
+                    // (Truncated, an error) but never valid; a flipped magic may read as blank.
+                    Ok(Decoded::Blank) if byte < 8 => {}
+                    Ok(other) => panic!("flip {byte}.{bit} decoded as {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_are_end_and_blank_is_blank() {
+        assert_eq!(decode(&[0u8; 64]).unwrap(), Decoded::End);
+        assert_eq!(decode(&[0u8; 3]).unwrap(), Decoded::End);
+        assert!(decode(&[1u8; 3]).is_err());
+        let mut b = blank_marker(500).to_vec();
+        b.resize(500, 0);
+        assert_eq!(decode(&b).unwrap(), Decoded::Blank);
+    }
+
+    #[test]
+    fn lying_lengths_are_rejected() {
+        let mut buf = sealed("orders", &sample());
+        // Make the body length disagree with total_len, then re-seal the CRC so only the
+        // structural check can catch it.
+        let body_len = u32_at(&buf, 60) + 1;
+        buf[60..64].copy_from_slice(&body_len.to_le_bytes());
+        let crc = crc32c::crc32c(&buf[12..]);
+        buf[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode(&buf), Err(RecordError::Malformed(_))));
+    }
+}

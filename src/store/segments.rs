@@ -1,0 +1,176 @@
+//! An ordered set of equal-sized mapped segment files that together form one logical byte space.
+//!
+//! On disk: a directory of files, each `segment_size` bytes, named by the logical offset of its
+//! first byte as 20 zero-padded decimal digits (`00000000000001073741824`), the same scheme as
+//! RocketMQ's `MappedFileQueue`. Offsets are therefore global and never reused; the segment of an
+//! offset is found by binary search. Files whose names are not 20 digits are ignored; a segment
+//! whose base is not a multiple of the segment size is an error (the size was changed).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::mmap::MappedFile;
+
+/// One segment: a mapped file and the global offset of its first byte.
+#[derive(Debug)]
+pub struct Segment {
+    pub base: u64,
+    pub file: MappedFile,
+}
+
+impl Segment {
+    /// The global offset just past this segment.
+    pub fn end(&self) -> u64 {
+        self.base + self.file.len() as u64
+    }
+}
+
+#[derive(Debug)]
+pub struct SegmentSet {
+    dir: PathBuf,
+    segment_size: u64,
+    segments: RwLock<Vec<Arc<Segment>>>,
+}
+
+/// File name of the segment starting at `base`.
+pub fn segment_name(base: u64) -> String {
+    format!("{base:020}")
+}
+
+impl SegmentSet {
+    /// Opens every segment in `dir` (creating the directory if needed), in offset order.
+    pub fn open(dir: &Path, segment_size: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let base: u64 = name.parse().map_err(|_| invalid(dir, name, "bad name"))?;
+            if base % segment_size != 0 {
+                return Err(invalid(dir, name, "base is not a multiple of the segment size"));
+            }
+            bases.push(base);
+        }
+        bases.sort_unstable();
+        let mut segments = Vec::with_capacity(bases.len());
+        for base in bases {
+            let file = MappedFile::open(&dir.join(segment_name(base)), segment_size as usize)?;
+            segments.push(Arc::new(Segment { base, file }));
+        }
+        Ok(Self { dir: dir.to_path_buf(), segment_size, segments: RwLock::new(segments) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// The segment holding global offset `offset`, if it exists.
+    pub fn find(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read();
+        let idx = segs.partition_point(|s| s.base <= offset);
+        let seg = segs.get(idx.checked_sub(1)?)?;
+        (offset < seg.end()).then(|| seg.clone())
+    }
+
+    pub fn first(&self) -> Option<Arc<Segment>> {
+        self.segments.read().first().cloned()
+    }
+
+    pub fn last(&self) -> Option<Arc<Segment>> {
+        self.segments.read().last().cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().clone()
+    }
+
+    /// Creates the segment starting at `base` (a multiple of the segment size, after the last).
+    pub fn create(&self, base: u64) -> io::Result<Arc<Segment>> {
+        debug_assert_eq!(base % self.segment_size, 0);
+        let mut segs = self.segments.write();
+        if let Some(last) = segs.last() {
+            if base < last.end() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("segment {base} would overlap {}", last.base),
+                ));
+            }
+        }
+        let file = MappedFile::create(&self.dir.join(segment_name(base)), self.segment_size as usize)?;
+        sync_dir(&self.dir)?;
+        let seg = Arc::new(Segment { base, file });
+        segs.push(seg.clone());
+        Ok(seg)
+    }
+
+    /// Gives mutable access to every segment, for recovery. Fails if any segment is shared.
+    pub fn segments_mut(&mut self) -> io::Result<Vec<&mut Segment>> {
+        self.segments
+            .get_mut()
+            .iter_mut()
+            .map(|s| {
+                Arc::get_mut(s).ok_or_else(|| io::Error::other("segment is shared during recovery (a bug in chime)"))
+            })
+            .collect()
+    }
+
+    /// Deletes every segment whose base is at or after `base` (recovery discarding a torn tail).
+    pub fn remove_from(&mut self, base: u64) -> io::Result<usize> {
+        let segs = self.segments.get_mut();
+        let keep = segs.partition_point(|s| s.base < base);
+        let removed: Vec<_> = segs.drain(keep..).collect();
+        for seg in &removed {
+            std::fs::remove_file(seg.file.path())?;
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed.len())
+    }
+}
+
+fn invalid(dir: &Path, name: &str, why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{}/{name}: {why}", dir.display()))
+}
+
+/// Makes a directory's entries (created, renamed or removed files) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_by_offset_and_remove_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = SegmentSet::open(dir.path(), 4096).unwrap();
+        assert!(set.find(0).is_none());
+        set.create(0).unwrap();
+        set.create(4096).unwrap();
+        assert!(set.create(4096).is_err());
+        assert_eq!(set.find(0).unwrap().base, 0);
+        assert_eq!(set.find(4095).unwrap().base, 0);
+        assert_eq!(set.find(4096).unwrap().base, 4096);
+        assert!(set.find(8192).is_none());
+        drop(set);
+        std::fs::write(dir.path().join("not-a-segment"), b"x").unwrap();
+        let mut set = SegmentSet::open(dir.path(), 4096).unwrap();
+        assert_eq!(set.all().len(), 2);
+        assert_eq!(set.remove_from(4096).unwrap(), 1);
+        assert!(set.find(4096).is_none());
+        assert!(SegmentSet::open(dir.path(), 1000).is_err());
+    }
+}

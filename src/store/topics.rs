@@ -1,0 +1,180 @@
+//! The topic registry: each topic's queues, and the file that lists the topics.
+//!
+//! On disk: `topics.json`, `{"version": 1, "topics": [{"name": "...", "queues": 8}]}`, replaced
+//! atomically (temp file, fsync, rename, fsync directory) whenever a topic is created, before
+//! any message of that topic is appended. Each topic's consume queues live in
+//! `consumequeue/{topic}/{queue_id}/`.
+//!
+//! Invariants: a topic's queue count never changes after creation; queue ids are `0..queues`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use super::consume_queue::ConsumeQueue;
+use super::segments::sync_dir;
+use super::StoreError;
+
+pub const MAX_QUEUES: u16 = 64;
+const FILE: &str = "topics.json";
+
+pub struct Topic {
+    pub name: String,
+    pub queues: Vec<ConsumeQueue>,
+    /// Round-robin cursor for choosing a queue.
+    next_queue: AtomicU64,
+    /// Woken whenever messages are appended to this topic (long-polling receivers wait on it).
+    pub appended: tokio::sync::Notify,
+}
+
+impl Topic {
+    fn open(data_dir: &Path, name: &str, queues: u16, cq_entries: u32) -> Result<Self, StoreError> {
+        let mut qs = Vec::with_capacity(queues as usize);
+        for q in 0..queues {
+            let dir = cq_dir(data_dir, name, q);
+            qs.push(ConsumeQueue::open(&dir, cq_entries).map_err(StoreError::io(format!("open {}", dir.display())))?);
+        }
+        Ok(Self {
+            name: name.to_string(),
+            queues: qs,
+            next_queue: AtomicU64::new(0),
+            appended: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The queue for the next send (round robin).
+    pub fn pick_queue(&self) -> u16 {
+        (self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len() as u64) as u16
+    }
+
+    /// Messages ever stored in this topic.
+    pub fn message_count(&self) -> u64 {
+        self.queues.iter().map(|q| q.next()).sum()
+    }
+}
+
+fn cq_dir(data_dir: &Path, topic: &str, queue: u16) -> PathBuf {
+    data_dir.join("consumequeue").join(topic).join(queue.to_string())
+}
+
+#[derive(Serialize, Deserialize)]
+struct TopicsFile {
+    version: u32,
+    topics: Vec<TopicMeta>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct TopicMeta {
+    name: String,
+    queues: u16,
+}
+
+/// Topics opened but not yet shared, for recovery to repair.
+pub struct RecoveringTopics {
+    data_dir: PathBuf,
+    cq_entries: u32,
+    pub map: HashMap<String, Topic>,
+}
+
+impl RecoveringTopics {
+    pub fn load(data_dir: &Path, cq_entries: u32) -> Result<Self, StoreError> {
+        let path = data_dir.join(FILE);
+        let mut map = HashMap::new();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: TopicsFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt { what: path.display().to_string(), detail: e.to_string() })?;
+                for t in file.topics {
+                    map.insert(t.name.clone(), Topic::open(data_dir, &t.name, t.queues, cq_entries)?);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(format!("read {}", path.display()))(e)),
+        }
+        Ok(Self { data_dir: data_dir.to_path_buf(), cq_entries, map })
+    }
+
+    /// The topic of a replayed record, created if the registry lost it (it is then given enough
+    /// queues for `queue_id`).
+    pub fn get_or_create(&mut self, name: &str, queue_id: u16) -> Result<&mut Topic, StoreError> {
+        let need = queue_id.saturating_add(1);
+        let have = self.map.get(name).map(|t| t.queues.len() as u16);
+        if have.is_none_or(|n| n < need) {
+            let queues = need.max(have.unwrap_or(0));
+            tracing::warn!(topic = name, queues, "topic missing from topics.json; recreated from the commit log");
+            let topic = Topic::open(&self.data_dir, name, queues, self.cq_entries)?;
+            self.map.insert(name.to_string(), topic);
+            write_file(&self.data_dir, self.map.values())?;
+        }
+        Ok(self.map.get_mut(name).expect("inserted above"))
+    }
+
+    pub fn into_registry(self) -> Topics {
+        Topics {
+            data_dir: self.data_dir,
+            cq_entries: self.cq_entries,
+            map: RwLock::new(self.map.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
+            create_lock: Mutex::new(()),
+        }
+    }
+}
+
+pub struct Topics {
+    data_dir: PathBuf,
+    cq_entries: u32,
+    map: RwLock<HashMap<String, Arc<Topic>>>,
+    create_lock: Mutex<()>,
+}
+
+impl Topics {
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.map.read().get(name).cloned()
+    }
+
+    /// All topics, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        let mut v: Vec<_> = self.map.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Returns the topic and whether this call created it. The registry file is durable before
+    /// the topic is returned.
+    pub fn create(&self, name: &str, queues: u16) -> Result<(Arc<Topic>, bool), StoreError> {
+        if let Some(t) = self.get(name) {
+            return Ok((t, false));
+        }
+        let _guard = self.create_lock.lock();
+        if let Some(t) = self.get(name) {
+            return Ok((t, false));
+        }
+        let topic = Arc::new(Topic::open(&self.data_dir, name, queues, self.cq_entries)?);
+        let mut all: Vec<Arc<Topic>> = self.map.read().values().cloned().collect();
+        all.push(topic.clone());
+        write_file(&self.data_dir, all.iter().map(|t| t.as_ref()))?;
+        self.map.write().insert(name.to_string(), topic.clone());
+        Ok((topic, true))
+    }
+}
+
+fn write_file<'a>(data_dir: &Path, topics: impl Iterator<Item = &'a Topic>) -> Result<(), StoreError> {
+    let mut metas: Vec<TopicMeta> =
+        topics.map(|t| TopicMeta { name: t.name.clone(), queues: t.queues.len() as u16 }).collect();
+    metas.sort_by(|a, b| a.name.cmp(&b.name));
+    let body = serde_json::to_vec_pretty(&TopicsFile { version: 1, topics: metas }).expect("serialisable");
+    let tmp = data_dir.join("topics.json.tmp");
+    let io = |what: &str| StoreError::io(format!("{what} {}", tmp.display()));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
+        f.write_all(&body).map_err(io("write"))?;
+        f.sync_all().map_err(io("fsync"))?;
+    }
+    std::fs::rename(&tmp, data_dir.join(FILE)).map_err(io("rename"))?;
+    sync_dir(data_dir).map_err(io("fsync dir of"))?;
+    Ok(())
+}
