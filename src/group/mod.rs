@@ -1,0 +1,391 @@
+//! Consumer groups: each group receives every message of a topic once (at least once), with
+//! invisibility, redelivery and acks by receipt handle.
+//!
+//! On disk: `groups/{group}@{topic}.json` (both names are restricted to `[A-Za-z0-9_%|-]`, so
+//! `@` separates them unambiguously), replaced atomically by the `chime-groups` thread every
+//! `persist_interval` when changed, and on shutdown:
+//! `{"version": 1, "queues": [{"floor", "next", "done": [..], "inflight": [[offset, attempt, visible_at]]}]}`.
+//!
+//! Guarantees: an unacked message is never lost (a restart redelivers it when its invisibility
+//! ends, or at once if its state was not yet persisted). An acked message is redelivered after
+//! a crash only if the ack came within the last `persist_interval`: such a message was in flight
+//! at the previous persist. Filtered messages (tag not matching the request's expression) are
+//! skipped for the group for good, as in RocketMQ, where a group has one subscription.
+
+pub mod progress;
+pub mod tag;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+
+use crate::store::segments::sync_dir;
+use crate::store::topics::Topic;
+use crate::store::{RecordRef, Store};
+use progress::{QueueProgress, QueueSnapshot};
+pub use tag::TagExpr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    pub dir: PathBuf,
+    pub persist_interval: Duration,
+}
+
+/// One message handed to a consumer.
+pub struct Delivery {
+    pub record: RecordRef,
+    /// Commit-log offset of the record (with its CRC, the message id).
+    pub log_offset: u64,
+    pub queue_id: u16,
+    pub queue_offset: u64,
+    pub attempt: u32,
+    pub receipt_handle: String,
+}
+
+pub struct Received {
+    pub messages: Vec<Delivery>,
+    /// When an in-flight message of this group becomes receivable again (wakes long polls).
+    pub wake_at_ms: Option<i64>,
+}
+
+struct GroupTopic {
+    state: Mutex<State>,
+    dirty: AtomicBool,
+}
+
+struct State {
+    queues: Vec<QueueProgress>,
+    /// Queue to start the next receive at (fairness across queues).
+    rr: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GroupFile {
+    version: u32,
+    queues: Vec<QueueSnapshot>,
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct StopSignal {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl StopSignal {
+    fn stop(&self) {
+        *self.stopped.lock() = true;
+        self.cv.notify_all();
+    }
+
+    /// Sleeps up to `d`; true if stopped.
+    fn wait(&self, d: Duration) -> bool {
+        let mut stopped = self.stopped.lock();
+        if !*stopped {
+            self.cv.wait_for(&mut stopped, d);
+        }
+        *stopped
+    }
+}
+
+pub struct Groups {
+    store: Arc<Store>,
+    opts: GroupOptions,
+    states: Mutex<HashMap<Key, Arc<GroupTopic>>>,
+    stop: Arc<StopSignal>,
+    persister: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn receipt(queue: u16, offset: u64, nonce: u32) -> String {
+    format!("{queue:04x}{offset:016x}{nonce:08x}")
+}
+
+fn parse_receipt(s: &str) -> Option<(u16, u64, u32)> {
+    if s.len() != 28 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((
+        u16::from_str_radix(&s[..4], 16).ok()?,
+        u64::from_str_radix(&s[4..20], 16).ok()?,
+        u32::from_str_radix(&s[20..], 16).ok()?,
+    ))
+}
+
+impl Groups {
+    pub fn open(store: Arc<Store>, opts: GroupOptions) -> Result<Arc<Self>, GroupError> {
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|source| GroupError::Io { context: format!("create {}", opts.dir.display()), source })?;
+        let groups = Arc::new(Self {
+            store,
+            opts,
+            states: Mutex::new(HashMap::new()),
+            stop: Arc::new(StopSignal::default()),
+            persister: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&groups);
+        let stop = groups.stop.clone();
+        let interval = groups.opts.persist_interval;
+        let handle = std::thread::Builder::new()
+            .name("chime-groups".into())
+            .spawn(move || loop {
+                if stop.wait(interval) {
+                    return;
+                }
+                let Some(g) = weak.upgrade() else { return };
+                if let Err(e) = g.persist_all() {
+                    tracing::error!(error = %e, "cannot persist consumer-group progress");
+                }
+            })
+            .map_err(|source| GroupError::Io { context: "spawn the group persister".into(), source })?;
+        *groups.persister.lock() = Some(handle);
+        Ok(groups)
+    }
+
+    fn path(&self, group: &str, topic: &str) -> PathBuf {
+        self.opts.dir.join(format!("{group}@{topic}.json"))
+    }
+
+    fn state(&self, group: &str, topic: &Topic) -> Arc<GroupTopic> {
+        let key = (group.to_string(), topic.name.clone());
+        let mut states = self.states.lock();
+        if let Some(s) = states.get(&key) {
+            return s.clone();
+        }
+        let queues = self.load(group, topic);
+        let gt = Arc::new(GroupTopic { state: Mutex::new(State { queues, rr: 0 }), dirty: AtomicBool::new(false) });
+        states.insert(key, gt.clone());
+        gt
+    }
+
+    fn load(&self, group: &str, topic: &Topic) -> Vec<QueueProgress> {
+        let path = self.path(group, topic.name.as_str());
+        let snaps = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<GroupFile>(&bytes) {
+                Ok(f) => f.queues,
+                Err(e) => {
+                    // At-least-once wins: start the group over rather than lose messages.
+                    tracing::error!(path = %path.display(), error = %e, "corrupt group progress; redelivering from the start");
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        topic
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| QueueProgress::restore(&snaps.get(i).cloned().unwrap_or_default(), q.next()))
+            .collect()
+    }
+
+    /// Hands out up to `max` messages of `topic` to `group`: expired in-flight ones first, then
+    /// new ones. Messages whose tag does not match `expr` are skipped for this group.
+    pub fn receive(&self, group: &str, topic: &Topic, max: usize, invisible_ms: i64, expr: &TagExpr) -> Received {
+        let now = self.store.clock().now_ms();
+        let gt = self.state(group, topic);
+        let mut st = gt.state.lock();
+        let nq = st.queues.len();
+        let start = st.rr % nq.max(1);
+        st.rr = st.rr.wrapping_add(1);
+        let mut out = Vec::new();
+        let mut changed = false;
+        let visible_at = now.saturating_add(invisible_ms);
+
+        // 1. Redeliveries whose invisibility has ended.
+        for qi in (0..nq).map(|i| (start + i) % nq) {
+            if out.len() >= max {
+                break;
+            }
+            let cq = &topic.queues[qi];
+            for offset in st.queues[qi].expired(now, max - out.len()) {
+                changed = true;
+                let p = &mut st.queues[qi];
+                let entry = cq.get(offset);
+                match self.record_at(topic, qi as u16, offset, entry) {
+                    Some(record) => {
+                        let nonce = rand::random::<u32>().max(1);
+                        let attempt = p.deliver(offset, visible_at, nonce);
+                        out.push(Delivery {
+                            record,
+                            log_offset: entry.map_or(0, |e| e.log_offset),
+                            queue_id: qi as u16,
+                            queue_offset: offset,
+                            attempt,
+                            receipt_handle: receipt(qi as u16, offset, nonce),
+                        });
+                    }
+                    None => p.drop_inflight(offset),
+                }
+            }
+        }
+        // 2. New messages.
+        for qi in (0..nq).map(|i| (start + i) % nq) {
+            let cq = &topic.queues[qi];
+            while out.len() < max {
+                let p = &mut st.queues[qi];
+                let offset = p.next;
+                let Some(entry) = cq.get(offset) else { break };
+                changed = true;
+                if !expr.may_match_hash(entry.tag_hash) {
+                    p.skip_next();
+                    continue;
+                }
+                let Some(record) = self.record_at(topic, qi as u16, offset, Some(entry)) else {
+                    p.skip_next();
+                    continue;
+                };
+                let tag_ok = record.decode().map(|r| expr.matches(r.tag)).unwrap_or(false);
+                if !tag_ok {
+                    p.skip_next();
+                    continue;
+                }
+                let nonce = rand::random::<u32>().max(1);
+                let attempt = p.deliver(offset, visible_at, nonce);
+                out.push(Delivery {
+                    record,
+                    log_offset: entry.log_offset,
+                    queue_id: qi as u16,
+                    queue_offset: offset,
+                    attempt,
+                    receipt_handle: receipt(qi as u16, offset, nonce),
+                });
+            }
+        }
+        if changed {
+            gt.dirty.store(true, Ordering::Release);
+        }
+        let wake_at_ms = st.queues.iter().filter_map(|q| q.next_deadline()).min();
+        Received { messages: out, wake_at_ms }
+    }
+
+    /// Reads and checks the record a consume-queue entry points at.
+    fn record_at(
+        &self,
+        topic: &Topic,
+        queue_id: u16,
+        offset: u64,
+        entry: Option<crate::store::CqEntry>,
+    ) -> Option<RecordRef> {
+        let entry = entry?;
+        let r = self.store.read(entry.log_offset)?;
+        let ok = match r.decode() {
+            Ok(rec) => rec.topic == topic.name && rec.queue_id == queue_id && rec.queue_offset == offset,
+            Err(_) => false,
+        };
+        if !ok {
+            tracing::error!(topic = %topic.name, queue_id, offset, log_offset = entry.log_offset,
+                "consume-queue entry does not point at its record; skipping it");
+            return None;
+        }
+        Some(r)
+    }
+
+    /// Acks receipt handles; returns how many were acked and the handles that were not valid
+    /// (malformed, unknown, already acked, or superseded by a redelivery).
+    pub fn ack(&self, group: &str, topic: &Topic, handles: &[String]) -> (usize, Vec<String>) {
+        let gt = self.state(group, topic);
+        let mut st = gt.state.lock();
+        let mut acked = 0;
+        let mut invalid = Vec::new();
+        for h in handles {
+            let ok = parse_receipt(h)
+                .is_some_and(|(q, offset, nonce)| st.queues.get_mut(q as usize).is_some_and(|p| p.ack(offset, nonce)));
+            if ok {
+                acked += 1;
+            } else {
+                invalid.push(h.clone());
+            }
+        }
+        if acked > 0 {
+            gt.dirty.store(true, Ordering::Release);
+        }
+        (acked, invalid)
+    }
+
+    /// Writes the progress of every changed group durably.
+    pub fn persist_all(&self) -> Result<(), GroupError> {
+        let all: Vec<(Key, Arc<GroupTopic>)> = self.states.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for ((group, topic), gt) in all {
+            if !gt.dirty.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            let file = {
+                let st = gt.state.lock();
+                GroupFile { version: 1, queues: st.queues.iter().map(|q| q.snapshot()).collect() }
+            };
+            if let Err(e) = self.write(&group, &topic, &file) {
+                gt.dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, group: &str, topic: &str, file: &GroupFile) -> Result<(), GroupError> {
+        use std::io::Write;
+        let path = self.path(group, topic);
+        let tmp = path.with_extension("json.tmp");
+        let io = |what: &str| {
+            let context = format!("{what} {}", tmp.display());
+            move |source| GroupError::Io { context, source }
+        };
+        let body = serde_json::to_vec(file).expect("serialisable");
+        let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
+        f.write_all(&body).map_err(io("write"))?;
+        f.sync_all().map_err(io("fsync"))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io("rename"))?;
+        sync_dir(&self.opts.dir).map_err(io("fsync dir of"))
+    }
+
+    /// In-flight messages across all groups (for stats).
+    pub fn inflight(&self) -> usize {
+        let all: Vec<_> = self.states.lock().values().cloned().collect();
+        all.iter().map(|g| g.state.lock().queues.iter().map(|q| q.inflight_len()).sum::<usize>()).sum()
+    }
+
+    /// Stops the persister and writes the final progress.
+    pub fn shutdown(&self) -> Result<(), GroupError> {
+        self.stop.stop();
+        if let Some(h) = self.persister.lock().take() {
+            let _ = h.join();
+        }
+        self.persist_all()
+    }
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        self.stop.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_round_trip() {
+        let r = receipt(3, 0xABCDEF, 0x1234_5678);
+        assert_eq!(parse_receipt(&r), Some((3, 0xABCDEF, 0x1234_5678)));
+        assert_eq!(parse_receipt("zz"), None);
+        assert_eq!(parse_receipt(&r[1..]), None);
+        assert_eq!(parse_receipt(&format!("{}g", &r[..27])), None);
+    }
+}

@@ -1,0 +1,233 @@
+//! One consumer group's progress through one queue: what is done, what is in flight.
+//!
+//! Invariants (checked by `debug_check` in tests):
+//! - every offset below `floor` is done (acked, or skipped by the group's tag filter);
+//! - every offset in `[floor, next)` is exactly one of: done (in `done`), in flight (in
+//!   `inflight`), or waiting for redelivery after a restart (in neither; treated as in flight
+//!   with an expired deadline);
+//! - offsets at or after `next` have never been handed out;
+//! - `by_deadline` holds exactly one `(visible_at, offset)` pair per in-flight entry.
+//!
+//! Time is passed in (`now` in ms), never read here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inflight {
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    /// When the message becomes receivable again if not acked.
+    pub visible_at: i64,
+    /// Distinguishes this delivery's receipt handle from earlier ones.
+    pub nonce: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueProgress {
+    pub floor: u64,
+    pub next: u64,
+    done: BTreeSet<u64>,
+    inflight: BTreeMap<u64, Inflight>,
+    by_deadline: BTreeSet<(i64, u64)>,
+}
+
+/// The persisted form (see `persist`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    pub floor: u64,
+    pub next: u64,
+    #[serde(default)]
+    pub done: Vec<u64>,
+    /// `[offset, attempt, visible_at]`
+    #[serde(default)]
+    pub inflight: Vec<(u64, u32, i64)>,
+}
+
+impl QueueProgress {
+    pub fn snapshot(&self) -> QueueSnapshot {
+        QueueSnapshot {
+            floor: self.floor,
+            next: self.next,
+            done: self.done.iter().copied().collect(),
+            inflight: self.inflight.iter().map(|(&o, i)| (o, i.attempt, i.visible_at)).collect(),
+        }
+    }
+
+    /// Restores a snapshot against a queue that now holds `available` messages (it can hold
+    /// fewer than before a machine crash under async flush). Offsets in `[floor, next)` that are
+    /// neither done nor in flight become redeliverable at once.
+    pub fn restore(s: &QueueSnapshot, available: u64) -> Self {
+        let next = s.next.min(available);
+        let floor = s.floor.min(next);
+        let mut p = Self { floor, next, ..Self::default() };
+        p.done = s.done.iter().copied().filter(|&o| o >= floor && o < next).collect();
+        for &(o, attempt, visible_at) in &s.inflight {
+            if o >= floor && o < next && !p.done.contains(&o) {
+                p.set_inflight(o, Inflight { attempt, visible_at, nonce: 0 });
+            }
+        }
+        // Offsets handed out but in neither set (acked state lost) are redelivered now.
+        for o in floor..next {
+            if !p.done.contains(&o) && !p.inflight.contains_key(&o) {
+                p.set_inflight(o, Inflight { attempt: 1, visible_at: i64::MIN, nonce: 0 });
+            }
+        }
+        p.advance_floor();
+        p
+    }
+
+    fn set_inflight(&mut self, offset: u64, f: Inflight) {
+        if let Some(old) = self.inflight.insert(offset, f) {
+            self.by_deadline.remove(&(old.visible_at, offset));
+        }
+        self.by_deadline.insert((f.visible_at, offset));
+    }
+
+    /// In-flight offsets whose invisibility has ended by `now`, oldest deadline first.
+    pub fn expired(&self, now: i64, max: usize) -> Vec<u64> {
+        self.by_deadline.range(..=(now, u64::MAX)).take(max).map(|&(_, o)| o).collect()
+    }
+
+    /// Earliest time an in-flight message becomes receivable again.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.by_deadline.first().map(|&(t, _)| t)
+    }
+
+    /// Hands out `offset` (fresh, which must be `next`, or an expired redelivery): returns the
+    /// delivery attempt.
+    pub fn deliver(&mut self, offset: u64, visible_at: i64, nonce: u32) -> u32 {
+        debug_assert!(offset <= self.next && offset >= self.floor);
+        if offset == self.next {
+            self.next += 1;
+        }
+        let attempt = self.inflight.get(&offset).map_or(0, |f| f.attempt) + 1;
+        self.set_inflight(offset, Inflight { attempt, visible_at, nonce });
+        attempt
+    }
+
+    /// Marks `next` done without delivering it (filtered out by the group's tag expression,
+    /// or unreadable).
+    pub fn skip_next(&mut self) {
+        self.done.insert(self.next);
+        self.next += 1;
+        self.advance_floor();
+    }
+
+    /// Marks an in-flight offset done without delivering it again (its record is unreadable).
+    pub fn drop_inflight(&mut self, offset: u64) {
+        if let Some(f) = self.inflight.remove(&offset) {
+            self.by_deadline.remove(&(f.visible_at, offset));
+            self.done.insert(offset);
+            self.advance_floor();
+        }
+    }
+
+    /// Acks a delivery; false if the handle is stale (redelivered since) or unknown.
+    pub fn ack(&mut self, offset: u64, nonce: u32) -> bool {
+        match self.inflight.get(&offset) {
+            // Nonce 0 is never issued: it marks entries restored from a snapshot.
+            Some(f) if f.nonce == nonce && nonce != 0 => {
+                let f = *f;
+                self.inflight.remove(&offset);
+                self.by_deadline.remove(&(f.visible_at, offset));
+                self.done.insert(offset);
+                self.advance_floor();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn advance_floor(&mut self) {
+        while self.floor < self.next && self.done.remove(&self.floor) {
+            self.floor += 1;
+        }
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    #[cfg(test)]
+    pub fn debug_check(&self) {
+        assert!(self.floor <= self.next);
+        for &o in &self.done {
+            assert!(o > self.floor && o < self.next, "done {o} outside ({}, {})", self.floor, self.next);
+            assert!(!self.inflight.contains_key(&o));
+        }
+        for &o in self.inflight.keys() {
+            assert!(o >= self.floor && o < self.next);
+        }
+        assert_eq!(self.by_deadline.len(), self.inflight.len());
+        for &(t, o) in &self.by_deadline {
+            assert_eq!(self.inflight[&o].visible_at, t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliver_ack_redeliver() {
+        let mut p = QueueProgress::default();
+        assert_eq!(p.deliver(0, 100, 1), 1);
+        assert_eq!(p.deliver(1, 100, 2), 1);
+        p.skip_next(); // offset 2 filtered
+        p.debug_check();
+        assert_eq!(p.next, 3);
+        assert_eq!(p.floor, 0);
+        assert!(p.expired(99, 10).is_empty());
+        assert_eq!(p.expired(100, 10), vec![0, 1]);
+        assert_eq!(p.next_deadline(), Some(100));
+        // A stale handle (wrong nonce) is refused; the right one acks.
+        assert!(!p.ack(1, 1));
+        assert!(p.ack(1, 2));
+        assert!(!p.ack(1, 2), "acking twice is refused");
+        assert_eq!(p.floor, 0, "offset 0 still in flight");
+        // Redeliver 0 after its deadline: attempt 2, old handle invalid.
+        assert_eq!(p.deliver(0, 200, 3), 2);
+        assert!(!p.ack(0, 1));
+        assert!(p.ack(0, 3));
+        assert_eq!(p.floor, 3, "0 acked, 1 acked, 2 skipped");
+        p.debug_check();
+    }
+
+    #[test]
+    fn snapshot_restore_keeps_acks_and_redelivers_the_rest() {
+        let mut p = QueueProgress::default();
+        for o in 0..5 {
+            p.deliver(o, 1_000, o as u32);
+        }
+        assert!(p.ack(1, 1));
+        assert!(p.ack(3, 3));
+        let s = p.snapshot();
+        let r = QueueProgress::restore(&s, 5);
+        r.debug_check();
+        assert_eq!(r.next, 5);
+        assert_eq!(r.floor, 0);
+        assert_eq!(r.expired(999, 10), Vec::<u64>::new(), "still invisible after restart");
+        assert_eq!(r.expired(1_000, 10), vec![0, 2, 4]);
+        // Handles from before the restart are invalid (nonce 0 is never issued).
+        let mut r2 = r.clone();
+        assert!(!r2.ack(0, 0));
+        // The queue lost its last two messages (machine crash under async flush).
+        let r = QueueProgress::restore(&s, 3);
+        r.debug_check();
+        assert_eq!(r.next, 3);
+        assert_eq!(r.expired(i64::MAX, 10), vec![0, 2]);
+    }
+
+    #[test]
+    fn restore_fills_gaps_for_redelivery() {
+        let s = QueueSnapshot { floor: 2, next: 6, done: vec![3], inflight: vec![(5, 2, 50)] };
+        let r = QueueProgress::restore(&s, 10);
+        r.debug_check();
+        // 2 and 4 were handed out but their state is unknown: redeliver immediately.
+        assert_eq!(r.expired(0, 10), vec![2, 4]);
+        assert_eq!(r.expired(50, 10), vec![2, 4, 5]);
+    }
+}
