@@ -1,0 +1,174 @@
+//! Consumer groups over HTTP: `POST .../groups/{group}/receive` (with long poll) and `.../ack`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::body::{parse_json, read_limited};
+use super::error::ApiError;
+use super::send::check_topic;
+use super::{path_error, AppState};
+use crate::group::{Delivery, TagExpr};
+use crate::names::check_name;
+
+const MAX_MESSAGES: i64 = 1000;
+const MAX_WAIT_MS: i64 = 30_000;
+const MIN_INVISIBLE_MS: i64 = 1_000;
+const MAX_INVISIBLE_MS: i64 = 43_200_000;
+/// Most receipt handles in one ack.
+const MAX_ACK: usize = 10_000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReceiveIn {
+    max_messages: Option<i64>,
+    wait_ms: Option<i64>,
+    invisible_ms: Option<i64>,
+    tag: Option<String>,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    message_id: String,
+    topic: &'a str,
+    tag: Option<&'a str>,
+    keys: Vec<&'a str>,
+    properties: BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    born_at_ms: i64,
+    deliver_at_ms: i64,
+    visible_at_ms: i64,
+    delivery_attempt: u32,
+    receipt_handle: &'a str,
+}
+
+fn check_group(name: &str) -> Result<(), ApiError> {
+    check_name("group", name).map_err(ApiError::invalid)
+}
+
+fn in_range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
+    let v = v.unwrap_or(default);
+    if !(lo..=hi).contains(&v) {
+        return Err(ApiError::invalid(format!("{name} must be {lo}..={hi}, got {v}")));
+    }
+    Ok(v)
+}
+
+pub async fn receive(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path((topic_name, group)) = path.map_err(path_error)?;
+    check_topic(&topic_name)?;
+    check_group(&group)?;
+    let core = state.core()?;
+    let bytes = read_limited(body, 64 * 1024).await?;
+    let req: ReceiveIn = parse_json(&bytes)?;
+    let max = in_range("max_messages", req.max_messages, 32, 1, MAX_MESSAGES)? as usize;
+    let wait_ms = in_range("wait_ms", req.wait_ms, 0, 0, MAX_WAIT_MS)?;
+    let invisible_ms = in_range("invisible_ms", req.invisible_ms, 30_000, MIN_INVISIBLE_MS, MAX_INVISIBLE_MS)?;
+    let expr = TagExpr::parse(req.tag.as_deref().unwrap_or("*")).map_err(ApiError::invalid)?;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
+    let Some(topic) = core.store.topics().get(&topic_name) else {
+        // Not created by receiving; answer empty after the wait.
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.shutting_down() => {}
+        }
+        return Ok(Json(json!({ "messages": [] })).into_response());
+    };
+    loop {
+        // Register for wake-ups before looking, so an append in between is not missed.
+        let appended = topic.appended.notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+        let got = core.groups.receive(&group, &topic, max, invisible_ms, &expr);
+        let now = tokio::time::Instant::now();
+        if !got.messages.is_empty() || now >= deadline {
+            return Ok(render(&got.messages));
+        }
+        // Sleep until a message arrives, an in-flight one becomes visible again, or the wait ends.
+        let mut wake = deadline;
+        if let Some(at) = got.wake_at_ms {
+            let in_ms = (at - core.store.clock().now_ms()).max(1) as u64;
+            wake = wake.min(now + Duration::from_millis(in_ms));
+        }
+        tokio::select! {
+            _ = &mut appended => {}
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = state.shutting_down() => return Ok(render(&[])),
+        }
+    }
+}
+
+fn render(deliveries: &[Delivery]) -> Response {
+    let mut out = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        let Ok(rec) = d.record.decode() else { continue };
+        let (body, body_base64) = if rec.binary() {
+            (None, Some(base64::engine::general_purpose::STANDARD.encode(rec.body)))
+        } else {
+            // Stored from a JSON string, so valid UTF-8; fall back to base64 if not.
+            match std::str::from_utf8(rec.body) {
+                Ok(s) => (Some(s), None),
+                Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(rec.body))),
+            }
+        };
+        out.push(MessageOut {
+            message_id: crate::store::MessageId { offset: d.log_offset, crc: rec.crc }.to_string(),
+            topic: rec.topic,
+            tag: rec.tag,
+            keys: rec.keys(),
+            properties: rec.properties().into_iter().collect(),
+            body,
+            body_base64,
+            born_at_ms: rec.born_ms,
+            deliver_at_ms: rec.deliver_at_ms,
+            visible_at_ms: rec.store_ms,
+            delivery_attempt: d.attempt,
+            receipt_handle: &d.receipt_handle,
+        });
+    }
+    Json(json!({ "messages": out })).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AckIn {
+    receipt_handles: Option<Vec<String>>,
+}
+
+pub async fn ack(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path((topic_name, group)) = path.map_err(path_error)?;
+    check_topic(&topic_name)?;
+    check_group(&group)?;
+    let core = state.core()?;
+    let bytes = read_limited(body, 4 * 1024 * 1024).await?;
+    let req: AckIn = parse_json(&bytes)?;
+    let handles = req.receipt_handles.ok_or_else(|| ApiError::invalid("receipt_handles is required"))?;
+    if handles.len() > MAX_ACK {
+        return Err(ApiError::invalid(format!("at most {MAX_ACK} receipt handles per ack, got {}", handles.len())));
+    }
+    let (acked, invalid) = match core.store.topics().get(&topic_name) {
+        Some(topic) => core.groups.ack(&group, &topic, &handles),
+        None => (0, handles),
+    };
+    Ok(Json(json!({ "acked": acked, "invalid": invalid })).into_response())
+}

@@ -1,0 +1,98 @@
+//! The one mapping from errors to HTTP answers: `{"error": {"code", "message"}}` with the status
+//! codes of API.md, and `Retry-After` on 429 and 503.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidArgument,
+    InvalidTopic,
+    DelayOutOfRange,
+    MessageTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    AlreadyDelivered,
+    Unauthorized,
+    Busy,
+    Unavailable,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::InvalidTopic => "INVALID_TOPIC",
+            Code::DelayOutOfRange => "DELAY_OUT_OF_RANGE",
+            Code::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Code::NotFound => "NOT_FOUND",
+            Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Code::AlreadyDelivered => "ALREADY_DELIVERED",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::Busy => "BUSY",
+            Code::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidArgument | Code::InvalidTopic | Code::DelayOutOfRange => StatusCode::BAD_REQUEST,
+            Code::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::AlreadyDelivered => StatusCode::CONFLICT,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Busy => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        let retry_after = matches!(code, Code::Busy | Code::Unavailable).then_some(1);
+        Self { code, message: message.into(), retry_after }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        // Every store error is the server's state, not the request's fault: 503, retry later.
+        let message = match &e {
+            StoreError::DiskFull { .. } => format!("disk full: {e}"),
+            _ => e.to_string(),
+        };
+        ApiError::new(Code::Unavailable, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let mut resp = (self.code.status(), axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}

@@ -1,0 +1,122 @@
+//! The HTTP API of `../shared/API.md`: routes, request parsing and error mapping.
+//!
+//! The server listens before recovery ends: `/healthz` answers at once, `/readyz` and every
+//! `/v1` route answer 503 UNAVAILABLE until the store is open.
+
+mod body;
+mod consume;
+pub mod error;
+mod send;
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::group::Groups;
+use crate::store::Store;
+use error::{ApiError, Code};
+
+/// Request limits and defaults the routes enforce (from the config).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_request_bytes: usize,
+    pub auto_create_topics: bool,
+    pub default_queues: u16,
+    pub max_delay_ms: i64,
+}
+
+/// What the routes need once recovery has finished.
+pub struct Core {
+    pub store: Arc<Store>,
+    pub groups: Arc<Groups>,
+}
+
+pub struct Shared {
+    pub limits: Limits,
+    core: OnceLock<Core>,
+    shutdown: watch::Receiver<bool>,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// `shutdown` turns true when the server starts shutting down (long polls end early).
+    pub fn new(limits: Limits, shutdown: watch::Receiver<bool>) -> Self {
+        Self(Arc::new(Shared { limits, core: OnceLock::new(), shutdown }))
+    }
+
+    /// Marks the service ready. Called once, after recovery.
+    pub fn set_ready(&self, core: Core) {
+        let _ = self.0.core.set(core);
+    }
+
+    pub fn core(&self) -> Result<&Core, ApiError> {
+        self.0.core.get().ok_or_else(|| ApiError::new(Code::Unavailable, "not ready: recovery in progress"))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+
+    /// Resolves when the server is shutting down.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.0.shutdown.clone();
+        let _ = rx.wait_for(|&s| s).await;
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/topics", get(send::list_topics))
+        .route("/v1/topics/{topic}", put(send::create_topic))
+        .route("/v1/topics/{topic}/messages", post(send::send))
+        .route("/v1/topics/{topic}/messages/{id}", get(send::get_message).delete(send::cancel_message))
+        .route("/v1/topics/{topic}/groups/{group}/receive", post(consume::receive))
+        .route("/v1/topics/{topic}/groups/{group}/ack", post(consume::ack))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.core() {
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(Code::MethodNotAllowed, "method not allowed on this route")
+}
+
+/// Path parameters, with axum's rejection turned into our error shape.
+pub(crate) fn path_error(e: axum::extract::rejection::PathRejection) -> ApiError {
+    ApiError::invalid(format!("bad path: {e}"))
+}
+
+/// For handlers that only answer errors with no body.
+pub(crate) fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}

@@ -1,0 +1,273 @@
+//! Topics and the send path: `PUT/GET /v1/topics`, `POST .../messages`, `GET/DELETE .../{id}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::body::{parse_json, read_limited};
+use super::error::{ApiError, Code};
+use super::{created_or_ok, path_error, AppState};
+use crate::group::tag::check_tag;
+use crate::names::check_name;
+use crate::schedule::{self, DelaySpec, ScheduleError};
+use crate::store::topics::{Topic, MAX_QUEUES};
+use crate::store::{MessageId, NewMessage};
+
+/// Most messages in one batch.
+pub const MAX_BATCH: usize = 1000;
+/// Most keys per message, and bytes per key.
+const MAX_KEYS: usize = 64;
+const MAX_KEY_BYTES: usize = 1024;
+/// Most properties per message, and bytes per property key.
+const MAX_PROPERTIES: usize = 128;
+const MAX_PROPERTY_KEY_BYTES: usize = 1024;
+
+pub(super) fn check_topic(name: &str) -> Result<(), ApiError> {
+    check_name("topic", name).map_err(|m| ApiError::new(Code::InvalidTopic, m))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateTopic {
+    queues: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct TopicInfo<'a> {
+    name: &'a str,
+    queues: usize,
+    messages: u64,
+    scheduled: u64,
+}
+
+fn topic_info(t: &Topic) -> TopicInfo<'_> {
+    TopicInfo { name: &t.name, queues: t.queues.len(), messages: t.message_count(), scheduled: 0 }
+}
+
+pub async fn create_topic(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    check_topic(&name)?;
+    let core = state.core()?;
+    let bytes = read_limited(body, 64 * 1024).await?;
+    let req: CreateTopic = parse_json(&bytes)?;
+    let queues = req.queues.unwrap_or(8);
+    if !(1..=i64::from(MAX_QUEUES)).contains(&queues) {
+        return Err(ApiError::invalid(format!("queues must be 1..={MAX_QUEUES}, got {queues}")));
+    }
+    let (topic, created) = core.store.topics().create(&name, queues as u16)?;
+    Ok((created_or_ok(created), Json(topic_info(&topic))).into_response())
+}
+
+pub async fn list_topics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let core = state.core()?;
+    let topics = core.store.topics().list();
+    let list: Vec<_> = topics.iter().filter(|t| check_name("topic", &t.name).is_ok()).map(|t| topic_info(t)).collect();
+    Ok(Json(json!({ "topics": list })).into_response())
+}
+
+/// One message of a send request, as the client wrote it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageIn {
+    body: Option<String>,
+    body_base64: Option<String>,
+    tag: Option<String>,
+    keys: Option<Vec<String>>,
+    properties: Option<BTreeMap<String, String>>,
+    delay_ms: Option<i64>,
+    deliver_at_ms: Option<i64>,
+    deliver_at: Option<String>,
+    delay_level: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct SendResult {
+    message_id: String,
+    topic: String,
+    deliver_at_ms: i64,
+    state: &'static str,
+}
+
+/// Validates one message; `at` names it in errors ("message" or "messages[3]").
+fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> Result<NewMessage, ApiError> {
+    let bad = |msg: String| ApiError::invalid(format!("{at}: {msg}"));
+    let (body, binary) = match (m.body, m.body_base64) {
+        (Some(b), None) => (b.into_bytes(), false),
+        (None, Some(b64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| bad(format!("body_base64 is not valid standard base64: {e}")))?;
+            (bytes, true)
+        }
+        _ => return Err(bad("exactly one of body and body_base64 is required".into())),
+    };
+    if body.len() > limits.max_message_bytes {
+        return Err(ApiError::new(
+            Code::MessageTooLarge,
+            format!("{at}: body is {} bytes, over max_message_bytes ({})", body.len(), limits.max_message_bytes),
+        ));
+    }
+    if let Some(t) = &m.tag {
+        check_tag(t).map_err(bad)?;
+    }
+    let keys = m.keys.unwrap_or_default();
+    if keys.len() > MAX_KEYS {
+        return Err(bad(format!("at most {MAX_KEYS} keys, got {}", keys.len())));
+    }
+    if let Some(k) = keys.iter().find(|k| k.is_empty() || k.len() > MAX_KEY_BYTES) {
+        return Err(bad(format!("each key must be 1..={MAX_KEY_BYTES} bytes, got {}", k.len())));
+    }
+    let properties = m.properties.unwrap_or_default();
+    if properties.len() > MAX_PROPERTIES {
+        return Err(bad(format!("at most {MAX_PROPERTIES} properties, got {}", properties.len())));
+    }
+    if let Some(k) = properties.keys().find(|k| k.is_empty() || k.len() > MAX_PROPERTY_KEY_BYTES) {
+        return Err(bad(format!("each property name must be 1..={MAX_PROPERTY_KEY_BYTES} bytes, got {}", k.len())));
+    }
+    if let Some(k) = properties.keys().find(|k| k.starts_with("__")) {
+        return Err(bad(format!("property name {k:?} is reserved (prefix \"__\")")));
+    }
+    let spec = DelaySpec {
+        delay_ms: m.delay_ms,
+        deliver_at_ms: m.deliver_at_ms,
+        deliver_at: m.deliver_at,
+        delay_level: m.delay_level,
+    };
+    let deliver_at_ms = match schedule::resolve(&spec, now, limits.max_delay_ms) {
+        Ok(at) => at,
+        Err(e @ ScheduleError::OutOfRange { .. }) => {
+            return Err(ApiError::new(Code::DelayOutOfRange, format!("{at}: {e}")));
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    if deliver_at_ms.is_some_and(|t| t > now) {
+        return Err(bad("delayed delivery is not available yet: the timer engine has not landed (send without a delay, or with a time at or before now)".into()));
+    }
+    Ok(NewMessage {
+        tag: m.tag,
+        keys,
+        properties,
+        body,
+        binary,
+        born_ms: now,
+        // A time at or before now is delivered at once: it is a normal message.
+        deliver_at_ms: None,
+    })
+}
+
+pub async fn send(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    check_topic(&name)?;
+    let core = state.core()?;
+    let limits = state.limits();
+    let bytes = read_limited(body, limits.max_request_bytes).await?;
+    let now = core.store.clock().now_ms();
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let (msgs, batch) = match first {
+        Some(b'[') => {
+            let raw: Vec<MessageIn> =
+                serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid batch: {e}")))?;
+            if raw.is_empty() || raw.len() > MAX_BATCH {
+                return Err(ApiError::invalid(format!("a batch holds 1..={MAX_BATCH} messages, got {}", raw.len())));
+            }
+            let msgs = raw
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| to_new_message(m, &format!("messages[{i}]"), now, limits))
+                .collect::<Result<Vec<_>, _>>()?;
+            (msgs, true)
+        }
+        Some(b'{') => {
+            let m: MessageIn =
+                serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid message: {e}")))?;
+            (vec![to_new_message(m, "message", now, limits)?], false)
+        }
+        _ => return Err(ApiError::invalid("the body must be a message object or an array of them")),
+    };
+
+    let topic = get_topic_for_send(&state, &name)?;
+    let result = core.store.append(&topic, &msgs)?;
+    core.store.wait_durable(result.end).await?;
+    let out: Vec<SendResult> = result
+        .messages
+        .iter()
+        .map(|a| SendResult {
+            message_id: a.id.to_string(),
+            topic: name.clone(),
+            deliver_at_ms: a.deliver_at_ms,
+            state: "delivered",
+        })
+        .collect();
+    let resp = if batch {
+        (StatusCode::CREATED, Json(json!({ "messages": out }))).into_response()
+    } else {
+        (StatusCode::CREATED, Json(&out[0])).into_response()
+    };
+    Ok(resp)
+}
+
+fn get_topic_for_send(state: &AppState, name: &str) -> Result<Arc<Topic>, ApiError> {
+    let core = state.core()?;
+    if let Some(t) = core.store.topics().get(name) {
+        return Ok(t);
+    }
+    if !state.limits().auto_create_topics {
+        return Err(ApiError::not_found(format!("topic {name:?} does not exist (auto_create_topics is off)")));
+    }
+    Ok(core.store.topics().create(name, state.limits().default_queues)?.0)
+}
+
+/// Resolves `{topic}/messages/{id}` to the record, or 404.
+fn find_message(state: &AppState, topic: &str, id: &str) -> Result<(MessageId, i64), ApiError> {
+    check_topic(topic)?;
+    let core = state.core()?;
+    let unknown = || ApiError::not_found(format!("no message {id:?} in topic {topic:?}"));
+    let mid: MessageId = id.parse().map_err(|_| unknown())?;
+    let r = core.store.read_id(mid).ok_or_else(unknown)?;
+    let rec = r.decode().map_err(|_| unknown())?;
+    if rec.topic != topic {
+        return Err(unknown());
+    }
+    Ok((mid, rec.deliver_at_ms))
+}
+
+pub async fn get_message(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((topic, id)) = path.map_err(path_error)?;
+    let (mid, deliver_at_ms) = find_message(&state, &topic, &id)?;
+    Ok(Json(json!({
+        "message_id": mid.to_string(),
+        "topic": topic,
+        "deliver_at_ms": deliver_at_ms,
+        "state": "delivered",
+    }))
+    .into_response())
+}
+
+pub async fn cancel_message(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((topic, id)) = path.map_err(path_error)?;
+    let (mid, _) = find_message(&state, &topic, &id)?;
+    Err(ApiError::new(Code::AlreadyDelivered, format!("message {mid} is already visible to consumers")))
+}

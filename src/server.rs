@@ -1,0 +1,169 @@
+//! The server's lifecycle: lock the data directory, listen, recover, serve, shut down.
+//!
+//! Order at start: the directory lock first (a second process exits at once, before binding),
+//! then the listener (`/healthz` answers during recovery), then recovery on a blocking thread;
+//! `/readyz` turns 200 when it finishes. At shutdown: stop accepting, let in-flight requests
+//! finish (long polls end early), then persist group progress, flush and checkpoint the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, FlushMode};
+use crate::group::{GroupError, GroupOptions, Groups};
+use crate::http::{self, AppState, Core, Limits};
+use crate::store::lock::{DirLock, LockError};
+use crate::store::{FlushPolicy, Store, StoreError, StoreOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("recovery failed")]
+    Store(#[from] StoreError),
+    #[error("consumer groups failed")]
+    Group(#[from] GroupError),
+    #[error("server failed")]
+    Io(#[from] std::io::Error),
+    #[error("recovery task failed: {0}")]
+    Task(String),
+}
+
+/// The store's options from the config.
+pub fn store_options(config: &Config) -> StoreOptions {
+    let interval = config.store.flush_interval.0;
+    StoreOptions {
+        dir: config.data_dir.clone(),
+        segment_size: config.store.segment_size.0,
+        cq_segment_entries: config.store.consume_queue_segment_entries,
+        flush: match config.store.flush {
+            FlushMode::Async => FlushPolicy::Async { interval },
+            FlushMode::Sync => FlushPolicy::Sync,
+        },
+        checkpoint_interval: interval,
+    }
+}
+
+fn limits(config: &Config) -> Limits {
+    Limits {
+        max_message_bytes: config.max_message_bytes.0 as usize,
+        max_request_bytes: config.max_request_bytes.0 as usize,
+        auto_create_topics: config.auto_create_topics,
+        default_queues: config.default_queues,
+        max_delay_ms: config.timer.max_delay.0.as_millis() as i64,
+    }
+}
+
+/// A server started by [`start`].
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    serve: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+/// Locks the data directory, binds, starts recovery in the background and serves.
+pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, ServerError> {
+    let lock = DirLock::acquire(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
+    let addr = listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let state = AppState::new(limits(config), shutdown_rx.clone());
+
+    let opts = store_options(config);
+    let group_opts =
+        GroupOptions { dir: config.data_dir.join("groups"), persist_interval: config.group.persist_interval.0 };
+    let ready_state = state.clone();
+    let recovery = tokio::task::spawn_blocking(move || -> Result<Core, ServerError> {
+        let store = Store::open_locked(lock, opts, clock)?;
+        tracing::info!(recovery = %store.recovery_report(), "recovery finished");
+        let groups = Groups::open(store.clone(), group_opts)?;
+        Ok(Core { store, groups })
+    });
+
+    let app = http::router(state.clone());
+    let mut stop_rx = shutdown_rx;
+    let failed = shutdown.clone();
+    let serve = tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop_rx.wait_for(|&s| s).await;
+        });
+        let server = tokio::spawn(async move { server.await });
+        match recovery.await {
+            Ok(Ok(core)) => ready_state.set_ready(core),
+            Ok(Err(e)) => {
+                let _ = failed.send(true);
+                let _ = server.await;
+                return Err(e);
+            }
+            Err(e) => {
+                let _ = failed.send(true);
+                let _ = server.await;
+                return Err(ServerError::Task(e.to_string()));
+            }
+        }
+        server.await.map_err(|e| ServerError::Task(e.to_string()))??;
+        // Requests are done: persist progress, then the final flush and checkpoint.
+        if let Ok(core) = ready_state.core() {
+            core.groups.shutdown()?;
+            core.store.shutdown()?;
+        }
+        Ok(())
+    });
+    Ok(Running { addr, state, shutdown, serve })
+}
+
+impl Running {
+    /// Waits until recovery has finished (or failed).
+    pub async fn wait_ready(&self) -> bool {
+        loop {
+            if self.state.core().is_ok() {
+                return true;
+            }
+            if self.serve.is_finished() {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn core(&self) -> Option<&Core> {
+        self.state.core().ok()
+    }
+
+    /// Stops accepting, drains requests, flushes; returns how the server ended.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(true);
+        self.serve.await.map_err(|e| ServerError::Task(e.to_string()))?
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops cleanly.
+    pub async fn run_until_signal(self) -> Result<(), ServerError> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = wait_finished(&self.serve) => {}
+        }
+        self.stop().await
+    }
+}
+
+async fn wait_finished<T>(h: &tokio::task::JoinHandle<T>) {
+    while !h.is_finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Keeps the type of a shared store handle in one place for tests.
+pub type SharedStore = Arc<Store>;
