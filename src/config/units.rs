@@ -83,7 +83,7 @@ impl ByteSize {
             return "0B".to_owned();
         }
         for &(name, factor) in SIZE_FORMAT_UNITS {
-            if self.0 % factor == 0 {
+            if self.0.is_multiple_of(factor) {
                 return format!("{}{name}", self.0 / factor);
             }
         }
@@ -104,7 +104,7 @@ impl fmt::Display for ByteSize {
             _ if n >= KIB => ("KiB", KIB),
             _ => return write!(f, "{n}B"),
         };
-        if n % factor == 0 {
+        if n.is_multiple_of(factor) {
             return write!(f, "{}{name}", n / factor);
         }
         // Precision loss is fine: this is only for people to read. But a
@@ -278,7 +278,7 @@ impl fmt::Display for HumanDuration {
         let secs = d.as_secs();
         if d.subsec_nanos() == 0 {
             for (name, unit) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-                if secs % unit == 0 {
+                if secs.is_multiple_of(unit) {
                     return write!(f, "{}{name}", secs / unit);
                 }
             }
@@ -286,7 +286,7 @@ impl fmt::Display for HumanDuration {
         }
         let nanos = d.as_nanos();
         for (name, unit) in [("ms", 1_000_000u128), ("us", 1_000), ("ns", 1)] {
-            if nanos % unit == 0 {
+            if nanos.is_multiple_of(unit) {
                 // humantime parses a span's number as u64; beyond that fall
                 // back to its own multi-unit format, which also round-trips.
                 if nanos / unit <= u128::from(u64::MAX) {

@@ -198,7 +198,7 @@ impl Store {
             record::encode(&mut buf, &topic.name, queue_id, flags, m);
             bounds.push(start..buf.len());
         }
-        let result = self.append_locked(&mut w, &mut buf, &bounds, topic, queue_id, cq, batch);
+        let result = self.append_locked(&mut w, &mut buf, &bounds, queue_id, cq, batch);
         w.scratch = buf;
         drop(w);
         let result = result?;
@@ -206,13 +206,11 @@ impl Store {
         Ok(result)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn append_locked(
         &self,
         w: &mut Writer,
         buf: &mut [u8],
         bounds: &[std::ops::Range<usize>],
-        topic: &Topic,
         queue_id: u16,
         cq: &consume_queue::ConsumeQueue,
         batch: bool,
@@ -246,7 +244,6 @@ impl Store {
             out.push(Appended { id: MessageId { offset, crc }, queue_id, queue_offset: qo, store_ms, deliver_at_ms });
         }
         self.log.publish(&w.log);
-        let _ = topic;
         Ok(AppendResult { messages: out, end: w.log.pos() })
     }
 

@@ -96,7 +96,7 @@ pub(super) fn recover(opts: &StoreOptions, _now_ms: i64) -> Result<Recovered, St
 
     let mut first_err = None;
     let mut reindexed = 0u64;
-    log.replay(scanned_from, end, |offset, len, rec| {
+    let replayed = log.replay(scanned_from, end, |offset, len, rec| {
         if first_err.is_some() {
             return;
         }
@@ -119,6 +119,7 @@ pub(super) fn recover(opts: &StoreOptions, _now_ms: i64) -> Result<Recovered, St
         return Err(e);
     }
     report.log = log_report;
+    report.log.records = replayed;
     report.reindexed = reindexed;
     report.topics = topics.map.len();
     report.elapsed_ms = started.elapsed().as_millis() as u64;

@@ -53,7 +53,7 @@ impl SegmentSet {
                 continue;
             }
             let base: u64 = name.parse().map_err(|_| invalid(dir, name, "bad name"))?;
-            if base % segment_size != 0 {
+            if !base.is_multiple_of(segment_size) {
                 return Err(invalid(dir, name, "base is not a multiple of the segment size"));
             }
             bases.push(base);
