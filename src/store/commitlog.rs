@@ -299,6 +299,16 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Creates the next segment ahead of need once the last one is half written, so appends do
+    /// not wait on `fallocate` (which can take most of a second while a large flush is running).
+    pub fn preallocate(&self) -> io::Result<()> {
+        let Some(last) = self.segs.last() else { return Ok(()) };
+        if self.write_pos() >= last.base + last.file.len() as u64 / 2 {
+            self.segs.create(last.end())?;
+        }
+        Ok(())
+    }
+
     /// Publishes everything the writer has appended.
     pub fn publish(&self, w: &LogWriter) {
         self.write_pos.store(w.pos, Ordering::Release);

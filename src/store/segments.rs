@@ -100,6 +100,10 @@ impl SegmentSet {
         debug_assert_eq!(base % self.segment_size, 0);
         let mut segs = self.segments.write();
         if let Some(last) = segs.last() {
+            if base == last.base {
+                // Created meanwhile by another thread (the flusher preallocates ahead).
+                return Ok(last.clone());
+            }
             if base < last.end() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -160,7 +164,8 @@ mod tests {
         assert!(set.find(0).is_none());
         set.create(0).unwrap();
         set.create(4096).unwrap();
-        assert!(set.create(4096).is_err());
+        assert_eq!(set.create(4096).unwrap().base, 4096, "creating the last again returns it");
+        assert!(set.create(0).is_err());
         assert_eq!(set.find(0).unwrap().base, 0);
         assert_eq!(set.find(4095).unwrap().base, 0);
         assert_eq!(set.find(4096).unwrap().base, 4096);
