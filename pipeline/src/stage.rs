@@ -1,0 +1,146 @@
+//! The stage supervisor: one named thread per stage, a shared stop flag, panic containment and
+//! a bounded join.
+//!
+//! A stage body receives a [`StageCtx`] and returns when [`StageCtx::stopped`] turns true (it
+//! must check between blocking waits of bounded length). If a body panics, the supervisor
+//! records which and trips the stop flag, so the pipeline halts visibly instead of leaving a
+//! silent hole: downstream stages stop, upstream producers see the stop and return.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// What a stage body sees of the supervisor.
+#[derive(Clone, Debug)]
+pub struct StageCtx {
+    stop: Arc<AtomicBool>,
+    name: &'static str,
+}
+
+impl StageCtx {
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Supervisor {
+    stop: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<String>>>,
+    handles: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Supervisor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A context for code that is not a supervised thread (e.g. a ring's consumer).
+    pub fn ctx(&self, name: &'static str) -> StageCtx {
+        StageCtx { stop: self.stop.clone(), name }
+    }
+
+    /// Runs `body` on a thread named `name`.
+    pub fn spawn(&mut self, name: &'static str, body: impl FnOnce(StageCtx) + Send + 'static) -> std::io::Result<()> {
+        let ctx = self.ctx(name);
+        let stop = self.stop.clone();
+        let failure = self.failure.clone();
+        let h = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(ctx))) {
+                let msg = panic_message(&p);
+                tracing::error!(stage = name, panic = %msg, "stage panicked; stopping the pipeline");
+                failure.lock().get_or_insert(format!("stage {name} panicked: {msg}"));
+                stop.store(true, Ordering::Release);
+            }
+        })?;
+        self.handles.push((name, h));
+        Ok(())
+    }
+
+    /// Records a failure found outside a supervised thread and trips the stop flag.
+    pub fn trip(&self, why: String) {
+        self.failure.lock().get_or_insert(why);
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Why the pipeline stopped by itself, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Asks every stage to stop.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Stops every stage and joins them, waiting at most `deadline` in all. Returns the names of
+    /// stages that did not finish in time (they are left running, detached).
+    pub fn stop_and_join(&mut self, deadline: Duration) -> Vec<&'static str> {
+        self.request_stop();
+        let until = Instant::now() + deadline;
+        let mut hung = Vec::new();
+        for (name, h) in self.handles.drain(..) {
+            while !h.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            } else {
+                tracing::error!(stage = name, "stage did not stop in time");
+                hung.push(name);
+            }
+        }
+        hung
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_stage_trips_the_stop_and_others_end() {
+        let mut sup = Supervisor::new();
+        sup.spawn("waits", |ctx| {
+            while !ctx.stopped() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+        sup.spawn("boom", |_| panic!("kaboom")).unwrap();
+        let t0 = Instant::now();
+        while !sup.is_stopped() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(sup.failure().unwrap().contains("boom panicked: kaboom"));
+        assert!(sup.stop_and_join(Duration::from_secs(10)).is_empty());
+    }
+
+    #[test]
+    fn a_hung_stage_is_reported() {
+        let mut sup = Supervisor::new();
+        sup.spawn("stuck", |_| std::thread::sleep(Duration::from_millis(300))).unwrap();
+        assert_eq!(sup.stop_and_join(Duration::from_millis(10)), vec!["stuck"]);
+    }
+}
