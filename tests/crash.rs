@@ -1,0 +1,631 @@
+//! Crash tests of the `chime` binary: SIGKILL while clients are writing, restart on the same
+//! data directory, and check that every send answered 201 before the kill is delivered (API.md:
+//! "A 201 means the message is stored and will be delivered (at least once), whatever happens
+//! next"), and that consumer-group progress survives a crash.
+//!
+//! The load is driven by a fixed-seed PRNG (batch sizes, kill times), so runs are reproducible
+//! up to scheduling (CRASH_TEST_SEED=<u64> tries another schedule). Load bodies are padded
+//! (CRASH_TEST_PAD, default 1000 bytes) so the commit log rolls past an 8 MiB segment boundary
+//! during the rounds.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const TOPIC: &str = "crash";
+const WORKERS: usize = 4;
+const ROUNDS: usize = 3;
+const DEFAULT_PAD: usize = 1000;
+
+// ---------------------------------------------------------------------------------------------
+// Process harness
+// ---------------------------------------------------------------------------------------------
+
+/// xorshift64*: a tiny deterministic PRNG.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// The last `max` bytes of a log file (lossy UTF-8), for failure messages.
+fn tail(path: &Path, max: usize) -> String {
+    match std::fs::read(path) {
+        Ok(b) => {
+            let start = b.len().saturating_sub(max);
+            let text = String::from_utf8_lossy(&b[start..]).into_owned();
+            if start > 0 {
+                format!("[... {start} bytes cut ...]\n{text}")
+            } else {
+                text
+            }
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// Prints every `*.stderr` file of the temp directory (all server generations) if the test
+/// is panicking. Declared after the temp dir, so it runs before the dir is removed.
+struct DumpLogsOnPanic(PathBuf);
+
+impl Drop for DumpLogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "stderr"));
+        files.sort();
+        for f in files {
+            eprintln!("===== {} =====\n{}\n===== end =====", f.display(), tail(&f, 12 * 1024));
+        }
+    }
+}
+
+/// A `chime` child process with its stderr in a file.
+struct Proc {
+    child: Child,
+    base: String,
+    stderr: PathBuf,
+    done: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Starts `chime --listen 127.0.0.1:PORT --data-dir DATA --profile test` (inherited CHIME_*
+    /// variables removed).
+    fn spawn(data: &Path, stderr: PathBuf) -> Proc {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chime"));
+        cmd.arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--data-dir").arg(data).arg("--profile").arg("test");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("CHIME_") {
+                cmd.env_remove(k);
+            }
+        }
+        let file = std::fs::File::create(&stderr).expect("create stderr file");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+        let child = cmd.spawn().expect("spawn chime");
+        Proc { child, base: format!("http://127.0.0.1:{port}"), stderr, done: None }
+    }
+
+    /// Starts a ready server; the log is `logs/NAME.stderr`. Retries with another port if the
+    /// picked one was taken between `free_port()` and the bind.
+    async fn start(data: &Path, logs: &Path, name: &str, http: &reqwest::Client) -> Proc {
+        for attempt in 1..=3 {
+            let suffix = if attempt == 1 { String::new() } else { format!("-retry{attempt}") };
+            let mut p = Proc::spawn(data, logs.join(format!("{name}{suffix}.stderr")));
+            if let Some(s) = p.wait_exit(Duration::from_millis(200)).await {
+                let log = p.log();
+                if log.contains("cannot listen") && attempt < 3 {
+                    continue;
+                }
+                panic!("{name}: chime exited at once with {s}; stderr:\n{log}");
+            }
+            p.wait_ready(http).await;
+            return p;
+        }
+        unreachable!()
+    }
+
+    /// The server's "recovery finished" log line, if any.
+    fn recovery_line(&self) -> String {
+        let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        log.lines().find(|l| l.contains("recovery finished")).unwrap_or("<no recovery line>").trim().to_string()
+    }
+
+    fn log(&self) -> String {
+        tail(&self.stderr, 12 * 1024)
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.done.is_none() {
+            self.done = self.child.try_wait().expect("try_wait");
+        }
+        self.done
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_exit() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls GET /readyz until 200; panics (with the log) if the process exits or on timeout.
+    async fn wait_ready(&mut self, http: &reqwest::Client) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(s) = self.try_exit() {
+                panic!("chime exited with {s} before it was ready; stderr:\n{}", self.log());
+            }
+            if let Ok(r) = http.get(format!("{}/readyz", self.base)).timeout(Duration::from_secs(2)).send().await {
+                if r.status().as_u16() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "chime not ready within {READY_TIMEOUT:?}; stderr:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig)
+            .unwrap_or_else(|e| panic!("kill({}, {sig}) failed: {e}", self.child.id()));
+    }
+
+    /// SIGKILL and reap.
+    async fn kill9(&mut self) {
+        assert!(self.try_exit().is_none(), "chime died before the SIGKILL: {:?}; stderr:\n{}", self.done, self.log());
+        self.signal(Signal::SIGKILL);
+        let s = self.wait_exit(Duration::from_secs(10)).await.expect("chime gone after SIGKILL");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(s.signal(), Some(9), "after SIGKILL: {s}");
+    }
+
+    /// SIGTERM; the exit status must be 0 within 10 s.
+    async fn terminate(&mut self) {
+        self.signal(Signal::SIGTERM);
+        let s = self.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(s.and_then(|s| s.code()), Some(0), "exit after SIGTERM: {s:?}; stderr:\n{}", self.log());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client helpers
+// ---------------------------------------------------------------------------------------------
+
+async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = http.post(url).json(body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_else(|e| panic!("POST {url}: reading the body: {e}"));
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn receive(http: &reqwest::Client, base: &str, topic: &str, group: &str, req: Value) -> Vec<Value> {
+    let url = format!("{base}/v1/topics/{topic}/groups/{group}/receive");
+    let (s, v) = post(http, &url, &req).await;
+    assert_eq!(s, 200, "receive {req}: {v}");
+    v["messages"].as_array().unwrap_or_else(|| panic!("receive answer without messages: {v}")).clone()
+}
+
+async fn ack(http: &reqwest::Client, base: &str, topic: &str, group: &str, msgs: &[Value]) {
+    let handles: Vec<_> = msgs.iter().map(|m| m["receipt_handle"].clone()).collect();
+    let url = format!("{base}/v1/topics/{topic}/groups/{group}/ack");
+    let (s, v) = post(http, &url, &json!({ "receipt_handles": handles })).await;
+    assert_eq!(s, 200, "ack: {v}");
+    assert_eq!(v["acked"].as_u64(), Some(msgs.len() as u64), "ack of {} fresh handles: {v}", msgs.len());
+}
+
+/// A load body without its padding, for messages.
+fn short(body: &str) -> &str {
+    body.trim_end_matches('.')
+}
+
+fn body_of(m: &Value) -> String {
+    m["body"].as_str().unwrap_or_else(|| panic!("message without a text body: {m}")).to_string()
+}
+
+/// Receives the whole topic with `group` (max 1000, wait 200 ms; until two consecutive empty
+/// answers), acking as it goes. Returns (body, message_id) in delivery order.
+async fn drain(http: &reqwest::Client, base: &str, topic: &str, group: &str) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    let mut empties = 0;
+    while empties < 2 {
+        assert!(Instant::now() < deadline, "draining {topic}/{group} takes over 60 s ({} so far)", out.len());
+        let msgs = receive(http, base, topic, group, json!({"max_messages": 1000, "wait_ms": 200})).await;
+        if msgs.is_empty() {
+            empties += 1;
+            continue;
+        }
+        empties = 0;
+        for m in &msgs {
+            out.push((body_of(m), m["message_id"].as_str().unwrap_or_default().to_string()));
+        }
+        ack(http, base, topic, group, &msgs).await;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------------------------
+
+/// Filler appended to every load body so the commit log grows past segment boundaries
+/// (8 MiB in the test profile) during the test; CRASH_TEST_PAD=<bytes> overrides it.
+fn padding() -> &'static str {
+    static PAD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PAD.get_or_init(|| {
+        let n = std::env::var("CRASH_TEST_PAD").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_PAD);
+        ".".repeat(n)
+    })
+}
+
+#[derive(Default)]
+struct WorkerLog {
+    /// Every body put on the wire (whatever the answer).
+    attempted: Vec<String>,
+    /// Bodies answered 201, with the message id when the answer body was read.
+    acked: Vec<(String, Option<String>)>,
+    /// Non-201 answers: (status, answer).
+    rejected: Vec<(u16, String)>,
+    /// Requests sent.
+    requests: usize,
+    /// Why the worker stopped.
+    stopped_by: String,
+}
+
+/// Sends to TOPIC in a loop, alternately one message and a batch of 1..=50, until a request
+/// fails (the server was killed) or `stop` is set.
+async fn worker(
+    http: reqwest::Client,
+    base: String,
+    round: usize,
+    w: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> WorkerLog {
+    let mut rng = Rng::new(seed);
+    let mut log = WorkerLog::default();
+    let url = format!("{base}/v1/topics/{TOPIC}/messages");
+    let mut seq = 0u64;
+    for i in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            log.stopped_by = "stop flag (the server was not killed?)".into();
+            break;
+        }
+        let single = i % 2 == 0;
+        let n = if single { 1 } else { rng.range(1, 50) };
+        let bodies: Vec<String> = (0..n)
+            .map(|_| {
+                seq += 1;
+                format!("r{round}-w{w}-{seq}{}", padding())
+            })
+            .collect();
+        let payload = if single {
+            json!({"body": bodies[0]})
+        } else {
+            Value::Array(bodies.iter().map(|b| json!({"body": b})).collect())
+        };
+        log.attempted.extend(bodies.iter().cloned());
+        log.requests += 1;
+        let resp = match http.post(&url).json(&payload).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                log.stopped_by = format!("send error: {e:?}");
+                break;
+            }
+        };
+        let status = resp.status().as_u16();
+        // The status line arrived: a 201 is an acknowledgement even if the rest is lost.
+        let text = resp.text().await;
+        if status == 201 {
+            let v: Option<Value> = text.as_ref().ok().and_then(|t| serde_json::from_str(t).ok());
+            let ids: Vec<Option<String>> = match &v {
+                Some(v) if single => vec![v["message_id"].as_str().map(String::from)],
+                Some(v) => {
+                    let arr = v["messages"].as_array().cloned().unwrap_or_default();
+                    (0..bodies.len())
+                        .map(|k| arr.get(k).and_then(|m| m["message_id"].as_str()).map(String::from))
+                        .collect()
+                }
+                None => vec![None; bodies.len()],
+            };
+            log.acked.extend(bodies.into_iter().zip(ids));
+        } else {
+            log.rejected.push((status, text.unwrap_or_default()));
+            if status == 429 || status == 503 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    log
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_sends_survive_sigkill_during_load() {
+    let t_start = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let _dump = DumpLogsOnPanic(tmp.path().to_path_buf());
+    let data = tmp.path().join("data");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    // Fixed seed for reproducible runs; CRASH_TEST_SEED=<u64> explores other schedules.
+    let seed = std::env::var("CRASH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x00C0_FFEE_D15C_0001u64);
+    eprintln!("crash test seed {seed}");
+    let mut rng = Rng::new(seed);
+
+    // body -> message id (if the 201 answer was read), over all rounds
+    let mut acked: HashMap<String, Option<String>> = HashMap::new();
+    let mut attempted: HashSet<String> = HashSet::new();
+
+    let mut server = Proc::start(&data, tmp.path(), "gen0", &http).await;
+    for round in 1..=ROUNDS {
+        // Load, then SIGKILL mid-write.
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..WORKERS {
+            let seed = rng.next();
+            let (h, b, s, st) = (http.clone(), server.base.clone(), stop.clone(), started.clone());
+            tasks.push(tokio::spawn(async move {
+                st.fetch_add(1, Ordering::Relaxed);
+                worker(h, b, round, w, seed, s).await
+            }));
+        }
+        let kill_after = Duration::from_millis(rng.range(300, 900));
+        tokio::time::sleep(kill_after).await;
+        let all_running = tasks.iter().all(|t| !t.is_finished());
+        server.kill9().await;
+        let mut logs = Vec::new();
+        for t in tasks {
+            match tokio::time::timeout(Duration::from_secs(20), t).await {
+                Ok(r) => logs.push(r.expect("worker panicked")),
+                Err(_) => {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("round {round}: a load worker did not stop within 20 s of the SIGKILL");
+                }
+            }
+        }
+
+        let mut round_acked = 0;
+        let mut round_attempted = 0;
+        let mut requests = 0;
+        let mut rejected = Vec::new();
+        for (w, l) in logs.iter().enumerate() {
+            round_attempted += l.attempted.len();
+            round_acked += l.acked.len();
+            requests += l.requests;
+            rejected.extend(l.rejected.iter().cloned());
+            eprintln!(
+                "round {round} worker {w}: {} requests, {} bodies sent, {} acked; stopped by {}",
+                l.requests,
+                l.attempted.len(),
+                l.acked.len(),
+                l.stopped_by
+            );
+            attempted.extend(l.attempted.iter().cloned());
+            for (b, id) in &l.acked {
+                assert!(acked.insert(b.clone(), id.clone()).is_none(), "body {b} acked twice");
+            }
+        }
+        eprintln!(
+            "round {round}: killed after {kill_after:?} (all workers still sending: {all_running}), \
+             {requests} requests, {round_attempted} bodies sent, {round_acked} acked"
+        );
+        assert!(round_acked > 0, "round {round}: no send was acknowledged in {kill_after:?}: the test checks nothing");
+        let unexpected: Vec<_> = rejected.iter().filter(|(s, _)| *s != 429 && *s != 503).collect();
+        assert!(unexpected.is_empty(), "round {round}: sends answered other than 201/429/503: {unexpected:?}");
+
+        // Restart on the same directory and read the whole topic with a fresh group.
+        server = Proc::start(&data, tmp.path(), &format!("gen{round}"), &http).await;
+        eprintln!("round {round} restart: {}", server.recovery_line());
+        let t_drain = Instant::now();
+        let delivered = drain(&http, &server.base, TOPIC, &format!("check{round}")).await;
+        let drain_time = t_drain.elapsed();
+
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut id_mismatch = Vec::new();
+        for (b, id) in &delivered {
+            *seen.entry(b.as_str()).or_default() += 1;
+            if let Some(Some(want)) = acked.get(b) {
+                if want != id {
+                    id_mismatch.push(format!("{}: acked as {want}, delivered as {id}", short(b)));
+                }
+            }
+        }
+        let duplicates: usize = seen.values().map(|&c| c - 1).sum();
+        let mut lost: Vec<&String> = acked.keys().filter(|b| !seen.contains_key(b.as_str())).collect();
+        lost.sort();
+        let mut phantom: Vec<&str> = seen.keys().filter(|b| !attempted.contains(**b)).map(|b| short(b)).collect();
+        phantom.sort();
+        let stored_unacked = seen.keys().filter(|b| attempted.contains(**b) && !acked.contains_key(**b)).count();
+        let mut dup_list: Vec<_> =
+            seen.iter().filter(|(_, &c)| c > 1).map(|(b, c)| format!("{} x{c}", short(b))).collect();
+        dup_list.sort();
+        eprintln!(
+            "round {round} after restart: acked {}, delivered {}, duplicates {duplicates}, stored-but-unacked \
+             {stored_unacked}, lost {}, phantom {} (drained in {drain_time:?})",
+            acked.len(),
+            delivered.len(),
+            lost.len(),
+            phantom.len()
+        );
+        // Lost bodies, grouped by worker and round, with the first few of each.
+        let mut lost_by: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for b in &lost {
+            let key = b.trim_end_matches('.').rsplit_once('-').map(|(p, _)| p.to_string()).unwrap_or_default();
+            lost_by.entry(key).or_default().push(short(b));
+        }
+        let lost_summary: Vec<String> =
+            lost_by.iter().map(|(k, v)| format!("{k}: {} lost, e.g. {:?}", v.len(), &v[..v.len().min(5)])).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: lost = {} of {} acknowledged bodies not delivered after SIGKILL + restart \
+             (delivered {}, duplicates {duplicates}, stored-but-unacked {stored_unacked}):\n{}",
+            lost.len(),
+            acked.len(),
+            delivered.len(),
+            lost_summary.join("\n")
+        );
+        assert!(
+            phantom.is_empty(),
+            "round {round}: {} delivered bodies were never sent, e.g. {:?}",
+            phantom.len(),
+            &phantom[..phantom.len().min(10)]
+        );
+        assert!(
+            id_mismatch.is_empty(),
+            "round {round}: {} messages delivered under another id than the 201 answer gave, e.g. {:?}",
+            id_mismatch.len(),
+            &id_mismatch[..id_mismatch.len().min(10)]
+        );
+        // A fresh group, acks as it goes, default invisibility (30 s) longer than the drain: each
+        // stored message must come exactly once; a duplicate means a send was stored twice or the
+        // group redelivered inside the invisibility window.
+        assert!(
+            duplicates == 0 || drain_time >= Duration::from_secs(30),
+            "round {round}: {duplicates} duplicate deliveries to a fresh group, e.g. {:?}",
+            &dup_list[..dup_list.len().min(10)]
+        );
+    }
+    server.terminate().await;
+    eprintln!("crash test: {ROUNDS} kill/restart rounds in {:?}", t_start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_progress_survives_sigkill() {
+    let t_start = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let _dump = DumpLogsOnPanic(tmp.path().to_path_buf());
+    let data = tmp.path().join("data");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let topic = "progress";
+    let group = "g1";
+
+    let mut server = Proc::start(&data, tmp.path(), "gen0", &http).await;
+    let url = format!("{}/v1/topics/{topic}/messages", server.base);
+    for i in 0..100 {
+        let (s, v) = post(&http, &url, &json!({"body": format!("m{i}")})).await;
+        assert_eq!(s, 201, "send m{i}: {v}");
+    }
+
+    // Receive 60 (invisible 1 s), ack 40 of them.
+    let mut first: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.len() < 60 {
+        assert!(Instant::now() < deadline, "only {} of 100 messages received in 10 s", first.len());
+        let want = 60 - first.len();
+        let msgs = receive(
+            &http,
+            &server.base,
+            topic,
+            group,
+            json!({"max_messages": want, "wait_ms": 200, "invisible_ms": 1000}),
+        )
+        .await;
+        assert!(msgs.len() <= want, "asked for {want}, got {}", msgs.len());
+        first.extend(msgs);
+    }
+    let first_bodies: Vec<String> = first.iter().map(body_of).collect();
+    let unique: HashSet<&String> = first_bodies.iter().collect();
+    assert_eq!(unique.len(), 60, "the first 60 receives have duplicates: {first_bodies:?}");
+    ack(&http, &server.base, topic, group, &first[..40]).await;
+    let acked: HashSet<String> = first_bodies[..40].iter().cloned().collect();
+    let unacked_received: HashSet<String> = first_bodies[40..].iter().cloned().collect();
+
+    // Let the persister (every 100 ms in the test profile) write the progress, then crash.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill9().await;
+    server = Proc::start(&data, tmp.path(), "gen1", &http).await;
+    let t_ready = Instant::now();
+
+    // Same group, default invisibility: the 60 unacked ones, exactly once, none of the 40 acked.
+    let mut second: Vec<(String, u64)> = Vec::new();
+    let mut empties = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(second.len() >= 60 && empties >= 2) && Instant::now() < deadline {
+        let msgs = receive(&http, &server.base, topic, group, json!({"max_messages": 1000, "wait_ms": 200})).await;
+        if msgs.is_empty() {
+            empties += 1;
+            continue;
+        }
+        empties = 0;
+        for m in &msgs {
+            second.push((body_of(m), m["delivery_attempt"].as_u64().unwrap_or(0)));
+        }
+        ack(&http, &server.base, topic, group, &msgs).await;
+    }
+    let second_time = t_ready.elapsed();
+
+    let expected: HashSet<String> = (0..100).map(|i| format!("m{i}")).filter(|b| !acked.contains(b)).collect();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (b, _) in &second {
+        *counts.entry(b.as_str()).or_default() += 1;
+    }
+    let mut missing: Vec<&String> = expected.iter().filter(|b| !counts.contains_key(b.as_str())).collect();
+    missing.sort();
+    let mut acked_again: Vec<&&str> = counts.keys().filter(|b| acked.contains(**b)).collect();
+    acked_again.sort();
+    let mut dups: Vec<String> = counts.iter().filter(|(_, &c)| c > 1).map(|(b, c)| format!("{b}x{c}")).collect();
+    dups.sort();
+    let mut attempts: BTreeMap<String, usize> = BTreeMap::new();
+    for (b, a) in &second {
+        let kind = if unacked_received.contains(b) { "received-unacked" } else { "never-received" };
+        *attempts.entry(format!("{kind} attempt {a}")).or_default() += 1;
+    }
+    eprintln!(
+        "group progress: second pass got {} messages in {second_time:?} (missing {}, acked-again {}, duplicates {}); \
+         delivery attempts: {attempts:?}",
+        second.len(),
+        missing.len(),
+        acked_again.len(),
+        dups.len()
+    );
+    assert!(
+        acked_again.is_empty(),
+        "{} of the 40 acked messages were delivered again after the crash (acked 300 ms before SIGKILL, \
+         persist_interval 100 ms): {acked_again:?}",
+        acked_again.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} of the 60 unacked messages were not delivered after the crash within 10 s: {missing:?} \
+         (of them received-but-unacked before the crash: {:?})",
+        missing.len(),
+        missing.iter().filter(|b| unacked_received.contains(**b)).collect::<Vec<_>>()
+    );
+    assert!(dups.is_empty(), "messages delivered more than once in the second pass: {dups:?}");
+    assert_eq!(second.len(), 60);
+
+    server.terminate().await;
+    eprintln!("group progress test in {:?}", t_start.elapsed());
+}
