@@ -1,0 +1,223 @@
+//! The server under test: an external URL, a spawned `chime` child process, or a server started
+//! in this process with `chime::server::start`.
+//!
+//! Spawned is the default when `target/release/chime` sits next to this binary: the server then
+//! has its own process and the load generator's CPU use is measured apart from it. In process,
+//! both share one process (and, on a small machine, the same cores); it needs no binary.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chime::clock::SystemClock;
+use chime::config::{Config, BUILTIN_PROFILES};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// Built-in profile of a server this tool starts (default, durable, test).
+    #[arg(long, default_value = "default")]
+    pub profile: String,
+    /// Use a running server at this base URL (e.g. http://127.0.0.1:8080) instead of starting one.
+    #[arg(long, conflicts_with_all = ["spawn", "in_process"])]
+    pub url: Option<String>,
+    /// Start `chime` from this binary's directory as a child process (default when it exists).
+    #[arg(long, conflicts_with = "in_process")]
+    pub spawn: bool,
+    /// Start the server inside this process (it then shares the cores with the load generator).
+    #[arg(long)]
+    pub in_process: bool,
+    /// Parent directory for the server's temporary data directory. Default: the system temp dir.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// How the server was started, for the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Url,
+    Spawn,
+    InProcess,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Url => "url",
+            Mode::Spawn => "spawn",
+            Mode::InProcess => "in-process",
+        }
+    }
+}
+
+pub fn chime_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.join("chime");
+    bin.is_file().then_some(bin)
+}
+
+impl TargetArgs {
+    pub fn mode(&self) -> Result<Mode, String> {
+        if self.url.is_some() {
+            Ok(Mode::Url)
+        } else if self.in_process {
+            Ok(Mode::InProcess)
+        } else if chime_binary().is_some() {
+            Ok(Mode::Spawn)
+        } else if self.spawn {
+            Err("--spawn: no `chime` binary next to this one (build it with `cargo build --release`)".into())
+        } else {
+            Ok(Mode::InProcess)
+        }
+    }
+}
+
+pub enum Target {
+    Url(String),
+    Spawned { base: String, child: Child, log: PathBuf, _dir: tempfile::TempDir },
+    InProcess { base: String, running: chime::server::Running, rt: tokio::runtime::Runtime, _dir: tempfile::TempDir },
+}
+
+impl Target {
+    /// Starts (or connects to) the server and waits until `/readyz` answers 200.
+    pub fn start(args: &TargetArgs) -> Result<Target, String> {
+        let mode = args.mode()?;
+        if let Mode::Url = mode {
+            let base = args.url.clone().unwrap_or_default().trim_end_matches('/').to_owned();
+            wait_ready(&base, None)?;
+            return Ok(Target::Url(base));
+        }
+        let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let dir =
+            tempfile::Builder::new().prefix("chime-bench-server-").tempdir_in(parent).map_err(|e| e.to_string())?;
+        let data_dir = dir.path().join("data");
+        if mode == Mode::Spawn {
+            let bin = chime_binary().ok_or("no chime binary")?;
+            let port = free_port()?;
+            let base = format!("http://127.0.0.1:{port}");
+            let log = dir.path().join("chime.log");
+            let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+            let mut child = Command::new(&bin)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .arg("--profile")
+                .arg(&args.profile)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .spawn()
+                .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+            if let Err(e) = wait_ready(&base, Some(&mut child)) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{e}; server log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+            }
+            return Ok(Target::Spawned { base, child, log, _dir: dir });
+        }
+        let text = BUILTIN_PROFILES
+            .iter()
+            .find(|(n, _)| *n == args.profile)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| format!("unknown built-in profile {:?}", args.profile))?;
+        let mut config = Config::from_profile_str(text).map_err(|e| format!("profile {}: {e}", args.profile))?;
+        config.listen = "127.0.0.1:0".to_owned();
+        config.data_dir = data_dir;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("chime-http")
+            .build()
+            .map_err(|e| e.to_string())?;
+        let running = rt
+            .block_on(async {
+                let r = chime::server::start(&config, Arc::new(SystemClock)).await?;
+                r.wait_ready().await;
+                Ok::<_, chime::server::ServerError>(r)
+            })
+            .map_err(|e| format!("start server: {e}"))?;
+        let base = format!("http://{}", running.addr);
+        wait_ready(&base, None)?;
+        Ok(Target::InProcess { base, running, rt, _dir: dir })
+    }
+
+    pub fn base(&self) -> &str {
+        match self {
+            Target::Url(b) => b,
+            Target::Spawned { base, .. } | Target::InProcess { base, .. } => base,
+        }
+    }
+
+    /// The server's process id when it runs apart from this process.
+    pub fn server_pid(&self) -> Option<u32> {
+        match self {
+            Target::Spawned { child, .. } => Some(child.id()),
+            _ => None,
+        }
+    }
+
+    /// Stops a server this tool started (SIGTERM for a child, then waits for a clean exit).
+    pub fn stop(self) -> Result<(), String> {
+        match self {
+            Target::Url(_) => Ok(()),
+            Target::Spawned { mut child, log, .. } => {
+                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+                let deadline = Instant::now() + STOP_TIMEOUT;
+                loop {
+                    match child.try_wait().map_err(|e| e.to_string())? {
+                        Some(status) if status.success() => return Ok(()),
+                        Some(status) => {
+                            return Err(format!(
+                                "chime exited with {status}; log:\n{}",
+                                std::fs::read_to_string(&log).unwrap_or_default()
+                            ))
+                        }
+                        None if Instant::now() > deadline => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Err("chime did not stop within 60 s of SIGTERM".into());
+                        }
+                        None => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            }
+            Target::InProcess { running, rt, .. } => {
+                rt.block_on(running.stop()).map_err(|e| format!("stop server: {e}"))
+            }
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// Polls `GET {base}/readyz` with a blocking connection until it answers 200.
+fn wait_ready(base: &str, mut child: Option<&mut Child>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let client = crate::http::client(1)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(c) = child.as_deref_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!("chime exited during start-up with {status}"));
+            }
+        }
+        let ok = rt.block_on(async {
+            matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status().is_success())
+        });
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{base}/readyz did not answer 200 within {READY_TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
