@@ -1,6 +1,6 @@
 //! chime: a durable store for delayed and scheduled messages.
 //!
-//! Layers, each knowing only the ones below it: `http` → `group` → `store` → `clock`.
+//! Layers, each knowing only the ones below it: `http` → `group`, `timer` → `store` → `clock`.
 #![deny(unsafe_code)]
 
 pub mod clock;
@@ -11,3 +11,4 @@ pub mod names;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod timer;

@@ -16,6 +16,7 @@ use crate::group::{GroupError, GroupOptions, Groups};
 use crate::http::{self, AppState, Core, Limits};
 use crate::store::lock::{DirLock, LockError};
 use crate::store::{FlushPolicy, Store, StoreError, StoreOptions};
+use crate::timer::{Geometry, TimerEngine, TimerError, TimerOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -31,6 +32,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("consumer groups failed")]
     Group(#[from] GroupError),
+    #[error("timer failed")]
+    Timer(#[from] TimerError),
     #[error("server failed")]
     Io(#[from] std::io::Error),
     #[error("recovery task failed: {0}")]
@@ -49,6 +52,21 @@ pub fn store_options(config: &Config) -> StoreOptions {
             FlushMode::Sync => FlushPolicy::Sync,
         },
         checkpoint_interval: interval,
+    }
+}
+
+/// The timer's options from the config.
+pub fn timer_options(config: &Config) -> TimerOptions {
+    TimerOptions {
+        dir: config.data_dir.join("timer"),
+        geometry: Geometry::new(config.timer.precision.0.as_millis().max(1) as i64, config.timer.slots),
+        lookahead_ms: config.timer.lookahead.0.as_millis() as i64,
+        // 64 MiB timer-log segments with 1 GiB commit-log segments; smaller with smaller ones.
+        timer_log_segment_units: (config.store.segment_size.0 / 1024).clamp(4096, 1 << 20),
+        checkpoint_interval: config.store.flush_interval.0,
+        queue_capacity: config.timer.queue_capacity as usize,
+        default_queues: config.default_queues,
+        sync: config.store.flush == FlushMode::Sync,
     }
 }
 
@@ -83,12 +101,15 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
     let opts = store_options(config);
     let group_opts =
         GroupOptions { dir: config.data_dir.join("groups"), persist_interval: config.group.persist_interval.0 };
+    let timer_opts = timer_options(config);
     let ready_state = state.clone();
     let recovery = tokio::task::spawn_blocking(move || -> Result<Core, ServerError> {
         let store = Store::open_locked(lock, opts, clock)?;
         tracing::info!(recovery = %store.recovery_report(), "recovery finished");
+        let timer = TimerEngine::start(store.clone(), timer_opts)?;
+        tracing::info!(recovery = %timer.recovery_summary(), "timer started");
         let groups = Groups::open(store.clone(), group_opts)?;
-        Ok(Core { store, groups })
+        Ok(Core { store, groups, timer })
     });
 
     let app = http::router(state.clone());
@@ -115,6 +136,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         server.await.map_err(|e| ServerError::Task(e.to_string()))??;
         // Requests are done: persist progress, then the final flush and checkpoint.
         if let Ok(core) = ready_state.core() {
+            core.timer.shutdown()?;
             core.groups.shutdown()?;
             core.store.shutdown()?;
         }

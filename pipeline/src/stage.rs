@@ -66,8 +66,18 @@ impl Supervisor {
 
     /// Records a failure found outside a supervised thread and trips the stop flag.
     pub fn trip(&self, why: String) {
-        self.failure.lock().get_or_insert(why);
-        self.stop.store(true, Ordering::Release);
+        (self.tripper())(why)
+    }
+
+    /// A handle that trips the stop flag with a reason, for code on other threads (a ring's
+    /// consumer reports its panics through it).
+    pub fn tripper(&self) -> impl Fn(String) + Send + Sync + Clone + 'static {
+        let (failure, stop) = (self.failure.clone(), self.stop.clone());
+        move |why: String| {
+            tracing::error!(reason = %why, "pipeline stopping");
+            failure.lock().get_or_insert(why);
+            stop.store(true, Ordering::Release);
+        }
     }
 
     /// Why the pipeline stopped by itself, if it did.

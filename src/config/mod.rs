@@ -88,7 +88,7 @@ const SEGMENT_HEADROOM: ByteSize = ByteSize::kib(64);
 const MIN_INTERVAL: HumanDuration = HumanDuration::from_millis(1);
 const MAX_INTERVAL: HumanDuration = HumanDuration::from_secs(60);
 const MIN_MAX_DELAY: HumanDuration = HumanDuration::from_secs(1);
-const MAX_MAX_DELAY: HumanDuration = HumanDuration::from_days(3650);
+const MAX_MAX_DELAY: HumanDuration = HumanDuration::from_days(3653);
 const MIN_CQ_ENTRIES: u32 = 1024;
 const MAX_CQ_ENTRIES: u32 = 10_000_000;
 
@@ -194,13 +194,30 @@ impl Default for GroupConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimerConfig {
-    /// Furthest future a message may be scheduled (1s..=3650d, i.e. at most about 10 years). Default: 365d
+    /// Furthest future a message may be scheduled (1s..=3653d: ten years, leap days included). Default: 365d
     pub max_delay: HumanDuration,
+    /// Time covered by one wheel slot (1ms..=60s). Messages still fire at their own millisecond;
+    /// this only sets how coarsely they are indexed. Default: 1s
+    pub precision: HumanDuration,
+    /// Slots in the wheel (1024..=16777216); the wheel spans slots × precision, and later
+    /// messages roll. Default: 1209600 (two weeks of seconds)
+    pub slots: u64,
+    /// How far ahead of a slot's time dequeue-get reads it, so its messages are ready to be
+    /// released at their millisecond (0ms..=10s). Default: 1s
+    pub lookahead: HumanDuration,
+    /// Capacity of each queue between pipeline stages (1024..=1048576). Default: 65536
+    pub queue_capacity: u32,
 }
 
 impl Default for TimerConfig {
     fn default() -> Self {
-        Self { max_delay: HumanDuration::from_days(365) }
+        Self {
+            max_delay: HumanDuration::from_days(365),
+            precision: HumanDuration::from_secs(1),
+            slots: 2 * 7 * 24 * 3600,
+            lookahead: HumanDuration::from_secs(1),
+            queue_capacity: 65536,
+        }
     }
 }
 
@@ -433,12 +450,32 @@ impl Config {
         if max_delay > MAX_MAX_DELAY {
             return invalid(
                 "timer.max_delay",
-                format!(
-                    "must be at most {MAX_MAX_DELAY} (10 years of 365 days; 1y counts 365.25d, so write 3650d rather than 10y), got {max_delay}"
-                ),
+                format!("must be at most {MAX_MAX_DELAY} (ten years, leap days included), got {max_delay}"),
             );
         }
-        check_range("timer.max_delay", max_delay, MIN_MAX_DELAY, MAX_MAX_DELAY)
+        check_range("timer.max_delay", max_delay, MIN_MAX_DELAY, MAX_MAX_DELAY)?;
+        check_range(
+            "timer.precision",
+            self.timer.precision,
+            HumanDuration::from_millis(1),
+            HumanDuration::from_secs(60),
+        )?;
+        check_range(
+            "timer.lookahead",
+            self.timer.lookahead,
+            HumanDuration::from_millis(0),
+            HumanDuration::from_secs(10),
+        )?;
+        if !(1024..=1 << 24).contains(&self.timer.slots) {
+            return invalid("timer.slots", format!("must be between 1024 and 16777216, got {}", self.timer.slots));
+        }
+        if !(1024..=1 << 20).contains(&self.timer.queue_capacity) {
+            return invalid(
+                "timer.queue_capacity",
+                format!("must be between 1024 and 1048576, got {}", self.timer.queue_capacity),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -774,7 +811,9 @@ mod tests {
         assert_eq!(c.store.flush_interval.0, Duration::from_millis(50));
         assert_eq!(c.group.persist_interval.0, Duration::from_millis(100));
         assert_eq!(c.store.flush, FlushMode::Async);
-        assert_eq!(c.timer, TimerConfig::default());
+        assert_eq!(c.timer.slots, 7200);
+        assert_eq!(c.timer.queue_capacity, 4096);
+        assert_eq!(c.timer.max_delay, TimerConfig::default().max_delay);
     }
 
     #[test]
@@ -963,7 +1002,8 @@ mod tests {
             ("CHIME_STORE_SEGMENT_SIZE", "1MiB", "store.segment_size", "must be at least"),
             ("CHIME_DEFAULT_QUEUES", "100", "default_queues", "between 1 and 64"),
             ("CHIME_DEFAULT_QUEUES", "100000", "default_queues", "u16"),
-            ("CHIME_TIMER_MAX_DELAY", "10y", "timer.max_delay", "at most 3650d"),
+            ("CHIME_TIMER_MAX_DELAY", "11y", "timer.max_delay", "at most 3653d"),
+            ("CHIME_TIMER_SLOTS", "10", "timer.slots", "between 1024"),
             ("CHIME_LISTEN", "localhost:80", "listen", "invalid socket address"),
         ];
         for (var, value, key, fragment) in cases {
@@ -1010,10 +1050,14 @@ mod tests {
             "CHIME_STORE_CONSUME_QUEUE_SEGMENT_ENTRIES",
             "CHIME_GROUP_PERSIST_INTERVAL",
             "CHIME_TIMER_MAX_DELAY",
+            "CHIME_TIMER_PRECISION",
+            "CHIME_TIMER_SLOTS",
+            "CHIME_TIMER_LOOKAHEAD",
+            "CHIME_TIMER_QUEUE_CAPACITY",
         ] {
             assert!(vars.contains(var), "{var}");
         }
-        assert_eq!(vars.len(), 12);
+        assert_eq!(vars.len(), 16);
         assert!(!vars.contains(PROFILE_ENV));
     }
 
@@ -1072,8 +1116,13 @@ mod tests {
         check(&|c| c.store.consume_queue_segment_entries = 10_000_001, "store.consume_queue_segment_entries");
         check(&|c| c.group.persist_interval = HumanDuration(Duration::from_micros(999)), "group.persist_interval");
         check(&|c| c.timer.max_delay = HumanDuration::from_millis(999), "timer.max_delay");
-        check(&|c| c.timer.max_delay = HumanDuration::from_days(3651), "timer.max_delay");
-        pass(&|c| c.timer.max_delay = HumanDuration::from_days(3650));
+        check(&|c| c.timer.max_delay = HumanDuration::from_days(3654), "timer.max_delay");
+        pass(&|c| c.timer.max_delay = HumanDuration::from_days(3653));
+        pass(&|c| c.timer.max_delay = "10y".parse().unwrap());
+        check(&|c| c.timer.precision = HumanDuration::from_millis(0), "timer.precision");
+        check(&|c| c.timer.slots = 1023, "timer.slots");
+        check(&|c| c.timer.lookahead = HumanDuration::from_secs(11), "timer.lookahead");
+        check(&|c| c.timer.queue_capacity = 100, "timer.queue_capacity");
         pass(&|c| c.timer.max_delay = HumanDuration::from_secs(1));
     }
 
@@ -1089,7 +1138,7 @@ mod tests {
         c.timer.max_delay = HumanDuration::from_secs(0);
         assert_eq!(
             c.validate().expect_err("zero delay").to_string(),
-            "timer.max_delay: must be between 1s and 3650d, got 0s"
+            "timer.max_delay: must be between 1s and 3653d, got 0s"
         );
     }
 

@@ -24,7 +24,6 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
-use crate::store::segments::sync_dir;
 use crate::store::topics::Topic;
 use crate::store::{RecordRef, Store};
 use progress::{QueueProgress, QueueSnapshot};
@@ -338,20 +337,10 @@ impl Groups {
     }
 
     fn write(&self, group: &str, topic: &str, file: &GroupFile) -> Result<(), GroupError> {
-        use std::io::Write;
         let path = self.path(group, topic);
-        let tmp = path.with_extension("json.tmp");
-        let io = |what: &str| {
-            let context = format!("{what} {}", tmp.display());
-            move |source| GroupError::Io { context, source }
-        };
         let body = serde_json::to_vec(file).expect("serialisable");
-        let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
-        f.write_all(&body).map_err(io("write"))?;
-        f.sync_all().map_err(io("fsync"))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io("rename"))?;
-        sync_dir(&self.opts.dir).map_err(io("fsync dir of"))
+        crate::store::atomic_file::replace(&path, &body)
+            .map_err(|source| GroupError::Io { context: format!("write {}", path.display()), source })
     }
 
     /// In-flight messages across all groups (for stats).

@@ -18,6 +18,7 @@ use super::send::check_topic;
 use super::{path_error, AppState};
 use crate::group::{Delivery, TagExpr};
 use crate::names::check_name;
+use crate::timer::{PROP_ID, SYSTEM_PROP_PREFIX};
 
 const MAX_MESSAGES: i64 = 1000;
 const MAX_WAIT_MS: i64 = 30_000;
@@ -127,12 +128,18 @@ fn render(deliveries: &[Delivery]) -> Response {
                 Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(rec.body))),
             }
         };
+        let props = rec.properties();
+        // A fired message carries the id the client got when it scheduled it.
+        let message_id = match props.iter().find(|(k, _)| *k == PROP_ID) {
+            Some((_, id)) => id.to_string(),
+            None => crate::store::MessageId { offset: d.log_offset, crc: rec.crc }.to_string(),
+        };
         out.push(MessageOut {
-            message_id: crate::store::MessageId { offset: d.log_offset, crc: rec.crc }.to_string(),
+            message_id,
             topic: rec.topic,
             tag: rec.tag,
             keys: rec.keys(),
-            properties: rec.properties().into_iter().collect(),
+            properties: props.into_iter().filter(|(k, _)| !k.starts_with(SYSTEM_PROP_PREFIX)).collect(),
             body,
             body_base64,
             born_at_ms: rec.born_ms,

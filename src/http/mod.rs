@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::group::Groups;
 use crate::store::Store;
+use crate::timer::TimerEngine;
 use error::{ApiError, Code};
 
 /// Request limits and defaults the routes enforce (from the config).
@@ -36,6 +37,7 @@ pub struct Limits {
 pub struct Core {
     pub store: Arc<Store>,
     pub groups: Arc<Groups>,
+    pub timer: Arc<TimerEngine>,
 }
 
 pub struct Shared {
@@ -83,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/topics/{topic}/messages/{id}", get(send::get_message).delete(send::cancel_message))
         .route("/v1/topics/{topic}/groups/{group}/receive", post(consume::receive))
         .route("/v1/topics/{topic}/groups/{group}/ack", post(consume::ack))
+        .route("/v1/timer/stats", get(timer_stats))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -97,6 +100,33 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(_) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+async fn timer_stats(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let s = state.core()?.timer.stats();
+    let stages: serde_json::Map<String, serde_json::Value> = s
+        .stages
+        .iter()
+        .map(|(name, st)| {
+            (
+                name.to_string(),
+                json!({"queue_depth": st.queue_depth, "queue_capacity": st.queue_capacity, "processed": st.processed}),
+            )
+        })
+        .collect();
+    Ok(Json(json!({
+        "pending_total": s.pending_total,
+        "enqueue_lag": s.enqueue_lag,
+        "dequeue_lag_ms": s.dequeue_lag_ms,
+        "read_time_ms": s.read_time_ms,
+        "stages": stages,
+        "lateness_ms": {"count": s.lateness.count, "p50": s.lateness.p50, "p99": s.lateness.p99, "p999": s.lateness.p999, "max": s.lateness.max},
+        "fired": s.fired,
+        "cancelled": s.cancelled,
+        "rolled": s.rolled,
+        "late_after_downtime": s.late_after_downtime,
+    }))
+    .into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -21,6 +21,7 @@ use crate::names::check_name;
 use crate::schedule::{self, DelaySpec, ScheduleError};
 use crate::store::topics::{Topic, MAX_QUEUES};
 use crate::store::{MessageId, NewMessage};
+use crate::timer::{TimerError, PROP_TOPIC, SYSTEM_TOPIC};
 
 /// Most messages in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -49,8 +50,13 @@ struct TopicInfo<'a> {
     scheduled: u64,
 }
 
-fn topic_info(t: &Topic) -> TopicInfo<'_> {
-    TopicInfo { name: &t.name, queues: t.queues.len(), messages: t.message_count(), scheduled: 0 }
+fn topic_info<'a>(t: &'a Topic, core: &super::Core) -> TopicInfo<'a> {
+    TopicInfo {
+        name: &t.name,
+        queues: t.queues.len(),
+        messages: t.message_count(),
+        scheduled: core.timer.pending_for(&t.name) as u64,
+    }
 }
 
 pub async fn create_topic(
@@ -68,13 +74,14 @@ pub async fn create_topic(
         return Err(ApiError::invalid(format!("queues must be 1..={MAX_QUEUES}, got {queues}")));
     }
     let (topic, created) = core.store.topics().create(&name, queues as u16)?;
-    Ok((created_or_ok(created), Json(topic_info(&topic))).into_response())
+    Ok((created_or_ok(created), Json(topic_info(&topic, core))).into_response())
 }
 
 pub async fn list_topics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let core = state.core()?;
     let topics = core.store.topics().list();
-    let list: Vec<_> = topics.iter().filter(|t| check_name("topic", &t.name).is_ok()).map(|t| topic_info(t)).collect();
+    let list: Vec<_> =
+        topics.iter().filter(|t| check_name("topic", &t.name).is_ok()).map(|t| topic_info(t, core)).collect();
     Ok(Json(json!({ "topics": list })).into_response())
 }
 
@@ -153,9 +160,6 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
         }
         Err(e) => return Err(bad(e.to_string())),
     };
-    if deliver_at_ms.is_some_and(|t| t > now) {
-        return Err(bad("delayed delivery is not available yet: the timer engine has not landed (send without a delay, or with a time at or before now)".into()));
-    }
     Ok(NewMessage {
         tag: m.tag,
         keys,
@@ -164,7 +168,7 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
         binary,
         born_ms: now,
         // A time at or before now is delivered at once: it is a normal message.
-        deliver_at_ms: None,
+        deliver_at_ms: deliver_at_ms.filter(|&t| t > now),
     })
 }
 
@@ -203,18 +207,49 @@ pub async fn send(
     };
 
     let topic = get_topic_for_send(&state, &name)?;
-    let result = core.store.append(&topic, &msgs)?;
-    core.store.wait_durable(result.end).await?;
-    let out: Vec<SendResult> = result
-        .messages
+    // Scheduled messages go to the timer's system topic, the others straight to the topic; a
+    // batch mixing both is still one all-or-nothing append.
+    let sys = core.timer.system_topic();
+    let (mut normal, mut scheduled) = (Vec::new(), Vec::new());
+    let mut order = Vec::with_capacity(msgs.len());
+    for mut m in msgs {
+        if m.deliver_at_ms.is_some() {
+            m.properties.insert(PROP_TOPIC.to_string(), name.clone());
+            order.push(true);
+            scheduled.push(m);
+        } else {
+            order.push(false);
+            normal.push(m);
+        }
+    }
+    let parts: Vec<(&Topic, &[NewMessage])> =
+        [(topic.as_ref(), normal.as_slice()), (sys.as_ref(), scheduled.as_slice())]
+            .into_iter()
+            .filter(|(_, m)| !m.is_empty())
+            .collect();
+    let mut results = core.store.append_parts(&parts)?.into_iter();
+    let normal_res = if normal.is_empty() { None } else { results.next() };
+    let sched_res = if scheduled.is_empty() { None } else { results.next() };
+    let end = normal_res.iter().chain(sched_res.iter()).map(|r| r.end).max().unwrap_or(0);
+    core.store.wait_durable(end).await?;
+    if let Some(r) = &sched_res {
+        core.timer.scheduled(&name, r).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
+    }
+    let (mut n_it, mut s_it) =
+        (normal_res.iter().flat_map(|r| r.messages.iter()), sched_res.iter().flat_map(|r| r.messages.iter()));
+    let out: Vec<SendResult> = order
         .iter()
-        .map(|a| SendResult {
-            message_id: a.id.to_string(),
-            topic: name.clone(),
-            deliver_at_ms: a.deliver_at_ms,
-            state: "delivered",
+        .map(|&is_sched| {
+            let a = if is_sched { s_it.next() } else { n_it.next() }.expect("one result per message");
+            SendResult {
+                message_id: a.id.to_string(),
+                topic: name.clone(),
+                deliver_at_ms: a.deliver_at_ms,
+                state: if is_sched { "scheduled" } else { "delivered" },
+            }
         })
         .collect();
+    drop((normal, scheduled));
     let resp = if batch {
         (StatusCode::CREATED, Json(json!({ "messages": out }))).into_response()
     } else {
@@ -234,18 +269,38 @@ fn get_topic_for_send(state: &AppState, name: &str) -> Result<Arc<Topic>, ApiErr
     Ok(core.store.topics().create(name, state.limits().default_queues)?.0)
 }
 
-/// Resolves `{topic}/messages/{id}` to the record, or 404.
-fn find_message(state: &AppState, topic: &str, id: &str) -> Result<(MessageId, i64), ApiError> {
+/// What a message id names: a scheduled message (through the timer) or a normal one.
+enum Found {
+    Scheduled(MessageId),
+    Normal(MessageId, i64),
+}
+
+/// Resolves `{topic}/messages/{id}`, or 404.
+fn find_message(state: &AppState, topic: &str, id: &str) -> Result<Found, ApiError> {
     check_topic(topic)?;
     let core = state.core()?;
     let unknown = || ApiError::not_found(format!("no message {id:?} in topic {topic:?}"));
     let mid: MessageId = id.parse().map_err(|_| unknown())?;
     let r = core.store.read_id(mid).ok_or_else(unknown)?;
     let rec = r.decode().map_err(|_| unknown())?;
+    if rec.topic == SYSTEM_TOPIC {
+        return Ok(Found::Scheduled(mid));
+    }
     if rec.topic != topic {
         return Err(unknown());
     }
-    Ok((mid, rec.deliver_at_ms))
+    Ok(Found::Normal(mid, rec.deliver_at_ms))
+}
+
+fn timer_error(e: TimerError, id: &str, topic: &str) -> ApiError {
+    match e {
+        TimerError::NotFound => ApiError::not_found(format!("no message {id:?} in topic {topic:?}")),
+        TimerError::AlreadyDelivered => {
+            ApiError::new(Code::AlreadyDelivered, format!("message {id} is already visible to consumers"))
+        }
+        TimerError::Store(e) => e.into(),
+        e => ApiError::new(Code::Unavailable, e.to_string()),
+    }
 }
 
 pub async fn get_message(
@@ -253,12 +308,18 @@ pub async fn get_message(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((topic, id)) = path.map_err(path_error)?;
-    let (mid, deliver_at_ms) = find_message(&state, &topic, &id)?;
+    let (mid, deliver_at_ms, st) = match find_message(&state, &topic, &id)? {
+        Found::Normal(mid, at) => (mid, at, "delivered"),
+        Found::Scheduled(mid) => {
+            let (st, at) = state.core()?.timer.status(&topic, mid).map_err(|e| timer_error(e, &id, &topic))?;
+            (mid, at, st.as_str())
+        }
+    };
     Ok(Json(json!({
         "message_id": mid.to_string(),
         "topic": topic,
         "deliver_at_ms": deliver_at_ms,
-        "state": "delivered",
+        "state": st,
     }))
     .into_response())
 }
@@ -268,6 +329,13 @@ pub async fn cancel_message(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((topic, id)) = path.map_err(path_error)?;
-    let (mid, _) = find_message(&state, &topic, &id)?;
-    Err(ApiError::new(Code::AlreadyDelivered, format!("message {mid} is already visible to consumers")))
+    match find_message(&state, &topic, &id)? {
+        Found::Normal(mid, _) => {
+            Err(ApiError::new(Code::AlreadyDelivered, format!("message {mid} is already visible to consumers")))
+        }
+        Found::Scheduled(mid) => {
+            state.core()?.timer.cancel(&topic, mid).map_err(|e| timer_error(e, &id, &topic))?;
+            Ok(Json(json!({ "message_id": mid.to_string(), "state": "cancelled" })).into_response())
+        }
+    }
 }

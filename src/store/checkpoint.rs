@@ -18,10 +18,8 @@
 //! commit log from `indexed`. A missing or invalid checkpoint is not fatal: recovery then scans
 //! the whole log (slower, same result).
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
-
-use super::segments::sync_dir;
 
 const CHECKPOINT_MAGIC: u32 = 0xC41E_C4E0;
 const VERSION: u32 = 1;
@@ -93,13 +91,7 @@ impl Checkpoint {
 
     /// Replaces the checkpoint in `dir` atomically and durably.
     pub fn store(&self, dir: &Path) -> io::Result<()> {
-        let tmp = dir.join("checkpoint.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&self.encode())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, dir.join(FILE))?;
-        sync_dir(dir)
+        super::atomic_file::replace(&dir.join(FILE), &self.encode())
     }
 }
 

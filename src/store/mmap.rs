@@ -20,7 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
@@ -209,5 +209,113 @@ mod tests {
         assert_eq!(f.recovery_bytes()[5], 0);
         assert!(MappedFile::open(&path, 8192).is_err(), "length mismatch is an error");
         assert!(MappedFile::create(&path, 4096).is_err(), "create never clobbers");
+    }
+}
+
+/// A mapped file accessed only through atomics: in-place updated structures (the timer wheel's
+/// slots, the per-message state cells). Every access is atomic, so concurrent readers and
+/// writers in this process never race; the directory lock keeps other processes out.
+pub struct AtomicMap {
+    path: PathBuf,
+    map: MmapRaw,
+    len: usize,
+    _file: File,
+}
+
+impl std::fmt::Debug for AtomicMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicMap").field("path", &self.path).field("len", &self.len).finish()
+    }
+}
+
+impl AtomicMap {
+    /// Opens `path`, creating it zero-filled and fully allocated if it does not exist. An
+    /// existing file must be exactly `len` bytes. `len` must be a positive multiple of 8.
+    pub fn open_or_create(path: &Path, len: usize) -> io::Result<(Self, bool)> {
+        if len == 0 || !len.is_multiple_of(8) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "atomic map length must be a positive multiple of 8",
+            ));
+        }
+        let created = !path.exists();
+        let file = if created {
+            let f = MappedFile::create(path, len)?;
+            drop(f);
+            OpenOptions::new().read(true).write(true).open(path)?
+        } else {
+            let f = OpenOptions::new().read(true).write(true).open(path)?;
+            let actual = f.metadata()?.len();
+            if actual != len as u64 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is {actual} bytes, expected {len}", path.display()),
+                ));
+            }
+            f
+        };
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok((Self { path: path.to_path_buf(), map, len, _file: file }, created))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The file as 64-bit words.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the map starts page-aligned (so 8-aligned) and is `len` bytes, a multiple of
+        // 8; AtomicU64 has the size and alignment of u64 and any bit pattern is valid; the
+        // memory is only ever accessed through atomics (this type hands out no other view of
+        // it), so shared access is sound; the slice borrows `self`, which keeps the map alive.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr() as *const AtomicU64, self.len / 8) }
+    }
+
+    /// The file as bytes. A file must be used through one view only ([`AtomicMap::words`] or
+    /// this), never both.
+    pub fn bytes(&self) -> &[std::sync::atomic::AtomicU8] {
+        // SAFETY: AtomicU8 has size and alignment 1 and any bit pattern is valid; the map is
+        // `len` bytes and lives as long as `self`; all access is atomic (see `words`).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr() as *const std::sync::atomic::AtomicU8, self.len) }
+    }
+
+    /// Flushes `[from, to)` (bytes) to disk.
+    pub fn flush_range(&self, from: usize, to: usize) -> io::Result<()> {
+        let to = to.min(self.len);
+        if from >= to {
+            return Ok(());
+        }
+        self.map.flush_range(from, to - from)
+    }
+}
+
+#[cfg(test)]
+mod atomic_tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn words_persist_and_length_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w");
+        let (m, created) = AtomicMap::open_or_create(&p, 4096).unwrap();
+        assert!(created);
+        m.words()[3].store(42, Ordering::Release);
+        m.flush_range(0, 4096).unwrap();
+        drop(m);
+        let (m, created) = AtomicMap::open_or_create(&p, 4096).unwrap();
+        assert!(!created);
+        assert_eq!(m.words()[3].load(Ordering::Acquire), 42);
+        assert_eq!(m.bytes().len(), 4096);
+        assert!(AtomicMap::open_or_create(&p, 8192).is_err());
+        assert!(AtomicMap::open_or_create(&dir.path().join("x"), 7).is_err());
     }
 }

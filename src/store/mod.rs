@@ -16,6 +16,7 @@
 //! offsets together, so each queue is in commit-log order. Readers never take that lock.
 //! The store knows nothing of HTTP.
 
+pub mod atomic_file;
 pub mod checkpoint;
 pub mod commitlog;
 pub mod consume_queue;
@@ -119,6 +120,8 @@ pub struct Store {
     writer: Mutex<Writer>,
     durability: Arc<Durability>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Serialises checkpoint writes: the flusher and the timer both checkpoint the store.
+    checkpoint_lock: Mutex<()>,
     recovery: RecoveryReport,
     _lock: lock::DirLock,
 }
@@ -146,6 +149,7 @@ impl Store {
             writer: Mutex::new(Writer { log: recovered.writer, last_store_ms: 0, scratch: Vec::new() }),
             durability: durability.clone(),
             flusher: Mutex::new(None),
+            checkpoint_lock: Mutex::new(()),
             recovery: recovered.report,
             opts,
             _lock: dir_lock,
@@ -179,30 +183,42 @@ impl Store {
     /// Appends `msgs` to one queue of `topic`, all-or-nothing: a batch is written contiguously
     /// and marked so that recovery drops it whole if its end never reached the disk.
     pub fn append(&self, topic: &Topic, msgs: &[NewMessage]) -> Result<AppendResult, StoreError> {
-        if msgs.is_empty() {
-            return Ok(AppendResult { messages: Vec::new(), end: self.log.write_pos() });
+        let mut r = self.append_parts(&[(topic, msgs)])?;
+        Ok(r.pop().expect("one part"))
+    }
+
+    /// Appends several parts (each to one queue of its topic) as one all-or-nothing batch: one
+    /// lock, contiguous records, one batch-end mark. Used for a send that mixes immediate and
+    /// scheduled messages. Returns one result per part.
+    pub fn append_parts(&self, parts: &[(&Topic, &[NewMessage])]) -> Result<Vec<AppendResult>, StoreError> {
+        let total: usize = parts.iter().map(|(_, m)| m.len()).sum();
+        if total == 0 {
+            let end = self.log.write_pos();
+            return Ok(parts.iter().map(|_| AppendResult { messages: Vec::new(), end }).collect());
         }
         self.check_writable()?;
-        let queue_id = topic.pick_queue();
-        let cq = &topic.queues[queue_id as usize];
-        let batch = msgs.len() > 1;
+        let batch = total > 1;
         let flags = if batch { FLAG_BATCH } else { 0 };
+        let queues: Vec<u16> = parts.iter().map(|(t, _)| t.pick_queue()).collect();
 
         let mut w = self.writer.lock();
-        // Encode into the reused scratch buffer; position fields are sealed below.
         let mut buf = std::mem::take(&mut w.scratch);
         buf.clear();
-        let mut bounds = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            let start = buf.len();
-            record::encode(&mut buf, &topic.name, queue_id, flags, m);
-            bounds.push(start..buf.len());
+        let mut bounds = Vec::with_capacity(total);
+        for ((topic, msgs), &q) in parts.iter().zip(&queues) {
+            for m in msgs.iter() {
+                let start = buf.len();
+                record::encode(&mut buf, &topic.name, q, flags, m);
+                bounds.push(start..buf.len());
+            }
         }
-        let result = self.append_locked(&mut w, &mut buf, &bounds, queue_id, cq, batch);
+        let result = self.append_locked(&mut w, &mut buf, &bounds, parts, &queues, batch);
         w.scratch = buf;
         drop(w);
         let result = result?;
-        topic.appended.notify_waiters();
+        for (topic, _) in parts {
+            topic.appended.notify_waiters();
+        }
         Ok(result)
     }
 
@@ -211,40 +227,57 @@ impl Store {
         w: &mut Writer,
         buf: &mut [u8],
         bounds: &[std::ops::Range<usize>],
-        queue_id: u16,
-        cq: &consume_queue::ConsumeQueue,
+        parts: &[(&Topic, &[NewMessage])],
+        queues: &[u16],
         batch: bool,
-    ) -> Result<AppendResult, StoreError> {
+    ) -> Result<Vec<AppendResult>, StoreError> {
         self.check_writable()?;
-        let first_qo = cq.next();
         // Everything fallible happens before the first byte is written.
         self.log
             .prepare(&w.log, bounds.iter().map(|r| r.len()))
             .map_err(|e| self.durability.io_error("allocate commit-log segment", e))?;
-        cq.prepare(first_qo, bounds.len() as u64)
-            .map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
+        for ((topic, msgs), &q) in parts.iter().zip(queues) {
+            let cq = &topic.queues[q as usize];
+            cq.prepare(cq.next(), msgs.len() as u64)
+                .map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
+        }
 
         let store_ms = self.clock.now_ms().max(w.last_store_ms);
         w.last_store_ms = store_ms;
-        let mut out = Vec::with_capacity(bounds.len());
-        for (i, r) in bounds.iter().enumerate() {
-            let qo = first_qo + i as u64;
-            let last = i + 1 == bounds.len();
-            let extra = if batch && last { FLAG_BATCH_END } else { 0 };
-            let rec = &mut buf[r.clone()];
-            let crc = record::seal(rec, qo, store_ms, extra);
-            let deliver_at_ms = i64::from_le_bytes(rec[36..44].try_into().expect("8 bytes"));
-            let tag = tag_of(rec);
-            let offset = self
-                .log
-                .append(&mut w.log, rec)
-                .map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))?;
-            cq.put(qo, CqEntry { log_offset: offset, size: rec.len() as u32, tag_hash: tag })
-                .map_err(|e| self.durability.poison(format!("consume-queue append failed: {e}")))?;
-            out.push(Appended { id: MessageId { offset, crc }, queue_id, queue_offset: qo, store_ms, deliver_at_ms });
+        let mut results = Vec::with_capacity(parts.len());
+        let mut bounds = bounds.iter();
+        for ((topic, msgs), &queue_id) in parts.iter().zip(queues) {
+            let cq = &topic.queues[queue_id as usize];
+            let first_qo = cq.next();
+            let mut out = Vec::with_capacity(msgs.len());
+            for i in 0..msgs.len() {
+                let r = bounds.next().expect("one range per message");
+                let qo = first_qo + i as u64;
+                // The last record of the whole batch carries the batch-end mark.
+                let last = batch && bounds.len() == 0;
+                let rec = &mut buf[r.clone()];
+                let crc = record::seal(rec, qo, store_ms, if last { FLAG_BATCH_END } else { 0 });
+                let deliver_at_ms = i64::from_le_bytes(rec[36..44].try_into().expect("8 bytes"));
+                let tag = tag_of(rec);
+                let offset = self
+                    .log
+                    .append(&mut w.log, rec)
+                    .map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))?;
+                cq.put(qo, CqEntry { log_offset: offset, size: rec.len() as u32, tag_hash: tag })
+                    .map_err(|e| self.durability.poison(format!("consume-queue append failed: {e}")))?;
+                out.push(Appended {
+                    id: MessageId { offset, crc },
+                    queue_id,
+                    queue_offset: qo,
+                    store_ms,
+                    deliver_at_ms,
+                });
+            }
+            results.push(out);
         }
         self.log.publish(&w.log);
-        Ok(AppendResult { messages: out, end: w.log.pos() })
+        let end = w.log.pos();
+        Ok(results.into_iter().map(|messages| AppendResult { messages, end }).collect())
     }
 
     /// Waits until the log is durable up to `end` (immediately under [`FlushPolicy::Async`]).
@@ -276,6 +309,11 @@ impl Store {
         self.flush_job(FlushJob::Checkpoint)
     }
 
+    /// Fsyncs the commit log now (a fired message under the sync policy).
+    pub fn flush_log(&self) -> Result<(), StoreError> {
+        self.flush_job(FlushJob::Log)
+    }
+
     fn flush_job(&self, job: FlushJob) -> Result<(), StoreError> {
         let upto = self.log.write_pos();
         if let Err(e) = self.log.flush(upto) {
@@ -283,6 +321,7 @@ impl Store {
         }
         self.durability.flushed(upto);
         if job == FlushJob::Checkpoint {
+            let _one_writer = self.checkpoint_lock.lock();
             for t in self.topics.list() {
                 for q in &t.queues {
                     if let Err(e) = q.flush() {

@@ -16,7 +16,6 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::consume_queue::ConsumeQueue;
-use super::segments::sync_dir;
 use super::StoreError;
 
 pub const MAX_QUEUES: u16 = 64;
@@ -166,15 +165,7 @@ fn write_file<'a>(data_dir: &Path, topics: impl Iterator<Item = &'a Topic>) -> R
         topics.map(|t| TopicMeta { name: t.name.clone(), queues: t.queues.len() as u16 }).collect();
     metas.sort_by(|a, b| a.name.cmp(&b.name));
     let body = serde_json::to_vec_pretty(&TopicsFile { version: 1, topics: metas }).expect("serialisable");
-    let tmp = data_dir.join("topics.json.tmp");
-    let io = |what: &str| StoreError::io(format!("{what} {}", tmp.display()));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
-        f.write_all(&body).map_err(io("write"))?;
-        f.sync_all().map_err(io("fsync"))?;
-    }
-    std::fs::rename(&tmp, data_dir.join(FILE)).map_err(io("rename"))?;
-    sync_dir(data_dir).map_err(io("fsync dir of"))?;
+    let path = data_dir.join(FILE);
+    super::atomic_file::replace(&path, &body).map_err(StoreError::io(format!("write {}", path.display())))?;
     Ok(())
 }

@@ -1,0 +1,495 @@
+//! The timer engine: scheduled messages that become visible at their millisecond, never early.
+//!
+//! A scheduled send is appended once to the commit log under the system topic
+//! `rmq_sys_wheel_timer` (one queue), its real topic in the property `__chime.topic` and its
+//! time in the record's `deliver_at_ms`. Five stages, each a named thread, move it on — the
+//! shape of RocketMQ 5's timer store:
+//!
+//! ```text
+//! system-topic consume queue
+//!   → enqueue-get ─[disruptor ring]→ enqueue-put ──(already due)──────────────┐
+//!                                    │ appends a timer-log unit, links its slot │
+//!                                    ▼                                        ▼
+//!   wheel (mmap) → dequeue-get ─[queue]→ dequeue-get-message ─[queue]→ dequeue-put → topic
+//!                    reads slots         reads the original record      holds each message
+//!                    ahead of time                                      until its millisecond
+//!   rolls (far-future messages) go from dequeue-put back to enqueue-get on an unbounded queue,
+//!   which is what keeps the ring → queue → ring cycle free of deadlock.
+//! ```
+//!
+//! On disk, under `timer/`: `timerlog/` (see `timerlog`), `wheel` (see `wheel`), `state/` (see
+//! `state`) and `checkpoint` (see `checkpoint`).
+//!
+//! Beyond RocketMQ: slots stay coarse (1 s) but dequeue-get reads each slot `lookahead` early
+//! and dequeue-put releases every message at its own `deliver_at_ms` (never before it by the
+//! server clock, which `store_ms ≥ deliver_at_ms` records); the wheel flush writes only dirty
+//! pages; cancel is one CAS on the message's state cell; rolls keep the original record (the
+//! commit log is never truncated, so it is still there when the message finally fires) and
+//! spread over the window instead of bunching at its edge.
+
+pub mod checkpoint;
+pub mod progress;
+pub mod slot;
+mod stages;
+pub mod state;
+pub mod timerlog;
+pub mod wheel;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chime_pipeline::Supervisor;
+use parking_lot::Mutex;
+
+use crate::clock::SharedClock;
+use crate::store::topics::Topic;
+use crate::store::{AppendResult, MessageId, Store, StoreError};
+use checkpoint::TimerCheckpoint;
+use progress::Progress;
+pub use slot::Geometry;
+use state::StateCells;
+use timerlog::TimerLog;
+use wheel::Wheel;
+
+/// The system topic scheduled messages are stored under until they fire.
+pub const SYSTEM_TOPIC: &str = "rmq_sys_wheel_timer";
+/// Property of a scheduled record: the topic it will be delivered to.
+pub const PROP_TOPIC: &str = "__chime.topic";
+/// Property of a fired record: the id the client was given when it scheduled the message.
+pub const PROP_ID: &str = "__chime.id";
+/// Properties with this prefix are chime's own and never shown to consumers.
+pub const SYSTEM_PROP_PREFIX: &str = "__chime.";
+
+#[derive(Debug, Clone)]
+pub struct TimerOptions {
+    pub dir: PathBuf,
+    pub geometry: Geometry,
+    pub lookahead_ms: i64,
+    pub timer_log_segment_units: u64,
+    pub checkpoint_interval: Duration,
+    pub queue_capacity: usize,
+    /// Queues of a topic created when its first scheduled message fires.
+    pub default_queues: u16,
+    /// Fire only after the fired copy is fsync'd, and fsync a cancel before answering (the
+    /// store's sync flush policy).
+    pub sync: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TimerError {
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no such scheduled message")]
+    NotFound,
+    #[error("the message is already visible to consumers")]
+    AlreadyDelivered,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TimerError {
+    let context = context.into();
+    move |source| TimerError::Io { context, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    Scheduled,
+    Delivered,
+    Cancelled,
+}
+
+impl MessageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Scheduled => "scheduled",
+            MessageState::Delivered => "delivered",
+            MessageState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Counters for `/v1/timer/stats`.
+#[derive(Default)]
+pub struct Counters {
+    pub enqueue_get_processed: AtomicU64,
+    pub dequeue_get_processed: AtomicU64,
+    pub fired: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub rolled: AtomicU64,
+    pub late_after_downtime: AtomicU64,
+    /// Next system-topic offset enqueue-get will read.
+    pub enqueue_next: AtomicU64,
+}
+
+/// What the stages share.
+pub(crate) struct Core {
+    store: Arc<Store>,
+    clock: SharedClock,
+    opts: TimerOptions,
+    geo: Geometry,
+    sys_topic: Arc<Topic>,
+    log: TimerLog,
+    wheel: Wheel,
+    states: StateCells,
+    /// The read pointer: slots before it are closed. Also the lock that orders linking into a
+    /// slot (enqueue-put) against closing it (dequeue-get). Lock order: `cursor`, then `progress`.
+    cursor: Mutex<i64>,
+    progress: Mutex<Progress>,
+    pending: Mutex<HashMap<String, i64>>,
+    pending_total: AtomicI64,
+    pending_floor: AtomicU64,
+    lateness: Mutex<hdrhistogram::Histogram<u64>>,
+    counters: Counters,
+    doorbell: crossbeam_channel::Sender<()>,
+    /// When the engine started: messages due before this and fired late were due while down.
+    started_ms: i64,
+    checkpoint_path: PathBuf,
+}
+
+pub struct TimerEngine {
+    core: Arc<Core>,
+    supervisor: Mutex<Supervisor>,
+    queues: Vec<(&'static str, Arc<chime_pipeline::QueueStats>)>,
+    recovery: String,
+}
+
+/// One stage's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageStats {
+    pub queue_depth: u64,
+    pub queue_capacity: u64,
+    pub processed: u64,
+}
+
+/// Lateness percentiles in ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lateness {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TimerStats {
+    pub pending_total: i64,
+    pub enqueue_lag: u64,
+    pub dequeue_lag_ms: i64,
+    pub read_time_ms: i64,
+    pub stages: Vec<(&'static str, StageStats)>,
+    pub lateness: Lateness,
+    pub fired: u64,
+    pub cancelled: u64,
+    pub rolled: u64,
+    pub late_after_downtime: u64,
+}
+
+impl TimerEngine {
+    /// Recovers the timer's files and starts the stages.
+    pub fn start(store: Arc<Store>, opts: TimerOptions) -> Result<Arc<Self>, TimerError> {
+        let clock = store.clock().clone();
+        let now = clock.now_ms();
+        let geo = opts.geometry;
+        std::fs::create_dir_all(&opts.dir).map_err(io(format!("create {}", opts.dir.display())))?;
+        let (sys_topic, _) = store.topics().create(SYSTEM_TOPIC, 1)?;
+        let checkpoint_path = opts.dir.join("checkpoint");
+        let ckpt = match TimerCheckpoint::load(&checkpoint_path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "timer checkpoint unusable; rebuilding the wheel and re-reading the system topic");
+                None
+            }
+        };
+        let read_time = ckpt.map_or(geo.slot_time(now), |c| c.read_time);
+        let mut log = TimerLog::open(&opts.dir.join("timerlog"), opts.timer_log_segment_units)
+            .map_err(io("open the timer log"))?;
+        let (wheel, fresh) = Wheel::open(&opts.dir.join("wheel"), geo).map_err(io("open the timer wheel"))?;
+        let full = fresh || ckpt.is_none();
+        let from = if full { 0 } else { ckpt.map_or(0, |c| c.timer_log_pos) };
+        let mut relinked = 0u64;
+        let end = log
+            .recover(from, |pos, u| {
+                if u.slot_time >= read_time && wheel.get(u.slot_time).last < pos + 1 {
+                    wheel.link(u.slot_time, pos);
+                    relinked += 1;
+                }
+            })
+            .map_err(io("recover the timer log"))?;
+        // A slot pointing past the valid log (its units were lost in a machine crash while the
+        // wheel page was written back) makes the wheel untrustworthy: rebuild it from the log.
+        let mut bad = 0u64;
+        wheel.for_each_used(|_, s| {
+            if s.time >= read_time && (s.last > end || s.first > end) {
+                bad += 1;
+            }
+        });
+        if bad > 0 {
+            tracing::warn!(slots = bad, "wheel slots point past the timer log; rebuilding the wheel");
+            wheel.reset();
+            relinked = 0;
+            log.scan(log.min_pos(), |pos, u| {
+                if u.slot_time >= read_time {
+                    wheel.link(u.slot_time, pos);
+                    relinked += 1;
+                }
+            });
+        }
+        let states = StateCells::open(&opts.dir.join("state")).map_err(io("open the state cells"))?;
+        let enqueue_offset = ckpt.map_or(0, |c| c.enqueue_offset);
+        let pending_floor = ckpt.map_or(0, |c| c.pending_floor);
+        let (doorbell, bell_rx) = crossbeam_channel::bounded(1);
+        let core = Arc::new(Core {
+            clock,
+            geo,
+            sys_topic,
+            log,
+            wheel,
+            states,
+            cursor: Mutex::new(read_time),
+            progress: Mutex::new(Progress::new(enqueue_offset)),
+            pending: Mutex::new(HashMap::new()),
+            pending_total: AtomicI64::new(0),
+            pending_floor: AtomicU64::new(pending_floor),
+            lateness: Mutex::new(hdrhistogram::Histogram::new(3).expect("3 significant figures is valid")),
+            counters: Counters::default(),
+            doorbell,
+            started_ms: now,
+            checkpoint_path,
+            store,
+            opts,
+        });
+        core.counters.enqueue_next.store(enqueue_offset, Ordering::Relaxed);
+        let pending = core.count_pending()?;
+        let recovery = format!(
+            "timer: read time {read_time} ({} ms behind), enqueue from offset {enqueue_offset}, timer log end {end}, {relinked} units relinked{}, {pending} pending",
+            now - read_time,
+            if bad > 0 { " (wheel rebuilt)" } else { "" }
+        );
+        let (supervisor, queues) = stages::spawn(&core, enqueue_offset, bell_rx)?;
+        Ok(Arc::new(Self { core, supervisor: Mutex::new(supervisor), queues, recovery }))
+    }
+
+    /// What recovery found, for the start-up log.
+    pub fn recovery_summary(&self) -> &str {
+        &self.recovery
+    }
+
+    /// Why the pipeline stopped by itself, if it did (a stage panicked or an I/O error).
+    pub fn failure(&self) -> Option<String> {
+        self.supervisor.lock().failure()
+    }
+
+    /// Records messages just appended to the system topic for `topic`, and wakes enqueue-get.
+    pub fn scheduled(&self, topic: &str, result: &AppendResult) -> Result<(), TimerError> {
+        for a in &result.messages {
+            self.core.states.ensure(a.queue_offset).map_err(io("create a state cell"))?;
+        }
+        self.core.pending_add(topic, result.messages.len() as i64);
+        let _ = self.core.doorbell.try_send(());
+        Ok(())
+    }
+
+    /// The system topic, for the send path.
+    pub fn system_topic(&self) -> &Arc<Topic> {
+        &self.core.sys_topic
+    }
+
+    /// Resolves a scheduled message id given for `topic`: (state-cell index, deliver_at_ms).
+    fn lookup(&self, topic: &str, id: MessageId) -> Result<(u64, i64), TimerError> {
+        let r = self.core.store.read_id(id).ok_or(TimerError::NotFound)?;
+        let rec = r.decode().map_err(|_| TimerError::NotFound)?;
+        if rec.topic != SYSTEM_TOPIC || !rec.properties().iter().any(|(k, v)| *k == PROP_TOPIC && *v == topic) {
+            return Err(TimerError::NotFound);
+        }
+        Ok((rec.queue_offset, rec.deliver_at_ms))
+    }
+
+    /// The state and deliver time of a scheduled message.
+    pub fn status(&self, topic: &str, id: MessageId) -> Result<(MessageState, i64), TimerError> {
+        let (cell, at) = self.lookup(topic, id)?;
+        let s = self.core.states.get(cell).map_err(io("read a state cell"))?;
+        Ok((state_of(s), at))
+    }
+
+    /// Cancels a scheduled message: O(1), one CAS. `Ok` guarantees it never becomes visible.
+    pub fn cancel(&self, topic: &str, id: MessageId) -> Result<i64, TimerError> {
+        let (cell, at) = self.lookup(topic, id)?;
+        let found = self.core.states.transition(cell, state::SCHEDULED, state::CANCELLED).map_err(io("cancel"))?;
+        match found {
+            state::SCHEDULED => {
+                if self.core.opts.sync {
+                    self.core.states.flush_cell(cell).map_err(io("flush a state cell"))?;
+                }
+                self.core.pending_add(topic, -1);
+                self.core.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                Ok(at)
+            }
+            state::CANCELLED => Ok(at),
+            _ => Err(TimerError::AlreadyDelivered),
+        }
+    }
+
+    /// Scheduled messages not yet fired or cancelled, for `topic`.
+    pub fn pending_for(&self, topic: &str) -> i64 {
+        self.core.pending.lock().get(topic).copied().unwrap_or(0).max(0)
+    }
+
+    pub fn stats(&self) -> TimerStats {
+        let c = &self.core;
+        let now = c.clock.now_ms();
+        let read_time = *c.cursor.lock();
+        let enqueue_next = c.counters.enqueue_next.load(Ordering::Relaxed);
+        let sys_next = c.sys_topic.queues[0].next();
+        let mut stages = vec![
+            (
+                "enqueue_get",
+                StageStats {
+                    queue_depth: sys_next.saturating_sub(enqueue_next),
+                    queue_capacity: 0,
+                    processed: c.counters.enqueue_get_processed.load(Ordering::Relaxed),
+                },
+            ),
+            (
+                "dequeue_get",
+                StageStats {
+                    queue_depth: 0,
+                    queue_capacity: 0,
+                    processed: c.counters.dequeue_get_processed.load(Ordering::Relaxed),
+                },
+            ),
+        ];
+        for (name, q) in &self.queues {
+            stages.push((
+                name,
+                StageStats {
+                    queue_depth: q.depth() as u64,
+                    queue_capacity: q.capacity() as u64,
+                    processed: q.processed(),
+                },
+            ));
+        }
+        let h = c.lateness.lock();
+        let lateness = Lateness {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        };
+        TimerStats {
+            pending_total: c.pending_total.load(Ordering::Relaxed).max(0),
+            enqueue_lag: sys_next.saturating_sub(c.progress.lock().committed_enqueue_offset()),
+            dequeue_lag_ms: (now - read_time).max(0),
+            read_time_ms: read_time,
+            stages,
+            lateness,
+            fired: c.counters.fired.load(Ordering::Relaxed),
+            cancelled: c.counters.cancelled.load(Ordering::Relaxed),
+            rolled: c.counters.rolled.load(Ordering::Relaxed),
+            late_after_downtime: c.counters.late_after_downtime.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the stages (within a deadline) and writes a final checkpoint.
+    pub fn shutdown(&self) -> Result<(), TimerError> {
+        let hung = self.supervisor.lock().stop_and_join(Duration::from_secs(10));
+        if !hung.is_empty() {
+            tracing::error!(?hung, "timer stages did not stop in time");
+        }
+        self.core.checkpoint()
+    }
+
+    /// Writes a checkpoint now (tests and benchmarks).
+    pub fn checkpoint(&self) -> Result<(), TimerError> {
+        self.core.checkpoint()
+    }
+}
+
+fn state_of(s: u8) -> MessageState {
+    match s {
+        state::CANCELLED => MessageState::Cancelled,
+        state::DELIVERED | state::FIRING => MessageState::Delivered,
+        _ => MessageState::Scheduled,
+    }
+}
+
+impl Core {
+    fn pending_add(&self, topic: &str, n: i64) {
+        *self.pending.lock().entry(topic.to_string()).or_insert(0) += n;
+        self.pending_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts the messages still scheduled, per topic, from the pending floor on (the cost is
+    /// proportional to the messages scheduled since the oldest one still pending), and turns
+    /// cells left FIRING by a crash back to SCHEDULED. Runs before the stages start.
+    fn count_pending(&self) -> Result<u64, TimerError> {
+        let cq = &self.sys_topic.queues[0];
+        let mut n = 0;
+        let start = self.pending_floor.load(Ordering::Relaxed);
+        let mut floor = start;
+        let mut floor_moving = true;
+        for off in start..cq.next() {
+            let mut s = self.states.get(off).map_err(io("read a state cell"))?;
+            if s == state::FIRING {
+                // A fire the previous run did not finish: fire it again (at most a duplicate).
+                self.states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
+                s = state::SCHEDULED;
+            }
+            if s == state::SCHEDULED {
+                floor_moving = false;
+                let topic = cq.get(off).and_then(|e| self.store.read(e.log_offset)).and_then(|r| {
+                    let rec = r.decode().ok()?;
+                    rec.properties().iter().find(|(k, _)| *k == PROP_TOPIC).map(|(_, v)| v.to_string())
+                });
+                if let Some(t) = topic {
+                    self.pending_add(&t, 1);
+                    n += 1;
+                }
+            } else if floor_moving {
+                floor = off + 1;
+            }
+        }
+        self.pending_floor.store(floor, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Flushes everything the checkpoint will claim, then writes it.
+    fn checkpoint(&self) -> Result<(), TimerError> {
+        let (enqueue_offset, read_time) = {
+            let cursor = self.cursor.lock();
+            let p = self.progress.lock();
+            (p.committed_enqueue_offset(), p.committed_read_time(*cursor))
+        };
+        let timer_log_pos = self.log.write_pos();
+        self.store.flush_all()?;
+        self.log.flush(timer_log_pos).map_err(io("flush the timer log"))?;
+        self.wheel.flush().map_err(io("flush the timer wheel"))?;
+        self.states.flush().map_err(io("flush the state cells"))?;
+        let sys_next = self.sys_topic.queues[0].next();
+        let mut floor = self.pending_floor.load(Ordering::Relaxed);
+        while floor < sys_next {
+            match self.states.get(floor).map_err(io("read a state cell"))? {
+                state::CANCELLED | state::DELIVERED => floor += 1,
+                _ => break,
+            }
+        }
+        self.pending_floor.store(floor, Ordering::Relaxed);
+        let cp = TimerCheckpoint {
+            enqueue_offset,
+            read_time,
+            timer_log_pos,
+            pending_floor: floor,
+            written_ms: self.clock.now_ms(),
+        };
+        cp.store(&self.checkpoint_path).map_err(io("write the timer checkpoint"))
+    }
+}

@@ -1,0 +1,544 @@
+//! The bodies of the five timer stages, and the checkpoint loop.
+//!
+//! Queues (every one bounded and blocking when full, except the roll queue):
+//! - `enqueue_put` ring (disruptor): enqueue-get → enqueue-put;
+//! - `dequeue_get_message`: dequeue-get and enqueue-put (already-due messages) → dequeue-get-message;
+//! - `dequeue_put`: dequeue-get-message → dequeue-put;
+//! - rolls: dequeue-put → enqueue-get, unbounded: dequeue-put must never block on the enqueue
+//!   side, or the cycle enqueue-put → dequeue → enqueue-put could deadlock. It holds at most the
+//!   rolled messages of the slots being fired.
+//!
+//! Every blocking send re-checks the stop flag at least every 50 ms. An item dropped at stop
+//! was never marked done, so the checkpoint does not pass it and a restart redoes it.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chime_pipeline::{bounded, queue, ring, QueueStats, StageCtx, Supervisor};
+
+use super::slot::Placement;
+use super::state;
+use super::timerlog::{Unit, FLAG_ROLL};
+use super::{io, Core, TimerError, PROP_ID, PROP_TOPIC, SYSTEM_PROP_PREFIX};
+use crate::store::topics::Topic;
+use crate::store::{MessageId, NewMessage};
+
+/// A message on its way into the wheel.
+#[derive(Debug, Clone, Copy, Default)]
+struct EnqueueReq {
+    sys_offset: u64,
+    log_offset: u64,
+    log_size: u32,
+    deliver_at: i64,
+    /// The slot a rolled message comes from (`None` for a new one).
+    from_slot: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// Walked from this slot by dequeue-get.
+    Slot(i64),
+    /// Already due when enqueue-put placed it.
+    Direct,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FireReq {
+    unit: Unit,
+    origin: Origin,
+}
+
+struct Ready {
+    fire: FireReq,
+    /// `None` for a roll.
+    out: Option<(Arc<Topic>, NewMessage)>,
+}
+
+/// Longest a stage blocks before re-checking the stop flag (and a manual clock in tests).
+const POLL: Duration = Duration::from_millis(20);
+
+fn send<T>(tx: &queue::Sender<T>, mut item: T, ctx: &StageCtx) -> bool {
+    loop {
+        match tx.send_timeout(item, Duration::from_millis(50)) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                if ctx.stopped() {
+                    return false;
+                }
+                item = back;
+            }
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+type Queues = Vec<(&'static str, Arc<QueueStats>)>;
+
+pub(super) fn spawn(
+    core: &Arc<Core>,
+    enqueue_offset: u64,
+    bell: crossbeam_channel::Receiver<()>,
+) -> Result<(Supervisor, Queues), TimerError> {
+    let cap = core.opts.queue_capacity;
+    let mut sup = Supervisor::new();
+    let (get_tx, get_rx) = bounded::<FireReq>("dequeue_get_message", cap);
+    let (put_tx, put_rx) = bounded::<Ready>("dequeue_put", cap);
+    let (roll_tx, roll_rx) = queue::unbounded::<EnqueueReq>("rolls");
+
+    let (c, tx, ctx) = (core.clone(), get_tx.clone(), sup.ctx("enqueue-put"));
+    let ring_size = cap.next_power_of_two();
+    let producer =
+        ring("enqueue-put", ring_size, move |req: &EnqueueReq, _| enqueue_put(&c, req, &tx, &ctx), sup.tripper());
+    let queues = vec![
+        ("enqueue_put", producer.stats()),
+        ("dequeue_get_message", get_rx.stats()),
+        ("dequeue_put", put_rx.stats()),
+    ];
+
+    let spawn_err = io("spawn a timer stage");
+    let c = core.clone();
+    sup.spawn("enqueue-get", move |ctx| enqueue_get(&c, producer, roll_rx, bell, enqueue_offset, &ctx))
+        .map_err(spawn_err)?;
+    let c = core.clone();
+    sup.spawn("dequeue-get", move |ctx| dequeue_get(&c, &get_tx, &ctx)).map_err(io("spawn a timer stage"))?;
+    let c = core.clone();
+    sup.spawn("dequeue-get-msg", move |ctx| dequeue_get_message(&c, &get_rx, &put_tx, &ctx))
+        .map_err(io("spawn a timer stage"))?;
+    let c = core.clone();
+    let bell_tx = core.doorbell.clone();
+    sup.spawn("dequeue-put", move |ctx| dequeue_put(&c, &put_rx, &roll_tx, &bell_tx, &ctx))
+        .map_err(io("spawn a timer stage"))?;
+    let c = core.clone();
+    let trip = sup.tripper();
+    sup.spawn("timer-checkpoint", move |ctx| {
+        let every = c.opts.checkpoint_interval;
+        while !ctx.stopped() {
+            let mut slept = Duration::ZERO;
+            while slept < every && !ctx.stopped() {
+                std::thread::sleep(POLL.min(every));
+                slept += POLL.min(every);
+            }
+            if ctx.stopped() {
+                return;
+            }
+            if let Err(e) = c.checkpoint() {
+                trip(format!("timer checkpoint failed: {e}"));
+                return;
+            }
+        }
+    })
+    .map_err(io("spawn a timer stage"))?;
+    Ok((sup, queues))
+}
+
+/// enqueue-get: reads the system topic's consume queue from the checkpointed offset and
+/// publishes each scheduled message (with its deliver time) into the ring; also feeds rolls.
+fn enqueue_get(
+    core: &Core,
+    mut ring: chime_pipeline::RingProducer<EnqueueReq>,
+    rolls: queue::Receiver<EnqueueReq>,
+    bell: crossbeam_channel::Receiver<()>,
+    mut next: u64,
+    ctx: &StageCtx,
+) {
+    let cq = &core.sys_topic.queues[0];
+    while !ctx.stopped() {
+        let mut busy = false;
+        while let Ok(r) = rolls.try_recv() {
+            if !ring.publish(r, ctx) {
+                return;
+            }
+            busy = true;
+        }
+        let mut n = 0;
+        while next < cq.next() && n < 4096 {
+            let Some(e) = cq.get(next) else { break };
+            let deliver_at = core.store.read(e.log_offset).and_then(|r| r.decode().ok().map(|rec| rec.deliver_at_ms));
+            match deliver_at {
+                Some(deliver_at) => {
+                    let req = EnqueueReq {
+                        sys_offset: next,
+                        log_offset: e.log_offset,
+                        log_size: e.size,
+                        deliver_at,
+                        from_slot: None,
+                    };
+                    if !ring.publish(req, ctx) {
+                        return;
+                    }
+                }
+                None => {
+                    tracing::error!(offset = next, "unreadable scheduled record; skipping it");
+                    core.progress.lock().placed(next);
+                }
+            }
+            next += 1;
+            n += 1;
+            busy = true;
+        }
+        core.counters.enqueue_next.store(next, Ordering::Relaxed);
+        core.counters.enqueue_get_processed.fetch_add(n, Ordering::Relaxed);
+        if !busy {
+            let _ = bell.recv_timeout(POLL);
+        }
+    }
+}
+
+/// enqueue-put: places one message: a timer-log unit linked into its slot (or a roll slot), or
+/// straight to the dequeue side if its slot is already closed.
+fn enqueue_put(core: &Core, req: &EnqueueReq, direct: &queue::Sender<FireReq>, ctx: &StageCtx) {
+    let finish = |core: &Core| {
+        let mut p = core.progress.lock();
+        match req.from_slot {
+            Some(s) => p.slot_done(s),
+            None => p.placed(req.sys_offset),
+        }
+    };
+    match core.states.get(req.sys_offset) {
+        Ok(state::CANCELLED) | Ok(state::DELIVERED) => return finish(core),
+        Ok(_) => {}
+        Err(e) => panic!("state cell of {} unreadable: {e}", req.sys_offset),
+    }
+    let now = core.clock.now_ms();
+    let cursor = core.cursor.lock();
+    let committed = core.progress.lock().committed_read_time(*cursor);
+    let placement = core.geo.place(req.deliver_at, *cursor, committed);
+    let (slot, flags) = match placement {
+        Placement::Due => {
+            drop(cursor);
+            let unit = Unit {
+                prev: 0,
+                deliver_at: req.deliver_at,
+                slot_time: core.geo.slot_time(req.deliver_at),
+                log_offset: req.log_offset,
+                log_size: req.log_size,
+                flags: 0,
+                sys_offset: req.sys_offset,
+                enqueued_ms: now,
+            };
+            core.progress.lock().direct_begin(req.sys_offset);
+            finish(core);
+            // If the pipeline is stopping and this is dropped, it stays "in flight": the
+            // checkpoint cannot pass it, so the restart places it again.
+            send(direct, FireReq { unit, origin: Origin::Direct }, ctx);
+            return;
+        }
+        Placement::Wheel(s) => (s, 0),
+        Placement::Roll(s) => (s, FLAG_ROLL),
+    };
+    let unit = Unit {
+        prev: core.wheel.get(slot).last,
+        deliver_at: req.deliver_at,
+        slot_time: slot,
+        log_offset: req.log_offset,
+        log_size: req.log_size,
+        flags,
+        sys_offset: req.sys_offset,
+        enqueued_ms: now,
+    };
+    match core.log.append(&unit) {
+        Ok(pos) => core.wheel.link(slot, pos),
+        // Unplaced and not marked done: the checkpoint stays behind it; the panic stops the
+        // pipeline (the supervisor reports it) rather than silently losing the message.
+        Err(e) => panic!("timer log append failed: {e}"),
+    }
+    drop(cursor);
+    finish(core);
+}
+
+/// dequeue-get: walks slots in time order, each `lookahead` before its time, handing every
+/// unit of the slot to dequeue-get-message.
+fn dequeue_get(core: &Core, tx: &queue::Sender<FireReq>, ctx: &StageCtx) {
+    let precision = core.geo.precision_ms;
+    while !ctx.stopped() {
+        let now = core.clock.now_ms();
+        let mut cursor = core.cursor.lock();
+        let t = *cursor;
+        if t > now + core.opts.lookahead_ms {
+            drop(cursor);
+            let wait = (t - core.opts.lookahead_ms - now).clamp(1, POLL.as_millis() as i64);
+            std::thread::sleep(Duration::from_millis(wait as u64));
+            continue;
+        }
+        let mut progress = core.progress.lock();
+        if !core.geo.may_close(t, progress.committed_read_time(t)) {
+            // A span ahead of what has fired: wait for the fires (and rolls) in flight.
+            drop((progress, cursor));
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let slot = core.wheel.get(t);
+        *cursor = t + precision;
+        progress.slot_add(t, 0);
+        drop((progress, cursor));
+        let mut pos1 = slot.last;
+        let mut n = 0u64;
+        while pos1 != 0 {
+            let Some(unit) = core.log.read(pos1 - 1) else {
+                tracing::error!(slot = t, pos = pos1 - 1, "timer-log unit unreadable; the rest of the slot is lost");
+                break;
+            };
+            if unit.slot_time != t {
+                break;
+            }
+            core.progress.lock().slot_add(t, 1);
+            if !send(tx, FireReq { unit, origin: Origin::Slot(t) }, ctx) {
+                return;
+            }
+            pos1 = unit.prev;
+            n += 1;
+        }
+        core.progress.lock().slot_seal(t);
+        core.counters.dequeue_get_processed.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Core {
+    /// Marks a fire request finished (fired, skipped or re-placed).
+    fn done(&self, f: &FireReq) {
+        let mut p = self.progress.lock();
+        match f.origin {
+            Origin::Slot(s) => p.slot_done(s),
+            Origin::Direct => p.direct_done(f.unit.sys_offset),
+        }
+    }
+
+    /// The message to store for its topic when `unit` fires, read from the original record.
+    fn fired_message(&self, unit: &Unit) -> Option<(Arc<Topic>, NewMessage)> {
+        let r = self.store.read(unit.log_offset)?;
+        let rec = r.decode().ok()?;
+        let mut properties = std::collections::BTreeMap::new();
+        let mut topic = None;
+        for (k, v) in rec.properties() {
+            if k == PROP_TOPIC {
+                topic = Some(v);
+            } else if !k.starts_with(SYSTEM_PROP_PREFIX) {
+                properties.insert(k.to_string(), v.to_string());
+            }
+        }
+        properties.insert(PROP_ID.to_string(), MessageId { offset: unit.log_offset, crc: rec.crc }.to_string());
+        let topic = topic?;
+        let t = match self.store.topics().get(topic) {
+            Some(t) => t,
+            None => self.store.topics().create(topic, self.opts.default_queues).ok()?.0,
+        };
+        let msg = NewMessage {
+            tag: rec.tag.map(str::to_string),
+            keys: rec.keys().into_iter().map(str::to_string).collect(),
+            properties,
+            body: rec.body.to_vec(),
+            binary: rec.binary(),
+            born_ms: rec.born_ms,
+            deliver_at_ms: Some(unit.deliver_at),
+        };
+        Some((t, msg))
+    }
+}
+
+/// dequeue-get-message: reads the original record of each unit to fire (skipping cancelled
+/// ones early); rolls pass through untouched.
+fn dequeue_get_message(core: &Core, rx: &queue::Receiver<FireReq>, tx: &queue::Sender<Ready>, ctx: &StageCtx) {
+    while !ctx.stopped() {
+        let f = match rx.recv_timeout(POLL) {
+            Ok(f) => f,
+            Err(queue::RecvTimeoutError::Timeout) => continue,
+            Err(queue::RecvTimeoutError::Disconnected) => return,
+        };
+        let ready = if f.unit.is_roll() {
+            Ready { fire: f, out: None }
+        } else {
+            match core.states.get(f.unit.sys_offset) {
+                Ok(state::CANCELLED) | Ok(state::DELIVERED) => {
+                    core.done(&f);
+                    continue;
+                }
+                _ => {}
+            }
+            match core.fired_message(&f.unit) {
+                Some(out) => Ready { fire: f, out: Some(out) },
+                None => {
+                    tracing::error!(log_offset = f.unit.log_offset, "scheduled record unreadable; cannot fire it");
+                    core.done(&f);
+                    continue;
+                }
+            }
+        };
+        if !send(tx, ready, ctx) {
+            return;
+        }
+    }
+}
+
+/// Messages waiting in dequeue-put for their millisecond, earliest first.
+#[derive(Default)]
+struct Held {
+    heap: BinaryHeap<Reverse<(i64, u64)>>,
+    items: HashMap<u64, Ready>,
+    seq: u64,
+}
+
+impl Held {
+    fn push(&mut self, r: Ready) {
+        self.seq += 1;
+        self.heap.push(Reverse((r.fire.unit.deliver_at, self.seq)));
+        self.items.insert(self.seq, r);
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.heap.peek().map(|Reverse((d, _))| *d)
+    }
+
+    /// Everything due at or before `now`.
+    fn take_due(&mut self, now: i64) -> Vec<Ready> {
+        let mut due = Vec::new();
+        while let Some(Reverse((d, s))) = self.heap.peek().copied() {
+            if d > now {
+                break;
+            }
+            self.heap.pop();
+            due.extend(self.items.remove(&s));
+        }
+        due
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// dequeue-put: holds ready messages by deliver time and stores each for its topic at its
+/// millisecond (batched per topic); re-places rolls; skips cancelled messages.
+fn dequeue_put(
+    core: &Core,
+    rx: &queue::Receiver<Ready>,
+    rolls: &queue::Sender<EnqueueReq>,
+    bell: &crossbeam_channel::Sender<()>,
+    ctx: &StageCtx,
+) {
+    let cap = core.opts.queue_capacity;
+    let mut held = Held::default();
+    let accept = |r: Ready, held: &mut Held| {
+        if r.out.is_some() {
+            return held.push(r);
+        }
+        let u = r.fire.unit;
+        let Origin::Slot(from) = r.fire.origin else { return core.done(&r.fire) };
+        core.counters.rolled.fetch_add(1, Ordering::Relaxed);
+        let req = EnqueueReq {
+            sys_offset: u.sys_offset,
+            log_offset: u.log_offset,
+            log_size: u.log_size,
+            deliver_at: u.deliver_at,
+            from_slot: Some(from),
+        };
+        let _ = rolls.send(req); // unbounded: never blocks
+        let _ = bell.try_send(());
+    };
+    let poll_ms = POLL.as_millis() as i64;
+    while !ctx.stopped() {
+        let now = core.clock.now_ms();
+        let wait = held.next_due().map_or(poll_ms, |d| (d - now).clamp(0, poll_ms));
+        if held.len() < cap {
+            if wait > 0 {
+                match rx.recv_timeout(Duration::from_millis(wait as u64)) {
+                    Ok(r) => accept(r, &mut held),
+                    Err(queue::RecvTimeoutError::Timeout) => {}
+                    Err(queue::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            while held.len() < cap {
+                match rx.try_recv() {
+                    Ok(r) => accept(r, &mut held),
+                    Err(_) => break,
+                }
+            }
+        } else if wait > 0 {
+            std::thread::sleep(Duration::from_millis(wait as u64));
+        }
+        // Release everything due by the clock read now: never before its millisecond.
+        let due = held.take_due(core.clock.now_ms());
+        if !due.is_empty() {
+            let failed = release(core, due);
+            if !failed.is_empty() {
+                // The store is unavailable: hold them and retry shortly.
+                failed.into_iter().for_each(|r| held.push(r));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Stores due messages for their topics, at most 1000 per append. Returns those that could
+/// not be stored.
+fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
+    let mut by_topic: Vec<(Arc<Topic>, Vec<Ready>)> = Vec::new();
+    for r in due {
+        let topic = &r.out.as_ref().expect("rolls never reach release").0;
+        match by_topic.iter_mut().find(|(t, _)| Arc::ptr_eq(t, topic)) {
+            Some((_, v)) => v.push(r),
+            None => by_topic.push((topic.clone(), vec![r])),
+        }
+    }
+    let mut failed = Vec::new();
+    for (topic, group) in by_topic {
+        let mut group = group.into_iter().peekable();
+        while group.peek().is_some() {
+            let mut batch = Vec::new();
+            for r in group.by_ref() {
+                let cell = r.fire.unit.sys_offset;
+                match core.states.transition(cell, state::SCHEDULED, state::FIRING) {
+                    // Anything else: cancelled, or already fired by another unit of the same
+                    // message (re-placed after a restart). Start-up turned crash-interrupted
+                    // FIRING cells back to SCHEDULED, so FIRING here is a fire in progress.
+                    Ok(state::SCHEDULED) => batch.push(r),
+                    Ok(_) => core.done(&r.fire),
+                    Err(e) => panic!("state cell {cell} unreadable: {e}"),
+                }
+                if batch.len() == 1000 {
+                    break;
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let msgs: Vec<NewMessage> = batch.iter().map(|r| r.out.as_ref().expect("message").1.clone()).collect();
+            let stored = core.store.append(&topic, &msgs).and_then(|res| {
+                if core.opts.sync {
+                    core.store.flush_log()?;
+                }
+                Ok(res)
+            });
+            match stored {
+                Ok(res) => {
+                    let mut late = core.lateness.lock();
+                    for (r, a) in batch.iter().zip(&res.messages) {
+                        let u = &r.fire.unit;
+                        let _ = core.states.set(u.sys_offset, state::DELIVERED);
+                        let lateness = (a.store_ms - u.deliver_at).max(0) as u64;
+                        let _ = late.record(lateness);
+                        if u.deliver_at < core.started_ms && lateness > 1000 {
+                            core.counters.late_after_downtime.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    drop(late);
+                    core.counters.fired.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    core.pending_add(&topic.name, -(batch.len() as i64));
+                    for r in &batch {
+                        core.done(&r.fire);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, topic = %topic.name, "cannot store fired messages; retrying");
+                    for r in &batch {
+                        let _ = core.states.transition(r.fire.unit.sys_offset, state::FIRING, state::SCHEDULED);
+                    }
+                    failed.extend(batch);
+                }
+            }
+        }
+    }
+    failed
+}

@@ -1,0 +1,150 @@
+//! One state cell per scheduled message: what makes cancel O(1) and exact.
+//!
+//! On disk: `timer/state/{base:020}` files of `CELLS_PER_FILE` bytes; the cell of a scheduled
+//! message is the byte at its queue offset in the system topic (so its message id, which holds
+//! the record's offset, leads to its cell in O(1)). Files are zero-filled: a new message is
+//! `SCHEDULED` without a write.
+//!
+//! Transitions, each a single compare-and-swap on the byte:
+//! ```text
+//! SCHEDULED ──cancel──▶ CANCELLED                      (cancel answers 200)
+//! SCHEDULED ──fire────▶ FIRING ──stored──▶ DELIVERED   (cancel answers 409 from FIRING on)
+//! ```
+//! So a 200 on cancel means dequeue-put's CAS will fail and the message is never stored for its
+//! topic. Only one fire of a message can win the SCHEDULED → FIRING CAS, so a message with two
+//! units (re-placed after a restart) is stored once. A crash between FIRING and DELIVERED is
+//! settled at start-up: such cells go back to SCHEDULED and fire again (at most a duplicate,
+//! never a loss).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::store::mmap::AtomicMap;
+
+pub const SCHEDULED: u8 = 0;
+pub const CANCELLED: u8 = 1;
+pub const DELIVERED: u8 = 2;
+pub const FIRING: u8 = 3;
+
+/// Cells per file (1 MiB).
+pub const CELLS_PER_FILE: u64 = 1 << 20;
+
+pub struct StateCells {
+    dir: PathBuf,
+    files: RwLock<Vec<Option<Arc<AtomicMap>>>>,
+}
+
+impl StateCells {
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut files: Vec<Option<Arc<AtomicMap>>> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Ok(base) = name.parse::<u64>() else { continue };
+            if name.len() != 20 || base % CELLS_PER_FILE != 0 {
+                continue;
+            }
+            let idx = (base / CELLS_PER_FILE) as usize;
+            if files.len() <= idx {
+                files.resize(idx + 1, None);
+            }
+            let (m, _) = AtomicMap::open_or_create(&dir.join(name), CELLS_PER_FILE as usize)?;
+            files[idx] = Some(Arc::new(m));
+        }
+        Ok(Self { dir: dir.to_path_buf(), files: RwLock::new(files) })
+    }
+
+    fn file(&self, idx: usize, create: bool) -> io::Result<Option<Arc<AtomicMap>>> {
+        if let Some(Some(f)) = self.files.read().get(idx) {
+            return Ok(Some(f.clone()));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let mut files = self.files.write();
+        if files.len() <= idx {
+            files.resize(idx + 1, None);
+        }
+        if files[idx].is_none() {
+            let path = self.dir.join(format!("{:020}", idx as u64 * CELLS_PER_FILE));
+            let (m, _) = AtomicMap::open_or_create(&path, CELLS_PER_FILE as usize)?;
+            crate::store::segments::sync_dir(&self.dir)?;
+            files[idx] = Some(Arc::new(m));
+        }
+        Ok(files[idx].clone())
+    }
+
+    /// Makes sure the cell of `offset` exists (called when a message is scheduled).
+    pub fn ensure(&self, offset: u64) -> io::Result<()> {
+        self.file((offset / CELLS_PER_FILE) as usize, true).map(|_| ())
+    }
+
+    fn with_cell<R>(&self, offset: u64, f: impl FnOnce(&AtomicU8) -> R) -> io::Result<R> {
+        let file = self.file((offset / CELLS_PER_FILE) as usize, true)?.expect("created");
+        Ok(f(&file.bytes()[(offset % CELLS_PER_FILE) as usize]))
+    }
+
+    pub fn get(&self, offset: u64) -> io::Result<u8> {
+        self.with_cell(offset, |c| c.load(Ordering::Acquire))
+    }
+
+    /// CAS `from → to`; returns the value found (equal to `from` on success).
+    pub fn transition(&self, offset: u64, from: u8, to: u8) -> io::Result<u8> {
+        self.with_cell(offset, |c| match c.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(v) | Err(v) => v,
+        })
+    }
+
+    pub fn set(&self, offset: u64, v: u8) -> io::Result<()> {
+        self.with_cell(offset, |c| c.store(v, Ordering::Release))
+    }
+
+    /// Makes the cell of `offset` durable now (a cancel under the sync flush policy).
+    pub fn flush_cell(&self, offset: u64) -> io::Result<()> {
+        if let Some(f) = self.file((offset / CELLS_PER_FILE) as usize, false)? {
+            let at = (offset % CELLS_PER_FILE) as usize;
+            f.flush_range(at, at + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every cell durable (the timer checkpoint).
+    pub fn flush(&self) -> io::Result<()> {
+        let files: Vec<_> = self.files.read().iter().flatten().cloned().collect();
+        for f in files {
+            f.flush_range(0, f.len())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_are_exclusive_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateCells::open(dir.path()).unwrap();
+        let far = 3 * CELLS_PER_FILE + 5;
+        assert_eq!(s.get(far).unwrap(), SCHEDULED);
+        // Cancel wins; the fire then finds CANCELLED.
+        assert_eq!(s.transition(far, SCHEDULED, CANCELLED).unwrap(), SCHEDULED);
+        assert_eq!(s.transition(far, SCHEDULED, FIRING).unwrap(), CANCELLED);
+        // Fire wins; the cancel then finds FIRING.
+        assert_eq!(s.transition(7, SCHEDULED, FIRING).unwrap(), SCHEDULED);
+        assert_eq!(s.transition(7, SCHEDULED, CANCELLED).unwrap(), FIRING);
+        s.set(7, DELIVERED).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        let s = StateCells::open(dir.path()).unwrap();
+        assert_eq!(s.get(far).unwrap(), CANCELLED);
+        assert_eq!(s.get(7).unwrap(), DELIVERED);
+        assert_eq!(s.get(8).unwrap(), SCHEDULED);
+    }
+}

@@ -1,0 +1,390 @@
+//! The timer engine on simulated time: a `ManualClock` drives it, so days of delays take
+//! milliseconds. Each test checks the hard invariants: never visible before `deliver_at_ms`
+//! (by the server clock: `store_ms >= deliver_at_ms`), nothing lost, cancelled never visible.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chime::clock::ManualClock;
+use chime::store::topics::Topic;
+use chime::store::{FlushPolicy, NewMessage, Store, StoreOptions};
+use chime::timer::{Geometry, MessageState, TimerEngine, TimerError, TimerOptions, PROP_ID, PROP_TOPIC};
+
+const T0: i64 = 1_800_000_000_000;
+const TOPIC: &str = "t";
+
+struct Harness {
+    clock: Arc<ManualClock>,
+    store: Arc<Store>,
+    timer: Arc<TimerEngine>,
+    dir: std::path::PathBuf,
+    slots: u64,
+}
+
+fn open(dir: &Path, clock: Arc<ManualClock>, slots: u64) -> Harness {
+    let store = Store::open(
+        StoreOptions {
+            dir: dir.to_path_buf(),
+            segment_size: 4 << 20,
+            cq_segment_entries: 4096,
+            flush: FlushPolicy::Async { interval: Duration::from_millis(50) },
+            checkpoint_interval: Duration::from_millis(50),
+        },
+        clock.clone(),
+    )
+    .unwrap();
+    let timer = TimerEngine::start(
+        store.clone(),
+        TimerOptions {
+            dir: dir.join("timer"),
+            geometry: Geometry::new(1000, slots),
+            lookahead_ms: 1000,
+            timer_log_segment_units: 4096,
+            checkpoint_interval: Duration::from_millis(50),
+            queue_capacity: 4096,
+            default_queues: 2,
+            sync: false,
+        },
+    )
+    .unwrap();
+    Harness { clock, store, timer, dir: dir.to_path_buf(), slots }
+}
+
+impl Harness {
+    fn new(dir: &Path, slots: u64) -> Self {
+        open(dir, ManualClock::new(T0), slots)
+    }
+
+    /// Schedules `body` at `at` the way the HTTP send path does; returns its id.
+    fn schedule(&self, body: &str, at: i64) -> String {
+        self.store.topics().create(TOPIC, 2).unwrap();
+        let mut msg = NewMessage {
+            body: body.as_bytes().to_vec(),
+            born_ms: self.clock.now(),
+            deliver_at_ms: Some(at),
+            ..Default::default()
+        };
+        msg.properties.insert(PROP_TOPIC.into(), TOPIC.into());
+        let r = self.store.append(self.timer.system_topic(), &[msg]).unwrap();
+        self.timer.scheduled(TOPIC, &r).unwrap();
+        r.messages[0].id.to_string()
+    }
+
+    /// Everything visible in the topic: id → (body, deliver_at, store_ms).
+    fn visible(&self) -> BTreeMap<String, (String, i64, i64)> {
+        let mut out = BTreeMap::new();
+        let Some(t) = self.store.topics().get(TOPIC) else { return out };
+        for q in &t.queues {
+            for i in 0..q.next() {
+                let e = q.get(i).unwrap();
+                let r = self.store.read(e.log_offset).unwrap();
+                let rec = r.decode().unwrap();
+                let id = rec.properties().iter().find(|(k, _)| *k == PROP_ID).map(|(_, v)| v.to_string()).unwrap();
+                let body = String::from_utf8(rec.body.to_vec()).unwrap();
+                // Duplicates would overwrite: count them separately where it matters.
+                out.insert(id, (body, rec.deliver_at_ms, rec.store_ms));
+            }
+        }
+        out
+    }
+
+    fn visible_count(&self) -> u64 {
+        self.store.topics().get(TOPIC).map_or(0, |t: Arc<Topic>| t.message_count())
+    }
+
+    /// Waits (real time) until `f` holds, giving the stages time to act on the clock.
+    fn wait_for(&self, what: &str, f: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets the pipeline run a little without moving the clock.
+    fn settle(&self) {
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    fn restart(self) -> Self {
+        let (clock, dir, slots) = (self.clock.clone(), self.dir.clone(), self.slots);
+        self.timer.shutdown().unwrap();
+        self.store.shutdown().unwrap();
+        drop(self);
+        open(&dir, clock, slots)
+    }
+
+    fn assert_never_early(&self) {
+        for (id, (_, at, stored)) in self.visible() {
+            assert!(stored >= at, "{id} visible at {stored}, before its time {at}");
+        }
+    }
+}
+
+trait Now {
+    fn now(&self) -> i64;
+}
+impl Now for ManualClock {
+    fn now(&self) -> i64 {
+        chime::clock::Clock::now_ms(self)
+    }
+}
+
+#[test]
+fn fires_at_its_millisecond_never_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), 7200);
+    // Around slot boundaries: the last ms of a slot, the first of the next, mid-slot.
+    let times = [T0 + 999, T0 + 1000, T0 + 1001, T0 + 2500, T0 + 60_000];
+    let ids: Vec<_> = times.iter().map(|&t| h.schedule(&format!("at{t}"), t)).collect();
+    h.settle();
+    assert_eq!(h.visible_count(), 0);
+    for (i, &t) in times.iter().enumerate() {
+        h.clock.set(t - 1);
+        h.settle();
+        assert_eq!(h.visible_count(), i as u64, "nothing due at {} may be visible 1 ms early", t);
+        h.clock.set(t);
+        h.wait_for("the message to fire at its ms", |h| h.visible_count() == i as u64 + 1);
+        let v = h.visible();
+        let (_, at, stored) = v[&ids[i]];
+        assert_eq!(at, t);
+        assert_eq!(stored, t, "fired at its millisecond exactly (simulated clock)");
+        assert_eq!(h.timer.status(TOPIC, ids[i].parse().unwrap()).unwrap().0, MessageState::Delivered);
+    }
+    let stats = h.timer.stats();
+    assert_eq!(stats.fired, 5);
+    assert_eq!(stats.pending_total, 0);
+    assert_eq!(stats.lateness.max, 0);
+}
+
+#[test]
+fn cancel_before_fire_is_final_and_after_fire_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), 7200);
+    let a = h.schedule("a", T0 + 5_000);
+    let b = h.schedule("b", T0 + 5_000);
+    let a_id = a.parse().unwrap();
+    let b_id = b.parse().unwrap();
+    assert_eq!(h.timer.status(TOPIC, a_id).unwrap().0, MessageState::Scheduled);
+    assert_eq!(h.timer.cancel(TOPIC, a_id).unwrap(), T0 + 5_000);
+    assert_eq!(h.timer.cancel(TOPIC, a_id).unwrap(), T0 + 5_000, "cancelling again answers the same");
+    assert!(matches!(h.timer.cancel("other", b_id), Err(TimerError::NotFound)), "wrong topic");
+    h.clock.set(T0 + 10_000);
+    h.wait_for("b to fire", |h| h.visible_count() == 1);
+    h.settle();
+    let v = h.visible();
+    assert!(v.contains_key(&b) && !v.contains_key(&a), "{v:?}");
+    assert_eq!(h.timer.status(TOPIC, a_id).unwrap().0, MessageState::Cancelled);
+    assert!(matches!(h.timer.cancel(TOPIC, b_id), Err(TimerError::AlreadyDelivered)));
+    assert_eq!(h.timer.stats().cancelled, 1);
+}
+
+#[test]
+fn cancel_reaches_messages_in_every_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), 1024); // span 1024 s: later messages roll
+    let in_wheel = h.schedule("wheel", T0 + 30_000);
+    let rolled = h.schedule("rolled", T0 + 5 * 86_400_000);
+    h.settle();
+    // Not yet read by enqueue-get: cancel right after scheduling.
+    let fresh = h.schedule("fresh", T0 + 2_000);
+    for id in [&fresh, &in_wheel, &rolled] {
+        h.timer.cancel(TOPIC, id.parse().unwrap()).unwrap();
+    }
+    let keep = h.schedule("keep", T0 + 5 * 86_400_000 + 1);
+    for step in 1..=(5 * 86_400 / 500) {
+        h.clock.set(T0 + step * 500_000);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    h.clock.set(T0 + 5 * 86_400_000 + 10);
+    h.wait_for("keep to fire", |h| h.visible_count() == 1);
+    h.settle();
+    let v = h.visible();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v.contains_key(&keep));
+    assert!(h.timer.stats().rolled > 0, "the far message rolled");
+}
+
+#[test]
+fn far_future_messages_roll_and_fire_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), 1024); // span ≈ 17 min
+    let due: Vec<i64> = (0..20).map(|i| T0 + 3_600_000 + i * 3_600_000 * 5 + i * 7).collect(); // up to ~4 days
+    let ids: Vec<_> = due.iter().map(|&t| h.schedule(&format!("m{t}"), t)).collect();
+    let end = *due.last().unwrap();
+    let mut t = T0;
+    while t < end + 1000 {
+        t += 200_000; // 200 s steps: several per span
+        h.clock.set(t.min(end + 1000));
+        // Let each step's rolls be re-placed before time moves on.
+        h.wait_for("the pipeline to catch up", |h| h.timer.stats().dequeue_lag_ms < 2_000);
+    }
+    h.wait_for("all to fire", |h| h.visible_count() == 20);
+    let v = h.visible();
+    for (id, at) in ids.iter().zip(&due) {
+        let (_, d, stored) = v[id];
+        assert_eq!(d, *at);
+        assert!(stored >= *at, "early");
+        assert!(stored - at <= 200_000, "fired within one clock step of its time");
+    }
+    assert!(h.timer.stats().rolled >= 20);
+}
+
+#[test]
+fn pending_messages_survive_a_restart_and_downtime_beyond_the_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), 1024);
+    let soon = h.schedule("soon", T0 + 3_000);
+    let later = h.schedule("later", T0 + 600_000);
+    let cancelled = h.schedule("cancelled", T0 + 4_000);
+    h.timer.cancel(TOPIC, cancelled.parse().unwrap()).unwrap();
+    h.settle();
+    let h = h.restart();
+    assert_eq!(h.timer.stats().pending_total, 2, "pending counted again after restart");
+    assert_eq!(h.visible_count(), 0);
+    // Down for three spans.
+    h.clock.set(T0 + 3 * 1024 * 1000);
+    let h = h.restart();
+    h.wait_for("both to fire after the downtime", |h| h.visible_count() == 2);
+    h.settle();
+    let v = h.visible();
+    assert!(v.contains_key(&soon) && v.contains_key(&later) && !v.contains_key(&cancelled));
+    assert_eq!(h.timer.stats().late_after_downtime, 2);
+    h.assert_never_early();
+    // And nothing fires twice after yet another restart.
+    let h = h.restart();
+    h.clock.advance(10_000);
+    h.settle();
+    assert_eq!(h.visible_count(), 2);
+}
+
+#[test]
+fn a_due_time_in_a_closed_slot_fires_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), 7200);
+    h.clock.set(T0 + 10_000);
+    h.settle(); // dequeue-get has read up to T0 + 11 s (lookahead)
+    let id = h.schedule("x", T0 + 10_500);
+    h.settle();
+    assert_eq!(h.visible_count(), 0, "its slot is closed but its ms has not come");
+    h.clock.set(T0 + 10_500);
+    h.wait_for("direct fire", |h| h.visible_count() == 1);
+    assert_eq!(h.visible()[&id].2, T0 + 10_500);
+}
+
+/// A small deterministic PRNG, so every run of the model test is the same.
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Model-based test: random sends (near, far, rolled, past-the-read-pointer), cancels, clock
+/// jumps and restarts against a BTreeMap model. Invariants: never early, nothing lost,
+/// cancelled never visible, statuses agree with the model.
+#[test]
+fn model_random_schedules_cancels_jumps_and_restarts() {
+    for seed in [0x5EED_0001u64, 0x5EED_0002, 0x5EED_0003] {
+        run_model(seed);
+    }
+}
+
+fn run_model(seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = XorShift(seed);
+    let mut h = Harness::new(dir.path(), 1024);
+    // id → (deliver_at, cancelled)
+    let mut model: BTreeMap<String, (i64, bool)> = BTreeMap::new();
+    for step in 0..60 {
+        let now = h.clock.now();
+        match rng.below(10) {
+            0..=4 => {
+                let n = 1 + rng.below(20);
+                for _ in 0..n {
+                    let delay = match rng.below(4) {
+                        0 => rng.below(3_000) as i64,
+                        1 => rng.below(120_000) as i64,
+                        2 => rng.below(4 * 1024 * 1000) as i64, // beyond the span: rolls
+                        _ => 1 + rng.below(999) as i64,
+                    };
+                    let at = now + delay.max(1);
+                    let id = h.schedule(&format!("s{seed}-{step}-{at}"), at);
+                    model.insert(id, (at, false));
+                }
+            }
+            5 | 6 => {
+                let pending: Vec<_> =
+                    model.iter().filter(|(_, (at, c))| !c && *at > now + 2_000).map(|(k, _)| k.clone()).collect();
+                if !pending.is_empty() {
+                    let id = pending[rng.below(pending.len() as u64) as usize].clone();
+                    h.timer.cancel(TOPIC, id.parse().unwrap()).unwrap();
+                    model.get_mut(&id).unwrap().1 = true;
+                }
+            }
+            7 | 8 => {
+                let jump = if rng.below(3) == 0 { rng.below(2_000_000) } else { rng.below(5_000) } as i64;
+                h.clock.advance(jump);
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            _ => h = h.restart(),
+        }
+        // Invariants at every step.
+        let now = h.clock.now();
+        for (id, (_, at, stored)) in h.visible() {
+            let (m_at, m_cancelled) = model[&id];
+            assert_eq!(at, m_at, "seed {seed:#x} step {step}: deliver time of {id}");
+            assert!(stored >= at, "seed {seed:#x} step {step}: {id} early ({stored} < {at})");
+            assert!(!m_cancelled, "seed {seed:#x} step {step}: cancelled {id} became visible");
+            assert!(at <= now, "seed {seed:#x} step {step}: {id} visible before now");
+        }
+    }
+    // Finally run past every deliver time: everything not cancelled arrives, exactly once.
+    let last = model.values().map(|(at, _)| *at).max().unwrap_or(0);
+    let mut t = h.clock.now();
+    while t < last + 2_000 {
+        t = (t + 300_000).min(last + 2_000);
+        h.clock.set(t);
+        h.wait_for("catch up", |h| h.timer.stats().dequeue_lag_ms < 2_000);
+    }
+    let want: usize = model.values().filter(|(_, c)| !c).count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.visible().len() != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let v = h.visible();
+    let missing: Vec<_> = model
+        .iter()
+        .filter(|(id, (_, c))| !c && !v.contains_key(*id))
+        .map(|(id, (at, _))| (id.clone(), *at, h.timer.status(TOPIC, id.parse().unwrap()).unwrap().0))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "seed {seed:#x}: never fired (now {}): {missing:?}\nstats {:?}",
+        h.clock.now(),
+        h.timer.stats()
+    );
+    h.settle();
+    let v = h.visible();
+    assert_eq!(v.len(), want, "seed {seed:#x}");
+    assert_eq!(h.visible_count() as usize, want, "seed {seed:#x}: duplicates");
+    for (id, (at, cancelled)) in &model {
+        let st = h.timer.status(TOPIC, id.parse().unwrap()).unwrap().0;
+        if *cancelled {
+            assert_eq!(st, MessageState::Cancelled);
+            assert!(!v.contains_key(id));
+        } else {
+            assert_eq!(st, MessageState::Delivered, "seed {seed:#x}: {id}");
+            assert!(v[id].2 >= *at);
+        }
+    }
+    assert_eq!(h.timer.stats().pending_total, 0);
+}
