@@ -314,11 +314,10 @@ impl CommitLog {
         self.write_pos.store(w.pos, Ordering::Release);
     }
 
-    /// The record at `offset`, if one is published there.
+    /// The record at `offset`, if one is written there. A record is readable as soon as its
+    /// own bytes are published in its segment — before the batch it belongs to is published
+    /// as a whole — because consume-queue entries (which readers follow) point at it from then.
     pub fn read(&self, offset: u64) -> Option<RecordRef> {
-        if offset >= self.write_pos() {
-            return None;
-        }
         let seg = self.segs.find(offset)?;
         let start = (offset - seg.base) as usize;
         let head = seg.file.read(start, 4)?;

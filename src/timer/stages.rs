@@ -156,8 +156,8 @@ fn enqueue_get(
         let mut n = 0;
         while next < cq.next() && n < 4096 {
             let Some(e) = cq.get(next) else { break };
-            let deliver_at = core.store.read(e.log_offset).and_then(|r| r.decode().ok().map(|rec| rec.deliver_at_ms));
-            match deliver_at {
+            let Some(r) = core.store.read(e.log_offset) else { break }; // not readable yet: retry
+            match r.decode().ok().map(|rec| rec.deliver_at_ms) {
                 Some(deliver_at) => {
                     let req = EnqueueReq {
                         sys_offset: next,
@@ -171,7 +171,7 @@ fn enqueue_get(
                     }
                 }
                 None => {
-                    tracing::error!(offset = next, "unreadable scheduled record; skipping it");
+                    tracing::error!(offset = next, "corrupt scheduled record (checksum); skipping it");
                     core.progress.lock().placed(next);
                 }
             }
