@@ -408,6 +408,13 @@ impl TimerEngine {
         self.core.checkpoint()
     }
 
+    /// Stops the stages wherever they are, dropping whatever is in flight between them, and
+    /// writes no checkpoint: what a crash leaves behind, for recovery tests.
+    pub fn halt_like_a_crash(&self) {
+        let hung = self.supervisor.lock().stop_and_join(Duration::from_secs(10));
+        assert!(hung.is_empty(), "stages hung: {hung:?}");
+    }
+
     /// Writes a checkpoint now (tests and benchmarks).
     pub fn checkpoint(&self) -> Result<(), TimerError> {
         self.core.checkpoint()
