@@ -120,8 +120,9 @@ pub struct Store {
     writer: Mutex<Writer>,
     durability: Arc<Durability>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Serialises checkpoint writes: the flusher and the timer both checkpoint the store.
-    checkpoint_lock: Mutex<()>,
+    /// Serialises checkpoint writes (the flusher and the timer both checkpoint the store) and
+    /// holds the log position of the last one written, to skip writing an unchanged one.
+    checkpoint_lock: Mutex<Option<u64>>,
     recovery: RecoveryReport,
     _lock: lock::DirLock,
 }
@@ -149,7 +150,7 @@ impl Store {
             writer: Mutex::new(Writer { log: recovered.writer, last_store_ms: 0, scratch: Vec::new() }),
             durability: durability.clone(),
             flusher: Mutex::new(None),
-            checkpoint_lock: Mutex::new(()),
+            checkpoint_lock: Mutex::new(None),
             recovery: recovered.report,
             opts,
             _lock: dir_lock,
@@ -321,7 +322,10 @@ impl Store {
         }
         self.durability.flushed(upto);
         if job == FlushJob::Checkpoint {
-            let _one_writer = self.checkpoint_lock.lock();
+            let mut last = self.checkpoint_lock.lock();
+            if *last == Some(upto) {
+                return Ok(()); // nothing appended since the last checkpoint
+            }
             for t in self.topics.list() {
                 for q in &t.queues {
                     if let Err(e) = q.flush() {
@@ -333,6 +337,7 @@ impl Store {
             if let Err(e) = cp.store(&self.opts.dir) {
                 return Err(self.durability.poison(format!("checkpoint write failed: {e}")));
             }
+            *last = Some(upto);
         }
         Ok(())
     }

@@ -152,6 +152,8 @@ pub(crate) struct Core {
     /// When the engine started: messages due before this and fired late were due while down.
     started_ms: i64,
     checkpoint_path: PathBuf,
+    /// The last checkpoint written (to skip writing an unchanged one).
+    last_checkpoint: Mutex<Option<TimerCheckpoint>>,
 }
 
 pub struct TimerEngine {
@@ -264,6 +266,7 @@ impl TimerEngine {
             doorbell,
             started_ms: now,
             checkpoint_path,
+            last_checkpoint: Mutex::new(ckpt),
             store,
             opts,
         });
@@ -497,6 +500,12 @@ impl Core {
             pending_floor: floor,
             written_ms: self.clock.now_ms(),
         };
-        cp.store(&self.checkpoint_path).map_err(io("write the timer checkpoint"))
+        let mut last = self.last_checkpoint.lock();
+        if last.is_some_and(|l| TimerCheckpoint { written_ms: cp.written_ms, ..l } == cp) {
+            return Ok(()); // nothing moved: an idle timer writes nothing
+        }
+        cp.store(&self.checkpoint_path).map_err(io("write the timer checkpoint"))?;
+        *last = Some(cp);
+        Ok(())
     }
 }
