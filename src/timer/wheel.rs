@@ -73,28 +73,36 @@ impl Wheel {
             && w[2].load(Ordering::Acquire) == geo.slots
             && w[3].load(Ordering::Acquire) == geo.precision_ms as u64;
         if !header_ok {
-            if !fresh {
+            if fresh {
+                // A new file is already zero (fallocate): only the header needs writing.
+                wheel.write_header();
+            } else {
                 tracing::warn!(path = %path.display(), "wheel header does not match; rebuilding");
+                wheel.reset();
             }
-            wheel.reset();
             fresh = true;
         }
         Ok((wheel, fresh))
     }
 
-    /// Zeroes every slot and writes the header.
+    /// Zeroes every slot and writes the header (a rebuild).
     pub fn reset(&self) {
-        let w = self.map.words();
-        for x in w.iter() {
+        for x in self.map.words().iter() {
             x.store(0, Ordering::Relaxed);
         }
+        for d in &self.dirty {
+            d.store(u64::MAX, Ordering::Relaxed);
+        }
+        self.write_header();
+    }
+
+    fn write_header(&self) {
+        let w = self.map.words();
         w[0].store(MAGIC, Ordering::Relaxed);
         w[1].store(VERSION, Ordering::Relaxed);
         w[2].store(self.geo.slots, Ordering::Relaxed);
         w[3].store(self.geo.precision_ms as u64, Ordering::Release);
-        for d in &self.dirty {
-            d.store(u64::MAX, Ordering::Relaxed);
-        }
+        self.dirty[0].fetch_or(1, Ordering::Relaxed);
     }
 
     fn words(&self, s: i64) -> &[AtomicU64] {
