@@ -335,14 +335,7 @@ impl CommitLog {
         if upto <= from {
             return Ok(());
         }
-        for seg in self.segs.all() {
-            if seg.end() <= from || seg.base >= upto {
-                continue;
-            }
-            let a = from.saturating_sub(seg.base) as usize;
-            let b = (upto.min(seg.end()) - seg.base) as usize;
-            seg.file.flush_range(a, b)?;
-        }
+        self.segs.flush_range(from, upto)?;
         self.flushed.fetch_max(upto, Ordering::AcqRel);
         Ok(())
     }

@@ -177,15 +177,7 @@ impl ConsumeQueue {
         if next <= from {
             return Ok(());
         }
-        let (a, b) = (from * ENTRY_LEN as u64, next * ENTRY_LEN as u64);
-        for seg in self.segs.all() {
-            if seg.end() <= a || seg.base >= b {
-                continue;
-            }
-            let lo = a.saturating_sub(seg.base) as usize;
-            let hi = (b.min(seg.end()) - seg.base) as usize;
-            seg.file.flush_range(lo, hi)?;
-        }
+        self.segs.flush_range(from * ENTRY_LEN as u64, next * ENTRY_LEN as u64)?;
         self.flushed.fetch_max(next, Ordering::AcqRel);
         Ok(())
     }

@@ -118,6 +118,19 @@ impl SegmentSet {
         Ok(seg)
     }
 
+    /// Fsyncs the global byte range `[from, to)`, segment by segment, in offset order.
+    pub fn flush_range(&self, from: u64, to: u64) -> io::Result<()> {
+        for seg in self.all() {
+            if seg.end() <= from || seg.base >= to {
+                continue;
+            }
+            let a = from.saturating_sub(seg.base) as usize;
+            let b = (to.min(seg.end()) - seg.base) as usize;
+            seg.file.flush_range(a, b)?;
+        }
+        Ok(())
+    }
+
     /// Gives mutable access to every segment, for recovery. Fails if any segment is shared.
     pub fn segments_mut(&mut self) -> io::Result<Vec<&mut Segment>> {
         self.segments
