@@ -486,25 +486,27 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
     for (topic, group) in by_topic {
         let mut group = group.into_iter().peekable();
         while group.peek().is_some() {
-            let mut batch = Vec::new();
+            let (mut fires, mut msgs) = (Vec::new(), Vec::new());
             for r in group.by_ref() {
                 let cell = r.fire.unit.sys_offset;
                 match core.states.transition(cell, state::SCHEDULED, state::FIRING) {
                     // Anything else: cancelled, or already fired by another unit of the same
                     // message (re-placed after a restart). Start-up turned crash-interrupted
                     // FIRING cells back to SCHEDULED, so FIRING here is a fire in progress.
-                    Ok(state::SCHEDULED) => batch.push(r),
+                    Ok(state::SCHEDULED) => {
+                        fires.push(r.fire);
+                        msgs.push(r.out.expect("not a roll").1);
+                    }
                     Ok(_) => core.done(&r.fire),
                     Err(e) => panic!("state cell {cell} unreadable: {e}"),
                 }
-                if batch.len() == 1000 {
+                if fires.len() == 1000 {
                     break;
                 }
             }
-            if batch.is_empty() {
+            if fires.is_empty() {
                 continue;
             }
-            let msgs: Vec<NewMessage> = batch.iter().map(|r| r.out.as_ref().expect("message").1.clone()).collect();
             let stored = core.store.append(&topic, &msgs).and_then(|res| {
                 if core.opts.sync {
                     core.store.flush_log()?;
@@ -514,8 +516,8 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
             match stored {
                 Ok(res) => {
                     let mut late = core.lateness.lock();
-                    for (r, a) in batch.iter().zip(&res.messages) {
-                        let u = &r.fire.unit;
+                    for (f, a) in fires.iter().zip(&res.messages) {
+                        let u = &f.unit;
                         let _ = core.states.set(u.sys_offset, state::DELIVERED);
                         let lateness = (a.store_ms - u.deliver_at).max(0) as u64;
                         let _ = late.record(lateness);
@@ -524,18 +526,16 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
                         }
                     }
                     drop(late);
-                    core.counters.fired.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    core.pending_add(&topic.name, -(batch.len() as i64));
-                    for r in &batch {
-                        core.done(&r.fire);
-                    }
+                    core.counters.fired.fetch_add(fires.len() as u64, Ordering::Relaxed);
+                    core.pending_add(&topic.name, -(fires.len() as i64));
+                    fires.iter().for_each(|f| core.done(f));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, topic = %topic.name, "cannot store fired messages; retrying");
-                    for r in &batch {
-                        let _ = core.states.transition(r.fire.unit.sys_offset, state::FIRING, state::SCHEDULED);
+                    for (fire, msg) in fires.into_iter().zip(msgs) {
+                        let _ = core.states.transition(fire.unit.sys_offset, state::FIRING, state::SCHEDULED);
+                        failed.push(Ready { fire, out: Some((topic.clone(), msg)) });
                     }
-                    failed.extend(batch);
                 }
             }
         }
