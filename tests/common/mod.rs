@@ -2,6 +2,8 @@
 //! temporary directory, and a small JSON client.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::path::Path;
 use std::sync::Arc;
 
