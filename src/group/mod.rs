@@ -8,8 +8,8 @@
 //!
 //! Guarantees: an unacked message is never lost (a restart redelivers it when its invisibility
 //! ends, or at once if its state was not yet persisted). An acked message is redelivered after
-//! a crash only if the ack came within the last `persist_interval`: such a message was in flight
-//! at the previous persist. Filtered messages (tag not matching the request's expression) are
+//! a crash only if its ack was not yet written: it came within the last `persist_interval` plus
+//! the time the write takes, so the message was in flight at the last completed persist. Filtered messages (tag not matching the request's expression) are
 //! skipped for the group for good, as in RocketMQ, where a group has one subscription.
 
 pub mod progress;
