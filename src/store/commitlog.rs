@@ -26,6 +26,8 @@ pub struct CommitLog {
     write_pos: AtomicU64,
     /// Everything below this offset is durable.
     flushed: AtomicU64,
+    /// Pages below this offset have been faulted in ahead of the appender.
+    prefaulted: AtomicU64,
 }
 
 /// The single appender's position. Only the store's append lock holds one.
@@ -84,6 +86,7 @@ impl CommitLog {
             segs: SegmentSet::open(dir, segment_size)?,
             write_pos: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
+            prefaulted: AtomicU64::new(0),
         })
     }
 
@@ -306,6 +309,27 @@ impl CommitLog {
         if self.write_pos() >= last.base + last.file.len() as u64 / 2 {
             self.segs.create(last.end())?;
         }
+        Ok(())
+    }
+
+    /// Faults in the `ahead` bytes after the write position (within its segment and the next)
+    /// that are not faulted in yet. Run by the flusher, off the append path.
+    pub fn prefault_ahead(&self, ahead: u64) -> io::Result<()> {
+        let pos = self.write_pos();
+        let from = self.prefaulted.load(Ordering::Acquire).max(pos);
+        let to = pos + ahead;
+        if from >= to {
+            return Ok(());
+        }
+        for seg in self.segs.all() {
+            if seg.end() <= from || seg.base >= to {
+                continue;
+            }
+            let a = from.saturating_sub(seg.base) as usize;
+            let b = (to.min(seg.end()) - seg.base) as usize;
+            seg.file.prefault(a, b)?;
+        }
+        self.prefaulted.fetch_max(to, Ordering::AcqRel);
         Ok(())
     }
 

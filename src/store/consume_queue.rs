@@ -137,7 +137,10 @@ impl ConsumeQueue {
         let mut base = a / seg_size * seg_size;
         while base < b {
             if self.segs.find(base).is_none() {
-                self.segs.create(base)?;
+                // Fault the new file in now: its first write would otherwise zero it page by
+                // page (with read-ahead, megabytes at a time) under the writer lock.
+                let seg = self.segs.create(base)?;
+                seg.file.prefault(0, seg.file.len())?;
             }
             base += seg_size;
         }

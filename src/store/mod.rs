@@ -213,7 +213,8 @@ impl Store {
                 bounds.push(start..buf.len());
             }
         }
-        let result = self.append_locked(&mut w, &mut buf, &bounds, parts, &queues, batch);
+        let counts: Vec<(&Topic, usize)> = parts.iter().map(|(t, m)| (*t, m.len())).collect();
+        let result = self.append_locked(&mut w, &mut buf, &bounds, &counts, &queues, batch);
         w.scratch = buf;
         drop(w);
         let result = result?;
@@ -223,12 +224,38 @@ impl Store {
         Ok(result)
     }
 
+    /// Appends records already encoded by [`record::encode`] (any queue id) to one queue of
+    /// `topic`, all-or-nothing. The timer encodes fired messages ahead of their time, so
+    /// storing them at their millisecond is a seal and a copy.
+    pub fn append_encoded(&self, topic: &Topic, recs: &[Vec<u8>]) -> Result<AppendResult, StoreError> {
+        if recs.is_empty() {
+            return Ok(AppendResult { messages: Vec::new(), end: self.log.write_pos() });
+        }
+        self.check_writable()?;
+        let batch = recs.len() > 1;
+        let queue = topic.pick_queue();
+        let mut buf = Vec::with_capacity(recs.iter().map(Vec::len).sum());
+        let mut bounds = Vec::with_capacity(recs.len());
+        for r in recs {
+            let start = buf.len();
+            buf.extend_from_slice(r);
+            record::set_queue(&mut buf[start..], queue, if batch { FLAG_BATCH } else { 0 });
+            bounds.push(start..buf.len());
+        }
+        let mut w = self.writer.lock();
+        let result = self.append_locked(&mut w, &mut buf, &bounds, &[(topic, recs.len())], &[queue], batch);
+        drop(w);
+        let mut result = result?;
+        topic.appended.notify_waiters();
+        Ok(result.pop().expect("one part"))
+    }
+
     fn append_locked(
         &self,
         w: &mut Writer,
         buf: &mut [u8],
         bounds: &[std::ops::Range<usize>],
-        parts: &[(&Topic, &[NewMessage])],
+        parts: &[(&Topic, usize)],
         queues: &[u16],
         batch: bool,
     ) -> Result<Vec<AppendResult>, StoreError> {
@@ -237,9 +264,9 @@ impl Store {
         self.log
             .prepare(&w.log, bounds.iter().map(|r| r.len()))
             .map_err(|e| self.durability.io_error("allocate commit-log segment", e))?;
-        for ((topic, msgs), &q) in parts.iter().zip(queues) {
+        for ((topic, n), &q) in parts.iter().zip(queues) {
             let cq = &topic.queues[q as usize];
-            cq.prepare(cq.next(), msgs.len() as u64)
+            cq.prepare(cq.next(), *n as u64)
                 .map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
         }
 
@@ -247,11 +274,11 @@ impl Store {
         w.last_store_ms = store_ms;
         let mut results = Vec::with_capacity(parts.len());
         let mut bounds = bounds.iter();
-        for ((topic, msgs), &queue_id) in parts.iter().zip(queues) {
+        for ((topic, n), &queue_id) in parts.iter().zip(queues) {
             let cq = &topic.queues[queue_id as usize];
             let first_qo = cq.next();
-            let mut out = Vec::with_capacity(msgs.len());
-            for i in 0..msgs.len() {
+            let mut out = Vec::with_capacity(*n);
+            for i in 0..*n {
                 let r = bounds.next().expect("one range per message");
                 let qo = first_qo + i as u64;
                 // The last record of the whole batch carries the batch-end mark.

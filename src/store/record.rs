@@ -187,6 +187,13 @@ pub fn seal(rec: &mut [u8], queue_offset: u64, store_ms: i64, extra_flags: u16) 
     crc
 }
 
+/// Sets the queue id of an encoded record and adds `flags` (before [`seal`]).
+pub fn set_queue(rec: &mut [u8], queue_id: u16, flags: u16) {
+    rec[44..46].copy_from_slice(&queue_id.to_le_bytes());
+    let f = u16_at(rec, 46) | flags;
+    rec[46..48].copy_from_slice(&f.to_le_bytes());
+}
+
 /// The 8-byte blank marker that pads the `len` bytes left at the end of a segment.
 pub fn blank_marker(len: usize) -> [u8; BLANK_MARKER_LEN] {
     let mut m = [0u8; BLANK_MARKER_LEN];

@@ -152,6 +152,11 @@ impl Topics {
             return Ok((t, false));
         }
         let topic = Arc::new(Topic::open(&self.data_dir, name, queues, self.cq_entries)?);
+        // Create (and fault in) each queue's first index segment now, with the topic, rather
+        // than on its first message.
+        for q in &topic.queues {
+            q.prepare(0, 1).map_err(StoreError::io(format!("create the consume queues of {name}")))?;
+        }
         let mut all: Vec<Arc<Topic>> = self.map.read().values().cloned().collect();
         all.push(topic.clone());
         write_file(&self.data_dir, all.iter().map(|t| t.as_ref()))?;

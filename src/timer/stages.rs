@@ -53,12 +53,17 @@ struct FireReq {
 
 struct Ready {
     fire: FireReq,
-    /// `None` for a roll.
-    out: Option<(Arc<Topic>, NewMessage)>,
+    /// The record to store, encoded ahead of its time (during the lookahead) so that storing
+    /// it at its millisecond is a seal and a copy. `None` for a roll.
+    out: Option<(Arc<Topic>, Vec<u8>)>,
 }
 
 /// Longest a stage blocks before re-checking the stop flag (and a manual clock in tests).
 const POLL: Duration = Duration::from_millis(20);
+
+/// Most messages stored by one append when firing: large enough to amortise the writer lock,
+/// small enough that the first of a burst are visible within a millisecond or two.
+const RELEASE_CHUNK: usize = 1000;
 
 fn send<T>(tx: &queue::Sender<T>, mut item: T, ctx: &StageCtx) -> bool {
     loop {
@@ -306,8 +311,8 @@ impl Core {
         }
     }
 
-    /// The message to store for its topic when `unit` fires, read from the original record.
-    fn fired_message(&self, unit: &Unit) -> Option<(Arc<Topic>, NewMessage)> {
+    /// The record to store for its topic when `unit` fires, built from the original record.
+    fn fired_message(&self, unit: &Unit) -> Option<(Arc<Topic>, Vec<u8>)> {
         let r = self.store.read(unit.log_offset)?;
         let rec = r.decode().ok()?;
         let mut properties = std::collections::BTreeMap::new();
@@ -334,7 +339,9 @@ impl Core {
             born_ms: rec.born_ms,
             deliver_at_ms: Some(unit.deliver_at),
         };
-        Some((t, msg))
+        let mut rec = Vec::with_capacity(crate::store::record::encoded_len(&t.name, &msg));
+        crate::store::record::encode(&mut rec, &t.name, 0, 0, &msg);
+        Some((t, rec))
     }
 }
 
@@ -391,11 +398,11 @@ impl Held {
         self.heap.peek().map(|Reverse((d, _))| *d)
     }
 
-    /// Everything due at or before `now`.
-    fn take_due(&mut self, now: i64) -> Vec<Ready> {
+    /// Up to `max` of the messages due at or before `now`, earliest first.
+    fn take_due(&mut self, now: i64, max: usize) -> Vec<Ready> {
         let mut due = Vec::new();
         while let Some(Reverse((d, s))) = self.heap.peek().copied() {
-            if d > now {
+            if d > now || due.len() == max {
                 break;
             }
             self.heap.pop();
@@ -458,20 +465,25 @@ fn dequeue_put(
         } else if wait > 0 {
             std::thread::sleep(Duration::from_millis(wait as u64));
         }
-        // Release everything due by the clock read now: never before its millisecond.
-        let due = held.take_due(core.clock.now_ms());
-        if !due.is_empty() {
+        // Release what is due by the clock read now (never before its millisecond), a chunk at
+        // a time, so the first chunk of a burst is visible while later ones are still stored.
+        loop {
+            let due = held.take_due(core.clock.now_ms(), RELEASE_CHUNK);
+            if due.is_empty() {
+                break;
+            }
             let failed = release(core, due);
             if !failed.is_empty() {
                 // The store is unavailable: hold them and retry shortly.
                 failed.into_iter().for_each(|r| held.push(r));
                 std::thread::sleep(Duration::from_millis(100));
+                break;
             }
         }
     }
 }
 
-/// Stores due messages for their topics, at most 1000 per append. Returns those that could
+/// Stores due messages for their topics, at most `RELEASE_CHUNK` per append. Returns those that could
 /// not be stored.
 fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
     let mut by_topic: Vec<(Arc<Topic>, Vec<Ready>)> = Vec::new();
@@ -486,7 +498,7 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
     for (topic, group) in by_topic {
         let mut group = group.into_iter().peekable();
         while group.peek().is_some() {
-            let (mut fires, mut msgs) = (Vec::new(), Vec::new());
+            let (mut fires, mut recs) = (Vec::new(), Vec::new());
             for r in group.by_ref() {
                 let cell = r.fire.unit.sys_offset;
                 match core.states.transition(cell, state::SCHEDULED, state::FIRING) {
@@ -495,19 +507,19 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
                     // FIRING cells back to SCHEDULED, so FIRING here is a fire in progress.
                     Ok(state::SCHEDULED) => {
                         fires.push(r.fire);
-                        msgs.push(r.out.expect("not a roll").1);
+                        recs.push(r.out.expect("not a roll").1);
                     }
                     Ok(_) => core.done(&r.fire),
                     Err(e) => panic!("state cell {cell} unreadable: {e}"),
                 }
-                if fires.len() == 1000 {
+                if fires.len() == RELEASE_CHUNK {
                     break;
                 }
             }
             if fires.is_empty() {
                 continue;
             }
-            let stored = core.store.append(&topic, &msgs).and_then(|res| {
+            let stored = core.store.append_encoded(&topic, &recs).and_then(|res| {
                 if core.opts.sync {
                     core.store.flush_log()?;
                 }
@@ -532,9 +544,9 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, topic = %topic.name, "cannot store fired messages; retrying");
-                    for (fire, msg) in fires.into_iter().zip(msgs) {
+                    for (fire, rec) in fires.into_iter().zip(recs) {
                         let _ = core.states.transition(fire.unit.sys_offset, state::FIRING, state::SCHEDULED);
-                        failed.push(Ready { fire, out: Some((topic.clone(), msg)) });
+                        failed.push(Ready { fire, out: Some((topic.clone(), rec)) });
                     }
                 }
             }
