@@ -26,6 +26,18 @@ run send-100     http-send --count 2000000 --batch 100 --concurrency 16 --runs 3
 run send-100-durable http-send --count 1000000 --batch 100 --concurrency 16 --profile durable --runs 3
 run receive      http-receive --count 1000000 --max 256 --concurrency 8 --runs 3
 
+# Timer (RESULTS.md, "Timer"). About 5 minutes; wheel-flush needs about 1.3 GB of free space in
+# the temp dir, pending about 5 GB.
+run wheel-flush            wheel-flush --dirty 10000 --reps 5
+run enqueue                enqueue --count 1000000 --runs 3
+run same-timestamp         same-timestamp --count 10000 --runs 5
+run same-timestamp-warm    same-timestamp --count 10000 --runs 5 --warm-topic
+run same-timestamp-timer   same-timestamp --count 10000 --runs 5 --warm-topic --consumers 0
+run burst                  burst --count 1000000 --runs 3
+run burst-timer            burst --count 1000000 --runs 3 --consumers 0
+run burst-ascending        burst --count 1000000 --order ascending
+run pending                pending --count 10000000
+
 {
   echo "== dd if=/dev/zero of=/tmp/ddtest bs=1M count=1024 conv=fdatasync (3 times)"
   for _ in 1 2 3; do

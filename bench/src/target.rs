@@ -153,6 +153,22 @@ impl Target {
         }
     }
 
+    /// The spawned server's log so far (its stderr at `RUST_LOG=warn`); `None` otherwise.
+    pub fn server_log(&self) -> Option<String> {
+        match self {
+            Target::Spawned { log, .. } => std::fs::read_to_string(log).ok(),
+            _ => None,
+        }
+    }
+
+    /// The data directory of a server this tool started.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        match self {
+            Target::Url(_) => None,
+            Target::Spawned { _dir, .. } | Target::InProcess { _dir, .. } => Some(_dir.path().join("data")),
+        }
+    }
+
     /// The server's process id when it runs apart from this process.
     pub fn server_pid(&self) -> Option<u32> {
         match self {
