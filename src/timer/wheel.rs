@@ -163,29 +163,35 @@ impl Wheel {
         }
     }
 
-    /// Msyncs the pages changed since the last flush; returns how many pages were written.
+    /// Msyncs the pages changed since the last flush; returns how many pages were dirty.
+    ///
+    /// Each `msync(MS_SYNC)` also flushes the disk's cache, so many scattered runs of dirty
+    /// pages cost one cache flush each. Up to `MAX_RUNS` runs are synced one by one; beyond that
+    /// one msync covers the span from the first to the last dirty page (the kernel writes only
+    /// the pages that are dirty in it).
     pub fn flush(&self) -> io::Result<usize> {
+        const MAX_RUNS: usize = 8;
         let mut pages = 0;
-        let mut run: Option<(usize, usize)> = None;
+        let mut runs: Vec<(usize, usize)> = Vec::new();
         for (wi, word) in self.dirty.iter().enumerate() {
             let mut bits = word.swap(0, Ordering::AcqRel);
             while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
+                let page = wi * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                let page = wi * 64 + b;
                 pages += 1;
-                run = match run {
-                    Some((a, z)) if z == page => Some((a, page + 1)),
-                    Some((a, z)) => {
-                        self.map.flush_range(a * PAGE, z * PAGE)?;
-                        Some((page, page + 1))
-                    }
-                    None => Some((page, page + 1)),
-                };
+                match runs.last_mut() {
+                    Some((_, z)) if *z == page => *z = page + 1,
+                    _ => runs.push((page, page + 1)),
+                }
             }
         }
-        if let Some((a, z)) = run {
+        if runs.len() > MAX_RUNS {
+            let (a, z) = (runs[0].0, runs[runs.len() - 1].1);
             self.map.flush_range(a * PAGE, z * PAGE)?;
+        } else {
+            for (a, z) in runs {
+                self.map.flush_range(a * PAGE, z * PAGE)?;
+            }
         }
         Ok(pages)
     }
