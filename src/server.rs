@@ -6,7 +6,6 @@
 //! finish (long polls end early), then persist group progress, flush and checkpoint the store.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -186,6 +185,3 @@ async fn wait_finished<T>(h: &tokio::task::JoinHandle<T>) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
-
-/// Keeps the type of a shared store handle in one place for tests.
-pub type SharedStore = Arc<Store>;

@@ -423,7 +423,8 @@ fn crashes_between_stages_lose_nothing() {
             h.clock.advance(rng.below(1_500) as i64);
             std::thread::sleep(Duration::from_millis(rng.below(40)));
         }
-        h.timer.halt_like_a_crash();
+        let hung = h.timer.halt_like_a_crash();
+        assert!(hung.is_empty(), "stages hung: {hung:?}");
         let (clock, d, slots) = (h.clock.clone(), h.dir.clone(), h.slots);
         drop(h); // no shutdown: the store is dropped as is, its files as the page cache holds them
         h = open(&d, clock, slots);

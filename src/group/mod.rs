@@ -343,12 +343,6 @@ impl Groups {
             .map_err(|source| GroupError::Io { context: format!("write {}", path.display()), source })
     }
 
-    /// In-flight messages across all groups (for stats).
-    pub fn inflight(&self) -> usize {
-        let all: Vec<_> = self.states.lock().values().cloned().collect();
-        all.iter().map(|g| g.state.lock().queues.iter().map(|q| q.inflight_len()).sum::<usize>()).sum()
-    }
-
     /// Stops the persister and writes the final progress.
     pub fn shutdown(&self) -> Result<(), GroupError> {
         self.stop.stop();

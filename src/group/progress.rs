@@ -146,10 +146,6 @@ impl QueueProgress {
         }
     }
 
-    pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
-    }
-
     #[cfg(test)]
     pub fn debug_check(&self) {
         assert!(self.floor <= self.next);

@@ -95,9 +95,14 @@ async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+/// 200 once recovery has finished and while the timer pipeline runs; 503 otherwise (a timer
+/// stage that stopped by itself means scheduled messages no longer fire until a restart).
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.core() {
-        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Ok(core) => match core.timer.failure() {
+            None => Json(json!({"status": "ready"})).into_response(),
+            Some(why) => ApiError::new(Code::Unavailable, format!("timer pipeline stopped: {why}")).into_response(),
+        },
         Err(e) => e.into_response(),
     }
 }
@@ -142,7 +147,7 @@ pub(crate) fn path_error(e: axum::extract::rejection::PathRejection) -> ApiError
     ApiError::invalid(format!("bad path: {e}"))
 }
 
-/// For handlers that only answer errors with no body.
+/// 201 when a request created the resource, 200 when it already existed.
 pub(crate) fn created_or_ok(created: bool) -> StatusCode {
     if created {
         StatusCode::CREATED

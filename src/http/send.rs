@@ -249,7 +249,6 @@ pub async fn send(
             }
         })
         .collect();
-    drop((normal, scheduled));
     let resp = if batch {
         (StatusCode::CREATED, Json(json!({ "messages": out }))).into_response()
     } else {

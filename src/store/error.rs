@@ -1,7 +1,6 @@
 //! The store's error type.
 
 use std::io;
-use std::path::PathBuf;
 
 use super::lock::LockError;
 
@@ -24,8 +23,6 @@ pub enum StoreError {
     DiskFull { context: String },
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: String, detail: String },
-    #[error("the data directory {0} cannot be used: {1}")]
-    BadDataDir(PathBuf, String),
     #[error("the store is shutting down")]
     Closed,
 }
@@ -35,13 +32,5 @@ impl StoreError {
     pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
         let context = context.into();
         move |source| StoreError::Io { context, source }
-    }
-
-    /// True for errors that mean "try again later" rather than "your request is wrong".
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Poisoned { .. } | StoreError::DiskFull { .. } | StoreError::Closed | StoreError::Io { .. }
-        )
     }
 }

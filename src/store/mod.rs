@@ -141,7 +141,7 @@ impl Store {
         opts: StoreOptions,
         clock: SharedClock,
     ) -> Result<Arc<Self>, StoreError> {
-        let recovered = recovery::recover(&opts, clock.now_ms())?;
+        let recovered = recovery::recover(&opts)?;
         let durability = Arc::new(Durability::new(opts.flush.clone(), recovered.log.write_pos()));
         let store = Arc::new(Self {
             clock,

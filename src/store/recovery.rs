@@ -64,7 +64,7 @@ pub(super) struct Recovered {
     pub report: RecoveryReport,
 }
 
-pub(super) fn recover(opts: &StoreOptions, _now_ms: i64) -> Result<Recovered, StoreError> {
+pub(super) fn recover(opts: &StoreOptions) -> Result<Recovered, StoreError> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
     let dir = &opts.dir;
