@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
@@ -14,10 +13,9 @@ use serde_json::json;
 
 use super::body::{parse_json, read_limited};
 use super::error::ApiError;
-use super::send::check_topic;
-use super::{path_error, AppState};
+use super::path::GroupPath;
+use super::AppState;
 use crate::group::{Delivery, TagExpr};
-use crate::names::check_name;
 use crate::timer::{PROP_ID, SYSTEM_PROP_PREFIX};
 
 const MAX_MESSAGES: i64 = 1000;
@@ -54,10 +52,6 @@ struct MessageOut<'a> {
     receipt_handle: &'a str,
 }
 
-fn check_group(name: &str) -> Result<(), ApiError> {
-    check_name("group", name).map_err(ApiError::invalid)
-}
-
 fn in_range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
     let v = v.unwrap_or(default);
     if !(lo..=hi).contains(&v) {
@@ -68,12 +62,9 @@ fn in_range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Resul
 
 pub async fn receive(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    GroupPath { topic: topic_name, group }: GroupPath,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Path((topic_name, group)) = path.map_err(path_error)?;
-    check_topic(&topic_name)?;
-    check_group(&group)?;
     let core = state.core()?;
     let bytes = read_limited(body, 64 * 1024).await?;
     let req: ReceiveIn = parse_json(&bytes)?;
@@ -160,12 +151,9 @@ struct AckIn {
 
 pub async fn ack(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    GroupPath { topic: topic_name, group }: GroupPath,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Path((topic_name, group)) = path.map_err(path_error)?;
-    check_topic(&topic_name)?;
-    check_group(&group)?;
     let core = state.core()?;
     let bytes = read_limited(body, 4 * 1024 * 1024).await?;
     let req: AckIn = parse_json(&bytes)?;

@@ -6,6 +6,7 @@
 mod body;
 mod consume;
 pub mod error;
+mod path;
 mod send;
 
 use std::sync::{Arc, OnceLock};
@@ -140,11 +141,6 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(Code::MethodNotAllowed, "method not allowed on this route")
-}
-
-/// Path parameters, with axum's rejection turned into our error shape.
-pub(crate) fn path_error(e: axum::extract::rejection::PathRejection) -> ApiError {
-    ApiError::invalid(format!("bad path: {e}"))
 }
 
 /// 201 when a request created the resource, 200 when it already existed.

@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +14,8 @@ use serde_json::json;
 
 use super::body::{parse_json, read_limited};
 use super::error::{ApiError, Code};
-use super::{created_or_ok, path_error, AppState};
+use super::path::{check_topic, MessagePath, TopicPath};
+use super::{created_or_ok, AppState};
 use crate::group::tag::check_tag;
 use crate::names::check_name;
 use crate::schedule::{self, DelaySpec, ScheduleError};
@@ -31,10 +31,6 @@ const MAX_KEY_BYTES: usize = 1024;
 /// Most properties per message, and bytes per property key.
 const MAX_PROPERTIES: usize = 128;
 const MAX_PROPERTY_KEY_BYTES: usize = 1024;
-
-pub(super) fn check_topic(name: &str) -> Result<(), ApiError> {
-    check_name("topic", name).map_err(|m| ApiError::new(Code::InvalidTopic, m))
-}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -61,11 +57,9 @@ fn topic_info<'a>(t: &'a Topic, core: &super::Core) -> TopicInfo<'a> {
 
 pub async fn create_topic(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    TopicPath(name): TopicPath,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Path(name) = path.map_err(path_error)?;
-    check_topic(&name)?;
     let core = state.core()?;
     let bytes = read_limited(body, 64 * 1024).await?;
     let req: CreateTopic = parse_json(&bytes)?;
@@ -172,13 +166,7 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     })
 }
 
-pub async fn send(
-    State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let Path(name) = path.map_err(path_error)?;
-    check_topic(&name)?;
+pub async fn send(State(state): State<AppState>, TopicPath(name): TopicPath, body: Body) -> Result<Response, ApiError> {
     let core = state.core()?;
     let limits = state.limits();
     let bytes = read_limited(body, limits.max_request_bytes).await?;
@@ -304,9 +292,8 @@ fn timer_error(e: TimerError, id: &str, topic: &str) -> ApiError {
 
 pub async fn get_message(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    MessagePath { topic, id }: MessagePath,
 ) -> Result<Response, ApiError> {
-    let Path((topic, id)) = path.map_err(path_error)?;
     let (mid, deliver_at_ms, st) = match find_message(&state, &topic, &id)? {
         Found::Normal(mid, at) => (mid, at, "delivered"),
         Found::Scheduled(mid) => {
@@ -325,9 +312,8 @@ pub async fn get_message(
 
 pub async fn cancel_message(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    MessagePath { topic, id }: MessagePath,
 ) -> Result<Response, ApiError> {
-    let Path((topic, id)) = path.map_err(path_error)?;
     match find_message(&state, &topic, &id)? {
         Found::Normal(mid, _) => {
             Err(ApiError::new(Code::AlreadyDelivered, format!("message {mid} is already visible to consumers")))
