@@ -47,32 +47,42 @@ impl std::fmt::Debug for MappedFile {
     }
 }
 
+/// Creates `path` (failing if it exists) with `len` bytes allocated on disk.
+fn create_allocated(path: &Path, len: usize) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+    if let Err(e) = fs4::FileExt::allocate(&file, len as u64) {
+        // Leave no half-made file behind: recovery would otherwise meet a short one.
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(file)
+}
+
+/// Opens an existing `path`, which must be exactly `len` bytes long.
+fn open_exact(path: &Path, len: usize) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let actual = file.metadata()?.len();
+    if actual != len as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is {actual} bytes, expected {len} (was a size setting changed?)", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
 impl MappedFile {
     /// Creates a new file of `len` bytes (failing if it exists), allocates its blocks and maps it.
     pub fn create(path: &Path, len: usize) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
-        if let Err(e) = fs4::FileExt::allocate(&file, len as u64) {
-            // Leave no half-made segment behind: recovery would otherwise meet a short file.
-            drop(file);
-            let _ = std::fs::remove_file(path);
-            return Err(e);
-        }
-        Self::map(path.to_path_buf(), file, len)
+        Self::map(path.to_path_buf(), create_allocated(path, len)?, len)
     }
 
     /// Opens an existing file, which must be exactly `len` bytes long. Nothing is published:
     /// recovery reads it through [`MappedFile::recovery_bytes`] and then calls
     /// [`MappedFile::set_published`].
     pub fn open(path: &Path, len: usize) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let actual = file.metadata()?.len();
-        if actual != len as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is {actual} bytes, expected {len} (was the segment size changed?)", path.display()),
-            ));
-        }
-        Self::map(path.to_path_buf(), file, len)
+        Self::map(path.to_path_buf(), open_exact(path, len)?, len)
     }
 
     fn map(path: PathBuf, file: File, len: usize) -> io::Result<Self> {
@@ -249,21 +259,7 @@ impl AtomicMap {
             ));
         }
         let created = !path.exists();
-        let file = if created {
-            let f = MappedFile::create(path, len)?;
-            drop(f);
-            OpenOptions::new().read(true).write(true).open(path)?
-        } else {
-            let f = OpenOptions::new().read(true).write(true).open(path)?;
-            let actual = f.metadata()?.len();
-            if actual != len as u64 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is {actual} bytes, expected {len}", path.display()),
-                ));
-            }
-            f
-        };
+        let file = if created { create_allocated(path, len)? } else { open_exact(path, len)? };
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         Ok((Self { path: path.to_path_buf(), map, len, _file: file }, created))
     }
