@@ -278,7 +278,8 @@ fn a_due_time_in_a_closed_slot_fires_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::new(dir.path(), 7200);
     h.clock.set(T0 + 10_000);
-    h.settle(); // dequeue-get has read up to T0 + 11 s (lookahead)
+    // dequeue-get reads a lookahead (1 s) early: wait until the slot of T0 + 10.5 s is closed.
+    h.wait_for("the slot to close", |h| h.timer.stats().read_time_ms > T0 + 10_500);
     let id = h.schedule("x", T0 + 10_500);
     h.settle();
     assert_eq!(h.visible_count(), 0, "its slot is closed but its ms has not come");
