@@ -207,6 +207,14 @@ pub struct TimerConfig {
     pub lookahead: HumanDuration,
     /// Capacity of each queue between pipeline stages (1024..=1048576). Default: 65536
     pub queue_capacity: u32,
+    /// Most scheduled messages due in one slot; a send that would pass it answers 429 BUSY
+    /// (0: no limit). Default: 0
+    pub max_per_slot: u64,
+    /// How often the timer logs a progress line at info level (0s: never). Default: 60s
+    pub progress_interval: HumanDuration,
+    /// Dequeue lag (how far the read pointer is behind the clock) above which the timer logs
+    /// a warning. Default: 5s
+    pub lag_warn: HumanDuration,
 }
 
 impl Default for TimerConfig {
@@ -217,6 +225,9 @@ impl Default for TimerConfig {
             slots: 2 * 7 * 24 * 3600,
             lookahead: HumanDuration::from_secs(1),
             queue_capacity: 65536,
+            max_per_slot: 0,
+            progress_interval: HumanDuration::from_secs(60),
+            lag_warn: HumanDuration::from_secs(5),
         }
     }
 }

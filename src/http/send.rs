@@ -215,14 +215,22 @@ pub async fn send(State(state): State<AppState>, TopicPath(name): TopicPath, bod
             .into_iter()
             .filter(|(_, m)| !m.is_empty())
             .collect();
+    // Counted (and checked against `timer.max_per_slot`) before the append, so a full slot
+    // refuses the whole batch and a failed append takes its counts back.
+    let reservation = if scheduled.is_empty() {
+        None
+    } else {
+        let at = scheduled.iter().map(|m| m.deliver_at_ms.expect("scheduled")).collect();
+        Some(core.timer.reserve(&name, at).map_err(|e| timer_error(e, "", &name))?)
+    };
     let mut results = core.store.append_parts(&parts)?.into_iter();
     let normal_res = if normal.is_empty() { None } else { results.next() };
     let sched_res = if scheduled.is_empty() { None } else { results.next() };
+    if let (Some(r), Some(res)) = (reservation, &sched_res) {
+        r.commit(res).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
+    }
     let end = normal_res.iter().chain(sched_res.iter()).map(|r| r.end).max().unwrap_or(0);
     core.store.wait_durable(end).await?;
-    if let Some(r) = &sched_res {
-        core.timer.scheduled(&name, r).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
-    }
     let (mut n_it, mut s_it) =
         (normal_res.iter().flat_map(|r| r.messages.iter()), sched_res.iter().flat_map(|r| r.messages.iter()));
     let out: Vec<SendResult> = order
@@ -286,6 +294,7 @@ fn timer_error(e: TimerError, id: &str, topic: &str) -> ApiError {
             ApiError::new(Code::AlreadyDelivered, format!("message {id} is already visible to consumers"))
         }
         TimerError::Store(e) => e.into(),
+        e @ TimerError::SlotFull { .. } => ApiError::new(Code::Busy, e.to_string()),
         e => ApiError::new(Code::Unavailable, e.to_string()),
     }
 }

@@ -28,6 +28,7 @@
 //! spread over the window instead of bunching at its edge.
 
 pub mod checkpoint;
+pub mod congestion;
 pub mod progress;
 pub mod slot;
 mod stages;
@@ -37,7 +38,7 @@ pub mod wheel;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ use crate::clock::SharedClock;
 use crate::store::topics::Topic;
 use crate::store::{AppendResult, MessageId, Store, StoreError};
 use checkpoint::TimerCheckpoint;
+pub use congestion::Bucket;
+use congestion::Congestion;
 use progress::Progress;
 pub use slot::Geometry;
 use state::StateCells;
@@ -76,6 +79,13 @@ pub struct TimerOptions {
     /// Fire only after the fired copy is fsync'd, and fsync a cancel before answering (the
     /// store's sync flush policy).
     pub sync: bool,
+    /// Most messages that may be due in one slot; a send that would pass it is refused
+    /// (`None`: no limit).
+    pub max_per_slot: Option<u64>,
+    /// How often to log a progress line (`None`: never).
+    pub progress_interval: Option<Duration>,
+    /// Dequeue lag above which the progress check warns.
+    pub lag_warn_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +102,8 @@ pub enum TimerError {
     NotFound,
     #[error("the message is already visible to consumers")]
     AlreadyDelivered,
+    #[error("the slot starting at {slot_ms} already holds {count} scheduled messages (timer.max_per_slot = {limit}); choose another time or retry after some are cancelled")]
+    SlotFull { slot_ms: i64, count: i64, limit: u64 },
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TimerError {
@@ -125,6 +137,7 @@ pub struct Counters {
     pub cancelled: AtomicU64,
     pub rolled: AtomicU64,
     pub late_after_downtime: AtomicU64,
+    pub refused_slot_full: AtomicU64,
     /// Next system-topic offset enqueue-get will read.
     pub enqueue_next: AtomicU64,
 }
@@ -143,8 +156,10 @@ pub(crate) struct Core {
     /// slot (enqueue-put) against closing it (dequeue-get). Lock order: `cursor`, then `progress`.
     cursor: Mutex<i64>,
     progress: Mutex<Progress>,
+    /// Pending messages per topic (for `GET /v1/topics`).
     pending: Mutex<HashMap<String, i64>>,
-    pending_total: AtomicI64,
+    /// Pending messages by deliver time; its total is `pending_total`.
+    congestion: Mutex<Congestion>,
     pending_floor: AtomicU64,
     lateness: Mutex<hdrhistogram::Histogram<u64>>,
     counters: Counters,
@@ -193,6 +208,46 @@ pub struct TimerStats {
     pub cancelled: u64,
     pub rolled: u64,
     pub late_after_downtime: u64,
+    /// Messages refused because their slot was full (`timer.max_per_slot`).
+    pub refused_slot_full: u64,
+}
+
+/// The answer of [`TimerEngine::congestion`].
+#[derive(Debug, Clone)]
+pub struct CongestionView {
+    pub now_ms: i64,
+    pub read_time_ms: i64,
+    pub pending_total: i64,
+    pub buckets: Vec<Bucket>,
+}
+
+/// Messages counted by [`TimerEngine::reserve`] and not yet appended.
+pub struct Reservation<'a> {
+    core: &'a Core,
+    topic: String,
+    deliver_at: Vec<i64>,
+    committed: bool,
+}
+
+impl Reservation<'_> {
+    /// The messages were appended to the system topic: make their state cells and wake
+    /// enqueue-get.
+    pub fn commit(mut self, result: &AppendResult) -> Result<(), TimerError> {
+        self.committed = true;
+        for a in &result.messages {
+            self.core.states.ensure(a.queue_offset).map_err(io("create a state cell"))?;
+        }
+        let _ = self.core.doorbell.try_send(());
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.core.uncount(Some(&self.topic), self.deliver_at.iter().copied());
+        }
+    }
 }
 
 impl TimerEngine {
@@ -259,7 +314,7 @@ impl TimerEngine {
             cursor: Mutex::new(read_time),
             progress: Mutex::new(Progress::new(enqueue_offset)),
             pending: Mutex::new(HashMap::new()),
-            pending_total: AtomicI64::new(0),
+            congestion: Mutex::new(Congestion::new(geo.precision_ms, geo.slots, now)),
             pending_floor: AtomicU64::new(pending_floor),
             lateness: Mutex::new(hdrhistogram::Histogram::new(3).expect("3 significant figures is valid")),
             counters: Counters::default(),
@@ -291,14 +346,37 @@ impl TimerEngine {
         self.supervisor.lock().failure()
     }
 
-    /// Records messages just appended to the system topic for `topic`, and wakes enqueue-get.
+    /// Records messages already appended to the system topic for `topic` (no `max_per_slot`
+    /// check): [`TimerEngine::reserve`] and [`Reservation::commit`] in one, for callers that
+    /// append first (tests, benchmarks).
     pub fn scheduled(&self, topic: &str, result: &AppendResult) -> Result<(), TimerError> {
-        for a in &result.messages {
-            self.core.states.ensure(a.queue_offset).map_err(io("create a state cell"))?;
+        let at: Vec<i64> = result.messages.iter().map(|a| a.deliver_at_ms).collect();
+        self.core.count(topic, at.iter().copied());
+        Reservation { core: &self.core, topic: topic.to_string(), deliver_at: at, committed: false }.commit(result)
+    }
+
+    /// Counts messages about to be scheduled for `topic` (by deliver time), or refuses them all
+    /// with [`TimerError::SlotFull`] if one would take its slot past `max_per_slot`. Check and
+    /// count are one step, so concurrent sends cannot overfill a slot. Dropping the reservation
+    /// without [`Reservation::commit`] (the append failed) takes the counts back.
+    pub fn reserve(&self, topic: &str, deliver_at: Vec<i64>) -> Result<Reservation<'_>, TimerError> {
+        let mut cg = self.core.congestion.lock();
+        cg.advance(self.core.clock.now_ms());
+        if let Some(limit) = self.core.opts.max_per_slot {
+            let mut slots: Vec<i64> = deliver_at.iter().map(|&t| self.core.geo.slot_time(t)).collect();
+            slots.sort_unstable();
+            for run in slots.chunk_by(|a, b| a == b) {
+                let count = cg.slot_count(run[0]);
+                if count + run.len() as i64 > limit as i64 {
+                    self.core.counters.refused_slot_full.fetch_add(deliver_at.len() as u64, Ordering::Relaxed);
+                    return Err(TimerError::SlotFull { slot_ms: run[0], count, limit });
+                }
+            }
         }
-        self.core.pending_add(topic, result.messages.len() as i64);
-        let _ = self.core.doorbell.try_send(());
-        Ok(())
+        deliver_at.iter().for_each(|&t| cg.add(t, 1));
+        drop(cg);
+        *self.core.pending.lock().entry(topic.to_string()).or_insert(0) += deliver_at.len() as i64;
+        Ok(Reservation { core: &self.core, topic: topic.to_string(), deliver_at, committed: false })
     }
 
     /// The system topic, for the send path.
@@ -332,7 +410,7 @@ impl TimerEngine {
                 if self.core.opts.sync {
                     self.core.states.flush_cell(cell).map_err(io("flush a state cell"))?;
                 }
-                self.core.pending_add(topic, -1);
+                self.core.uncount(Some(topic), [at]);
                 self.core.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 Ok(at)
             }
@@ -389,7 +467,7 @@ impl TimerEngine {
             max: h.max(),
         };
         TimerStats {
-            pending_total: c.pending_total.load(Ordering::Relaxed).max(0),
+            pending_total: c.congestion.lock().total().max(0),
             enqueue_lag: sys_next.saturating_sub(c.progress.lock().committed_enqueue_offset()),
             dequeue_lag_ms: (now - read_time).max(0),
             read_time_ms: read_time,
@@ -399,7 +477,27 @@ impl TimerEngine {
             cancelled: c.counters.cancelled.load(Ordering::Relaxed),
             rolled: c.counters.rolled.load(Ordering::Relaxed),
             late_after_downtime: c.counters.late_after_downtime.load(Ordering::Relaxed),
+            refused_slot_full: c.counters.refused_slot_full.load(Ordering::Relaxed),
         }
+    }
+
+    /// Scheduled messages due in each bucket of `[from_ms, to_ms)` (see [`Congestion::buckets`]).
+    /// The caller validates the window.
+    pub fn congestion(&self, from_ms: i64, to_ms: i64, bucket_ms: i64) -> CongestionView {
+        let now_ms = self.core.clock.now_ms();
+        let read_time_ms = *self.core.cursor.lock();
+        let mut cg = self.core.congestion.lock();
+        cg.advance(now_ms);
+        CongestionView { now_ms, read_time_ms, pending_total: cg.total().max(0), buckets: cg.buckets(from_ms, to_ms, bucket_ms) }
+    }
+
+    /// The lateness histogram as Prometheus buckets: for each upper bound (ms), how many fires
+    /// were at most that late; with the total count and sum.
+    pub fn lateness_buckets(&self, bounds_ms: &[u64]) -> (Vec<u64>, u64, f64) {
+        let h = self.core.lateness.lock();
+        let cumulative = bounds_ms.iter().map(|&b| h.count_between(0, b)).collect();
+        let sum = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
+        (cumulative, h.len(), sum)
     }
 
     /// Stops the stages (within a deadline) and writes a final checkpoint.
@@ -433,9 +531,23 @@ fn state_of(s: u8) -> MessageState {
 }
 
 impl Core {
-    fn pending_add(&self, topic: &str, n: i64) {
-        *self.pending.lock().entry(topic.to_string()).or_insert(0) += n;
-        self.pending_total.fetch_add(n, Ordering::Relaxed);
+    /// Counts pending messages of `topic` due at `deliver_at`.
+    fn count(&self, topic: &str, deliver_at: impl IntoIterator<Item = i64>) {
+        let mut cg = self.congestion.lock();
+        let n = deliver_at.into_iter().map(|t| cg.add(t, 1)).count();
+        drop(cg);
+        *self.pending.lock().entry(topic.to_string()).or_insert(0) += n as i64;
+    }
+
+    /// Takes back messages that fired, were cancelled or will never fire (`topic` unknown when
+    /// their record is unreadable).
+    fn uncount(&self, topic: Option<&str>, deliver_at: impl IntoIterator<Item = i64>) {
+        let mut cg = self.congestion.lock();
+        let n = deliver_at.into_iter().map(|t| cg.add(t, -1)).count();
+        drop(cg);
+        if let Some(topic) = topic {
+            *self.pending.lock().entry(topic.to_string()).or_insert(0) -= n as i64;
+        }
     }
 
     /// Counts the messages still scheduled, per topic, from the pending floor on (the cost is
@@ -456,12 +568,13 @@ impl Core {
             }
             if s == state::SCHEDULED {
                 floor_moving = false;
-                let topic = cq.get(off).and_then(|e| self.store.read(e.log_offset)).and_then(|r| {
+                let found = cq.get(off).and_then(|e| self.store.read(e.log_offset)).and_then(|r| {
                     let rec = r.decode().ok()?;
-                    rec.properties().iter().find(|(k, _)| *k == PROP_TOPIC).map(|(_, v)| v.to_string())
+                    let topic = rec.properties().iter().find(|(k, _)| *k == PROP_TOPIC).map(|(_, v)| v.to_string());
+                    Some((topic?, rec.deliver_at_ms))
                 });
-                if let Some(t) = topic {
-                    self.pending_add(&t, 1);
+                if let Some((topic, at)) = found {
+                    self.count(&topic, [at]);
                     n += 1;
                 }
             } else if floor_moving {

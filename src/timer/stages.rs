@@ -539,7 +539,7 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
                     }
                     drop(late);
                     core.counters.fired.fetch_add(fires.len() as u64, Ordering::Relaxed);
-                    core.pending_add(&topic.name, -(fires.len() as i64));
+                    core.uncount(Some(&topic.name), fires.iter().map(|f| f.unit.deliver_at));
                     fires.iter().for_each(|f| core.done(f));
                 }
                 Err(e) => {
