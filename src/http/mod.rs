@@ -4,8 +4,10 @@
 //! `/v1` route answer 503 UNAVAILABLE until the store is open.
 
 mod body;
+mod congestion;
 mod consume;
 pub mod error;
+mod metrics;
 mod path;
 mod send;
 
@@ -43,7 +45,8 @@ pub struct Core {
 
 pub struct Shared {
     pub limits: Limits,
-    core: OnceLock<Core>,
+    core: Arc<OnceLock<Core>>,
+    metrics: metrics::Metrics,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -53,7 +56,8 @@ pub struct AppState(Arc<Shared>);
 impl AppState {
     /// `shutdown` turns true when the server starts shutting down (long polls end early).
     pub fn new(limits: Limits, shutdown: watch::Receiver<bool>) -> Self {
-        Self(Arc::new(Shared { limits, core: OnceLock::new(), shutdown }))
+        let core = Arc::new(OnceLock::new());
+        Self(Arc::new(Shared { limits, metrics: metrics::Metrics::new(core.clone()), core, shutdown }))
     }
 
     /// Marks the service ready. Called once, after recovery.
@@ -63,6 +67,10 @@ impl AppState {
 
     pub fn core(&self) -> Result<&Core, ApiError> {
         self.0.core.get().ok_or_else(|| ApiError::new(Code::Unavailable, "not ready: recovery in progress"))
+    }
+
+    fn metrics(&self) -> &metrics::Metrics {
+        &self.0.metrics
     }
 
     pub fn limits(&self) -> &Limits {
@@ -87,8 +95,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/topics/{topic}/groups/{group}/receive", post(consume::receive))
         .route("/v1/topics/{topic}/groups/{group}/ack", post(consume::ack))
         .route("/v1/timer/stats", get(timer_stats))
+        .route("/v1/timer/congestion", get(congestion::congestion))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
 
@@ -126,11 +137,12 @@ async fn timer_stats(State(state): State<AppState>) -> Result<Response, ApiError
         "dequeue_lag_ms": s.dequeue_lag_ms,
         "read_time_ms": s.read_time_ms,
         "stages": stages,
-        "lateness_ms": {"count": s.lateness.count, "p50": s.lateness.p50, "p99": s.lateness.p99, "p999": s.lateness.p999, "max": s.lateness.max},
+        "lateness_ms": {"count": s.lateness.count, "p50": s.lateness.p50, "p90": s.lateness.p90, "p99": s.lateness.p99, "p999": s.lateness.p999, "max": s.lateness.max},
         "fired": s.fired,
         "cancelled": s.cancelled,
         "rolled": s.rolled,
         "late_after_downtime": s.late_after_downtime,
+        "refused_slot_full": s.refused_slot_full,
     }))
     .into_response())
 }

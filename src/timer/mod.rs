@@ -30,6 +30,7 @@
 pub mod checkpoint;
 pub mod congestion;
 pub mod progress;
+mod report;
 pub mod slot;
 mod stages;
 pub mod state;
@@ -191,6 +192,7 @@ pub struct StageStats {
 pub struct Lateness {
     pub count: u64,
     pub p50: u64,
+    pub p90: u64,
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
@@ -316,7 +318,7 @@ impl TimerEngine {
             pending: Mutex::new(HashMap::new()),
             congestion: Mutex::new(Congestion::new(geo.precision_ms, geo.slots, now)),
             pending_floor: AtomicU64::new(pending_floor),
-            lateness: Mutex::new(hdrhistogram::Histogram::new(3).expect("3 significant figures is valid")),
+            lateness: Mutex::new(crate::histogram::new()),
             counters: Counters::default(),
             doorbell,
             started_ms: now,
@@ -462,6 +464,7 @@ impl TimerEngine {
         let lateness = Lateness {
             count: h.len(),
             p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
@@ -488,16 +491,17 @@ impl TimerEngine {
         let read_time_ms = *self.core.cursor.lock();
         let mut cg = self.core.congestion.lock();
         cg.advance(now_ms);
-        CongestionView { now_ms, read_time_ms, pending_total: cg.total().max(0), buckets: cg.buckets(from_ms, to_ms, bucket_ms) }
+        CongestionView {
+            now_ms,
+            read_time_ms,
+            pending_total: cg.total().max(0),
+            buckets: cg.buckets(from_ms, to_ms, bucket_ms),
+        }
     }
 
-    /// The lateness histogram as Prometheus buckets: for each upper bound (ms), how many fires
-    /// were at most that late; with the total count and sum.
-    pub fn lateness_buckets(&self, bounds_ms: &[u64]) -> (Vec<u64>, u64, f64) {
-        let h = self.core.lateness.lock();
-        let cumulative = bounds_ms.iter().map(|&b| h.count_between(0, b)).collect();
-        let sum = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
-        (cumulative, h.len(), sum)
+    /// Lateness (ms) read at the upper bounds `bounds_ms`, for metrics.
+    pub fn lateness_buckets(&self, bounds_ms: &[u64]) -> crate::histogram::Cumulative {
+        crate::histogram::cumulative(&self.core.lateness.lock(), bounds_ms)
     }
 
     /// Stops the stages (within a deadline) and writes a final checkpoint.
