@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod config;
 pub mod group;
+pub mod histogram;
 pub mod http;
 pub mod names;
 pub mod schedule;

@@ -51,6 +51,10 @@ impl Code {
     }
 }
 
+/// The code of an error answer, left in the response's extensions for the metrics middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// An error answer.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -93,6 +97,7 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        resp.extensions_mut().insert(ErrorCode(self.code.as_str()));
         resp
     }
 }
