@@ -120,11 +120,18 @@ pub(super) fn spawn(
     let trip = sup.tripper();
     sup.spawn("timer-checkpoint", move |ctx| {
         let every = c.opts.checkpoint_interval;
+        let mut reporter = super::report::Reporter::new();
+        let mut since_report = Duration::ZERO;
         while !ctx.stopped() {
             let mut slept = Duration::ZERO;
             while slept < every && !ctx.stopped() {
                 std::thread::sleep(POLL.min(every));
                 slept += POLL.min(every);
+                since_report += POLL.min(every);
+                if since_report >= Duration::from_secs(1) {
+                    since_report = Duration::ZERO;
+                    reporter.tick(&c);
+                }
             }
             if ctx.stopped() {
                 return;
