@@ -215,7 +215,9 @@ impl Congestion {
         if cut == 0 {
             return 0;
         }
-        self.detail.get(&slot).map_or(0, |cells| cells.iter().take_while(|(o, _)| *o < cut).map(|(_, c)| *c as i64).sum())
+        self.detail
+            .get(&slot)
+            .map_or(0, |cells| cells.iter().take_while(|(o, _)| *o < cut).map(|(_, c)| *c as i64).sum())
     }
 
     fn tree_add(&mut self, pos: usize, delta: i64) {
