@@ -1065,10 +1065,13 @@ mod tests {
             "CHIME_TIMER_SLOTS",
             "CHIME_TIMER_LOOKAHEAD",
             "CHIME_TIMER_QUEUE_CAPACITY",
+            "CHIME_TIMER_MAX_PER_SLOT",
+            "CHIME_TIMER_PROGRESS_INTERVAL",
+            "CHIME_TIMER_LAG_WARN",
         ] {
             assert!(vars.contains(var), "{var}");
         }
-        assert_eq!(vars.len(), 16);
+        assert_eq!(vars.len(), 19);
         assert!(!vars.contains(PROFILE_ENV));
     }
 
