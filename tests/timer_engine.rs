@@ -78,8 +78,9 @@ impl Harness {
             ..Default::default()
         };
         msg.properties.insert(PROP_TOPIC.into(), TOPIC.into());
+        let reservation = self.timer.reserve(TOPIC, vec![at]).unwrap();
         let r = self.store.append(self.timer.system_topic(), &[msg]).unwrap();
-        self.timer.scheduled(TOPIC, &r).unwrap();
+        reservation.commit(&r).unwrap();
         r.messages[0].id.to_string()
     }
 

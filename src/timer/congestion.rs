@@ -13,8 +13,9 @@
 //! - `outside`: an ordered map of slot → count for the slots not in the ring: overdue slots that
 //!   kept `base` back, and the far future beyond `base + n`. A slot enters the ring when `base`
 //!   moves up to it.
-//! - `detail`: per non-empty slot, the count per millisecond offset within it (sorted, at most
-//!   `precision` entries), which makes window edges that cut a slot exact.
+//! - `detail`: per non-empty slot, the millisecond offsets within it of its messages: a sorted
+//!   list with repeats (2 bytes a message) up to `DENSE_AT` messages, then a count per offset
+//!   (`4 × precision` bytes). This is what makes window edges that cut a slot exact.
 //!
 //! "Due before `t`" is then a ring prefix, plus the outside slots before `t`'s slot, plus the
 //! part of `t`'s own slot before `t`. A window of `B` buckets costs `B + 1` of those, each
@@ -22,19 +23,32 @@
 //!
 //! Invariants: every slot of `[base, base + n)` is counted only in the ring and every other slot
 //! only in `outside`; the ring, `outside` and `detail` agree on every slot's count; `total` is
-//! their sum. Counts are signed so that an update can never underflow, but each caller removes
-//! only what it added, so every count is ≥ 0 between calls.
+//! their sum. A message is removed only after it was added (the send path counts before it
+//! appends), so no count goes below zero; a removal that finds nothing is ignored.
 //!
-//! Memory: 8 bytes per ring slot (9.7 MB at the default 1.2M slots), plus about 8 bytes per
-//! distinct pending millisecond and ~60 bytes per non-empty slot.
+//! Memory: 8 bytes per ring slot (9.7 MB at the default 1.2M slots), plus 2 bytes per pending
+//! message and about 90 bytes per non-empty slot (hash entry and allocation).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 /// One bucket of a congestion answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {
     pub start_ms: i64,
     pub count: u64,
+}
+
+/// Messages of one slot kept as a sorted list of offsets; beyond it, a count per offset.
+const DENSE_AT: usize = 2048;
+
+/// The messages of one slot by millisecond offset.
+enum Detail {
+    /// Offsets, sorted, one per message.
+    Sparse(Vec<u16>),
+    /// A count per offset, and their sum.
+    Dense(Box<[u32]>, u64),
 }
 
 /// Most steps `advance` takes in one call, so that no caller holds the index for long after a
@@ -50,8 +64,7 @@ pub struct Congestion {
     tree: Vec<i64>,
     ring_total: i64,
     outside: BTreeMap<i64, i64>,
-    /// Slot → sorted (offset in the slot, count).
-    detail: HashMap<i64, Vec<(u32, i32)>>,
+    detail: FxHashMap<i64, Detail>,
     total: i64,
 }
 
@@ -59,7 +72,7 @@ impl Congestion {
     /// An empty index for slots of `precision_ms` whose ring holds `ring_slots` slots from the
     /// one containing `now_ms`.
     pub fn new(precision_ms: i64, ring_slots: u64, now_ms: i64) -> Self {
-        assert!(precision_ms > 0 && precision_ms <= u32::MAX as i64 && ring_slots > 0);
+        assert!(precision_ms > 0 && precision_ms <= u16::MAX as i64 + 1 && ring_slots > 0);
         Self {
             precision: precision_ms,
             n: ring_slots as i64,
@@ -67,7 +80,7 @@ impl Congestion {
             tree: vec![0; ring_slots as usize + 1],
             ring_total: 0,
             outside: BTreeMap::new(),
-            detail: HashMap::new(),
+            detail: FxHashMap::default(),
             total: 0,
         }
     }
@@ -83,7 +96,11 @@ impl Congestion {
             return;
         }
         let slot = deliver_at_ms.div_euclid(self.precision);
-        let offset = deliver_at_ms.rem_euclid(self.precision) as u32;
+        let offset = deliver_at_ms.rem_euclid(self.precision) as u16;
+        let delta = self.add_detail(slot, offset, delta);
+        if delta == 0 {
+            return;
+        }
         self.total += delta;
         if self.in_ring(slot) {
             self.tree_add(self.pos(slot), delta);
@@ -95,19 +112,46 @@ impl Congestion {
                 self.outside.remove(&slot);
             }
         }
-        let cells = self.detail.entry(slot).or_default();
-        match cells.binary_search_by_key(&offset, |&(o, _)| o) {
-            Ok(i) => {
-                cells[i].1 += delta as i32;
-                if cells[i].1 == 0 {
-                    cells.remove(i);
-                    if cells.is_empty() {
-                        self.detail.remove(&slot);
-                    }
-                }
+    }
+
+    /// Adds `delta` at `offset` of `slot` in `detail`; returns what was applied (a removal
+    /// stops at what is there).
+    fn add_detail(&mut self, slot: i64, offset: u16, delta: i64) -> i64 {
+        let precision = self.precision as usize;
+        let d = self.detail.entry(slot).or_insert_with(|| Detail::Sparse(Vec::new()));
+        if let Detail::Sparse(v) = d {
+            if delta > 0 && v.len() + delta as usize > DENSE_AT {
+                let mut counts = vec![0u32; precision].into_boxed_slice();
+                v.iter().for_each(|&o| counts[o as usize] += 1);
+                *d = Detail::Dense(counts, v.len() as u64);
             }
-            Err(i) => cells.insert(i, (offset, delta as i32)),
         }
+        let (applied, empty) = match d {
+            Detail::Sparse(v) => {
+                let at = v.partition_point(|&o| o < offset);
+                let applied = if delta > 0 {
+                    v.splice(at..at, std::iter::repeat_n(offset, delta as usize));
+                    delta
+                } else {
+                    let there = v[at..].partition_point(|&o| o == offset) as i64;
+                    let n = there.min(-delta);
+                    v.drain(at..at + n as usize);
+                    -n
+                };
+                (applied, v.is_empty())
+            }
+            Detail::Dense(counts, sum) => {
+                let c = &mut counts[offset as usize];
+                let applied = if delta > 0 { delta } else { -(*c as i64).min(-delta) };
+                *c = (*c as i64 + applied) as u32;
+                *sum = (*sum as i64 + applied) as u64;
+                (applied, *sum == 0)
+            }
+        };
+        if empty {
+            self.detail.remove(&slot);
+        }
+        applied
     }
 
     /// Messages due in the slot that contains `t_ms`.
@@ -211,13 +255,13 @@ impl Congestion {
 
     /// Messages of `slot` due before `t` (which lies in `slot`).
     fn detail_before(&self, slot: i64, t: i64) -> i64 {
-        let cut = (t - slot * self.precision) as u32;
-        if cut == 0 {
-            return 0;
+        let cut = (t - slot * self.precision) as usize;
+        match self.detail.get(&slot) {
+            _ if cut == 0 => 0,
+            None => 0,
+            Some(Detail::Sparse(v)) => v.partition_point(|&o| (o as usize) < cut) as i64,
+            Some(Detail::Dense(counts, _)) => counts[..cut].iter().map(|&c| c as i64).sum(),
         }
-        self.detail
-            .get(&slot)
-            .map_or(0, |cells| cells.iter().take_while(|(o, _)| *o < cut).map(|(_, c)| *c as i64).sum())
     }
 
     fn tree_add(&mut self, pos: usize, delta: i64) {
@@ -303,6 +347,26 @@ mod tests {
     }
 
     #[test]
+    fn a_crowded_slot_turns_dense_and_stays_exact() {
+        let mut idx = Congestion::new(1000, 1024, 0);
+        for i in 0..(DENSE_AT as i64 + 500) {
+            idx.add(5_000 + i % 1000, 1);
+        }
+        assert!(matches!(idx.detail[&5], Detail::Dense(..)));
+        let n = DENSE_AT as u64 + 500;
+        let per_ms = |ms: u64| n / 1000 + u64::from(ms < n % 1000);
+        let want: u64 = (0..250).map(per_ms).sum();
+        assert_eq!(idx.buckets(5_000, 5_250, 250)[0].count, want);
+        for i in 0..(DENSE_AT as i64 + 500) {
+            idx.add(5_000 + i % 1000, -1);
+        }
+        assert!(idx.detail.is_empty());
+        assert_eq!((idx.total(), idx.slot_count(5_000)), (0, 0));
+        idx.add(5_000, -1); // nothing there: ignored
+        assert_eq!(idx.total(), 0);
+    }
+
+    #[test]
     fn edges_cut_slots_to_the_millisecond() {
         let mut idx = Congestion::new(1000, 1024, 0);
         for t in [1_000, 1_499, 1_500, 1_999, 2_000] {
@@ -347,5 +411,41 @@ mod tests {
         idx.advance(100_000);
         assert_eq!(idx.base, 99);
         assert_eq!(idx.total(), 1);
+    }
+}
+
+#[cfg(test)]
+mod memory {
+    fn rss_anon_kb() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines().find(|l| l.starts_with("RssAnon")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    #[ignore]
+    fn ten_million_random() {
+        let before = rss_anon_kb();
+        let mut idx = super::Congestion::new(1000, 1_209_600, 0);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let t = std::time::Instant::now();
+        for _ in 0..10_000_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            idx.add(3_600_000 + (x % (10 * 86_400_000)) as i64, 1);
+        }
+        let took = t.elapsed();
+        let q = std::time::Instant::now();
+        let b = idx.buckets(3_600_000, 3_600_000 + 86_400_000, 60_000);
+        let qt = q.elapsed();
+        let q2 = std::time::Instant::now();
+        let b2 = idx.buckets(3_600_123, 3_600_123 + 86_400_000, 60_000);
+        let qt2 = q2.elapsed();
+        eprintln!(
+            "10M adds {took:?}, RssAnon +{} MiB, 24h/60s query {qt:?} (aligned) {qt2:?} (unaligned), {} {}",
+            (rss_anon_kb() - before) / 1024,
+            b.len(),
+            b2.len()
+        );
     }
 }

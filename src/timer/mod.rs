@@ -348,15 +348,6 @@ impl TimerEngine {
         self.supervisor.lock().failure()
     }
 
-    /// Records messages already appended to the system topic for `topic` (no `max_per_slot`
-    /// check): [`TimerEngine::reserve`] and [`Reservation::commit`] in one, for callers that
-    /// append first (tests, benchmarks).
-    pub fn scheduled(&self, topic: &str, result: &AppendResult) -> Result<(), TimerError> {
-        let at: Vec<i64> = result.messages.iter().map(|a| a.deliver_at_ms).collect();
-        self.core.count(topic, at.iter().copied());
-        Reservation { core: &self.core, topic: topic.to_string(), deliver_at: at, committed: false }.commit(result)
-    }
-
     /// Counts messages about to be scheduled for `topic` (by deliver time), or refuses them all
     /// with [`TimerError::SlotFull`] if one would take its slot past `max_per_slot`. Check and
     /// count are one step, so concurrent sends cannot overfill a slot. Dropping the reservation
