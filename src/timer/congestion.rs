@@ -413,39 +413,3 @@ mod tests {
         assert_eq!(idx.total(), 1);
     }
 }
-
-#[cfg(test)]
-mod memory {
-    fn rss_anon_kb() -> u64 {
-        let s = std::fs::read_to_string("/proc/self/status").unwrap();
-        s.lines().find(|l| l.starts_with("RssAnon")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    #[test]
-    #[ignore]
-    fn ten_million_random() {
-        let before = rss_anon_kb();
-        let mut idx = super::Congestion::new(1000, 1_209_600, 0);
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let t = std::time::Instant::now();
-        for _ in 0..10_000_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            idx.add(3_600_000 + (x % (10 * 86_400_000)) as i64, 1);
-        }
-        let took = t.elapsed();
-        let q = std::time::Instant::now();
-        let b = idx.buckets(3_600_000, 3_600_000 + 86_400_000, 60_000);
-        let qt = q.elapsed();
-        let q2 = std::time::Instant::now();
-        let b2 = idx.buckets(3_600_123, 3_600_123 + 86_400_000, 60_000);
-        let qt2 = q2.elapsed();
-        eprintln!(
-            "10M adds {took:?}, RssAnon +{} MiB, 24h/60s query {qt:?} (aligned) {qt2:?} (unaligned), {} {}",
-            (rss_anon_kb() - before) / 1024,
-            b.len(),
-            b2.len()
-        );
-    }
-}
