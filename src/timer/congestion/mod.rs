@@ -13,9 +13,8 @@
 //! - `outside`: an ordered map of slot → count for the slots not in the ring: overdue slots that
 //!   kept `base` back, and the far future beyond `base + n`. A slot enters the ring when `base`
 //!   moves up to it.
-//! - `detail`: per non-empty slot, the millisecond offsets within it of its messages: a sorted
-//!   list with repeats (2 bytes a message) up to `DENSE_AT` messages, then a count per offset
-//!   (`4 × precision` bytes). This is what makes window edges that cut a slot exact.
+//! - `detail`: the millisecond offset of every message within its slot (see [`offsets`]),
+//!   which makes window edges that cut a slot exact.
 //!
 //! "Due before `t`" is then a ring prefix, plus the outside slots before `t`'s slot, plus the
 //! part of `t`'s own slot before `t`. A window of `B` buckets costs `B + 1` of those, each
@@ -26,29 +25,20 @@
 //! their sum. A message is removed only after it was added (the send path counts before it
 //! appends), so no count goes below zero; a removal that finds nothing is ignored.
 //!
-//! Memory: 8 bytes per ring slot (9.7 MB at the default 1.2M slots), plus 2 bytes per pending
-//! message and about 90 bytes per non-empty slot (hash entry and allocation).
+//! Memory: 8 bytes per ring slot (9.7 MB at the default 1.2M slots), 4 bytes per pending
+//! message, and a little per 64 slots that hold any (see [`offsets`]).
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
+mod offsets;
+
+use offsets::Offsets;
 
 /// One bucket of a congestion answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {
     pub start_ms: i64,
     pub count: u64,
-}
-
-/// Messages of one slot kept as a sorted list of offsets; beyond it, a count per offset.
-const DENSE_AT: usize = 2048;
-
-/// The messages of one slot by millisecond offset.
-enum Detail {
-    /// Offsets, sorted, one per message.
-    Sparse(Vec<u16>),
-    /// A count per offset, and their sum.
-    Dense(Box<[u32]>, u64),
 }
 
 /// Most steps `advance` takes in one call, so that no caller holds the index for long after a
@@ -64,7 +54,7 @@ pub struct Congestion {
     tree: Vec<i64>,
     ring_total: i64,
     outside: BTreeMap<i64, i64>,
-    detail: FxHashMap<i64, Detail>,
+    detail: Offsets,
     total: i64,
 }
 
@@ -80,7 +70,7 @@ impl Congestion {
             tree: vec![0; ring_slots as usize + 1],
             ring_total: 0,
             outside: BTreeMap::new(),
-            detail: FxHashMap::default(),
+            detail: Offsets::new(precision_ms as usize),
             total: 0,
         }
     }
@@ -97,7 +87,7 @@ impl Congestion {
         }
         let slot = deliver_at_ms.div_euclid(self.precision);
         let offset = deliver_at_ms.rem_euclid(self.precision) as u16;
-        let delta = self.add_detail(slot, offset, delta);
+        let delta = self.detail.add(slot, offset, delta);
         if delta == 0 {
             return;
         }
@@ -112,46 +102,6 @@ impl Congestion {
                 self.outside.remove(&slot);
             }
         }
-    }
-
-    /// Adds `delta` at `offset` of `slot` in `detail`; returns what was applied (a removal
-    /// stops at what is there).
-    fn add_detail(&mut self, slot: i64, offset: u16, delta: i64) -> i64 {
-        let precision = self.precision as usize;
-        let d = self.detail.entry(slot).or_insert_with(|| Detail::Sparse(Vec::new()));
-        if let Detail::Sparse(v) = d {
-            if delta > 0 && v.len() + delta as usize > DENSE_AT {
-                let mut counts = vec![0u32; precision].into_boxed_slice();
-                v.iter().for_each(|&o| counts[o as usize] += 1);
-                *d = Detail::Dense(counts, v.len() as u64);
-            }
-        }
-        let (applied, empty) = match d {
-            Detail::Sparse(v) => {
-                let at = v.partition_point(|&o| o < offset);
-                let applied = if delta > 0 {
-                    v.splice(at..at, std::iter::repeat_n(offset, delta as usize));
-                    delta
-                } else {
-                    let there = v[at..].partition_point(|&o| o == offset) as i64;
-                    let n = there.min(-delta);
-                    v.drain(at..at + n as usize);
-                    -n
-                };
-                (applied, v.is_empty())
-            }
-            Detail::Dense(counts, sum) => {
-                let c = &mut counts[offset as usize];
-                let applied = if delta > 0 { delta } else { -(*c as i64).min(-delta) };
-                *c = (*c as i64 + applied) as u32;
-                *sum = (*sum as i64 + applied) as u64;
-                (applied, *sum == 0)
-            }
-        };
-        if empty {
-            self.detail.remove(&slot);
-        }
-        applied
     }
 
     /// Messages due in the slot that contains `t_ms`.
@@ -255,12 +205,9 @@ impl Congestion {
 
     /// Messages of `slot` due before `t` (which lies in `slot`).
     fn detail_before(&self, slot: i64, t: i64) -> i64 {
-        let cut = (t - slot * self.precision) as usize;
-        match self.detail.get(&slot) {
-            _ if cut == 0 => 0,
-            None => 0,
-            Some(Detail::Sparse(v)) => v.partition_point(|&o| (o as usize) < cut) as i64,
-            Some(Detail::Dense(counts, _)) => counts[..cut].iter().map(|&c| c as i64).sum(),
+        match (t - slot * self.precision) as usize {
+            0 => 0,
+            cut => self.detail.before(slot, cut),
         }
     }
 
@@ -285,6 +232,7 @@ impl Congestion {
 
 #[cfg(test)]
 mod tests {
+    use super::offsets::DENSE_AT;
     use super::*;
     use proptest::prelude::*;
 
@@ -352,7 +300,7 @@ mod tests {
         for i in 0..(DENSE_AT as i64 + 500) {
             idx.add(5_000 + i % 1000, 1);
         }
-        assert!(matches!(idx.detail[&5], Detail::Dense(..)));
+        assert!(idx.detail.is_dense(5));
         let n = DENSE_AT as u64 + 500;
         let per_ms = |ms: u64| n / 1000 + u64::from(ms < n % 1000);
         let want: u64 = (0..250).map(per_ms).sum();
