@@ -370,8 +370,14 @@ fn run_model(seed: u64) {
         let due = model.values().filter(|(at, c)| !c && *at <= now).count();
         h.wait_for("everything due fired", |h| h.visible().len() == due);
         let pending: Vec<i64> = model.values().filter(|(at, c)| !c && *at > now).map(|(at, _)| *at).collect();
-        let (from, bucket) = (now - 1 - buckets_rng.below(5_000) as i64, 1 + buckets_rng.below(300_000) as i64);
-        let to = from + 1 + buckets_rng.below(5_000_000) as i64;
+        // Wide buckets over the whole model, or narrow ones (edges inside slots) near now.
+        let (from, bucket, to) = if buckets_rng.below(2) == 0 {
+            let (from, bucket) = (now - 1 - buckets_rng.below(5_000) as i64, 1 + buckets_rng.below(300_000) as i64);
+            (from, bucket, from + 1 + buckets_rng.below(5_000_000) as i64)
+        } else {
+            let (from, bucket) = (now + buckets_rng.below(3_000) as i64, 1 + buckets_rng.below(700) as i64);
+            (from, bucket, from + 1 + buckets_rng.below(bucket as u64 * 10_000) as i64)
+        };
         let got = h.timer.congestion(from, to, bucket);
         assert_eq!(got.pending_total, pending.len() as i64, "seed {seed:#x} step {step}: pending_total");
         let mut start = from;
