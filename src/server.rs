@@ -95,7 +95,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         .map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let state = AppState::new(limits(config), shutdown_rx.clone());
+    let state = AppState::new(limits(config), config.auth.token.clone(), shutdown_rx.clone());
 
     let opts = store_options(config);
     let group_opts =

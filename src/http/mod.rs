@@ -3,6 +3,7 @@
 //! The server listens before recovery ends: `/healthz` answers at once, `/readyz` and every
 //! `/v1` route answer 503 UNAVAILABLE until the store is open.
 
+mod auth;
 mod body;
 mod consume;
 pub mod error;
@@ -19,6 +20,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::config::Secret;
 use crate::group::Groups;
 use crate::store::Store;
 use crate::timer::TimerEngine;
@@ -43,6 +45,8 @@ pub struct Core {
 
 pub struct Shared {
     pub limits: Limits,
+    /// The bearer token `/v1` routes require, if any (see [`auth`]).
+    auth_token: Option<Secret>,
     core: OnceLock<Core>,
     shutdown: watch::Receiver<bool>,
 }
@@ -52,8 +56,14 @@ pub struct AppState(Arc<Shared>);
 
 impl AppState {
     /// `shutdown` turns true when the server starts shutting down (long polls end early).
-    pub fn new(limits: Limits, shutdown: watch::Receiver<bool>) -> Self {
-        Self(Arc::new(Shared { limits, core: OnceLock::new(), shutdown }))
+    /// `auth_token`: the bearer token `/v1` routes require (none when empty).
+    pub fn new(limits: Limits, auth_token: Secret, shutdown: watch::Receiver<bool>) -> Self {
+        let auth_token = (!auth_token.is_empty()).then_some(auth_token);
+        Self(Arc::new(Shared { limits, auth_token, core: OnceLock::new(), shutdown }))
+    }
+
+    fn auth_token(&self) -> Option<&str> {
+        self.0.auth_token.as_ref().map(Secret::expose)
     }
 
     /// Marks the service ready. Called once, after recovery.
@@ -89,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/timer/stats", get(timer_stats))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .with_state(state)
 }
 
