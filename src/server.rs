@@ -76,6 +76,7 @@ fn limits(config: &Config) -> Limits {
         auto_create_topics: config.auto_create_topics,
         default_queues: config.default_queues,
         max_delay_ms: config.timer.max_delay.0.as_millis() as i64,
+        body_read_timeout: config.http.body_read_timeout.0,
     }
 }
 
@@ -112,13 +113,15 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
     });
 
     let app = http::router(state.clone());
+    let conn_options = http::serve::ConnOptions { header_read_timeout: config.http.header_read_timeout.0 };
     let mut stop_rx = shutdown_rx;
     let failed = shutdown.clone();
     let serve = tokio::spawn(async move {
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let stop = async move {
             let _ = stop_rx.wait_for(|&s| s).await;
-        });
-        let server = tokio::spawn(async move { server.await });
+        };
+        let server = http::serve::serve(listener, app, conn_options, stop);
+        let server = tokio::spawn(server);
         match recovery.await {
             Ok(Ok(core)) => ready_state.set_ready(core),
             Ok(Err(e)) => {

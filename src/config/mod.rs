@@ -117,6 +117,8 @@ pub struct Config {
     pub allow_insecure: bool,
     /// Authentication of `/v1` routes. Default: see [`AuthConfig`]
     pub auth: AuthConfig,
+    /// HTTP connection limits. Default: see [`HttpConfig`]
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -133,7 +135,29 @@ impl Default for Config {
             timer: TimerConfig::default(),
             allow_insecure: false,
             auth: AuthConfig::default(),
+            http: HttpConfig::default(),
         }
+    }
+}
+
+/// HTTP connections (`[http]`): deadlines that keep slow or stalled clients from holding
+/// connections and buffers for ever.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Longest wait for a request's complete headers, counted from the moment the connection is
+    /// ready for a request; also closes keep-alive connections idle that long (100ms..=10m).
+    /// Default: 20s
+    pub header_read_timeout: HumanDuration,
+    /// Longest time to receive a whole request body, counted from the end of its headers; a body
+    /// still incomplete then is answered 408 REQUEST_TIMEOUT and the connection closed
+    /// (100ms..=1h). Default: 60s
+    pub body_read_timeout: HumanDuration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { header_read_timeout: HumanDuration::from_secs(20), body_read_timeout: HumanDuration::from_secs(60) }
     }
 }
 
@@ -508,6 +532,18 @@ impl Config {
                 format!("must be between {MIN_CQ_ENTRIES} and {MAX_CQ_ENTRIES}, got {entries}"),
             );
         }
+        check_range(
+            "http.header_read_timeout",
+            self.http.header_read_timeout,
+            HumanDuration::from_millis(100),
+            HumanDuration::from_secs(600),
+        )?;
+        check_range(
+            "http.body_read_timeout",
+            self.http.body_read_timeout,
+            HumanDuration::from_millis(100),
+            HumanDuration::from_secs(3600),
+        )?;
         check_range("group.persist_interval", self.group.persist_interval, MIN_INTERVAL, MAX_INTERVAL)?;
         let max_delay = self.timer.max_delay;
         if max_delay > MAX_MAX_DELAY {
@@ -1120,10 +1156,12 @@ mod tests {
             "CHIME_TIMER_QUEUE_CAPACITY",
             "CHIME_ALLOW_INSECURE",
             "CHIME_AUTH_TOKEN",
+            "CHIME_HTTP_HEADER_READ_TIMEOUT",
+            "CHIME_HTTP_BODY_READ_TIMEOUT",
         ] {
             assert!(vars.contains(var), "{var}");
         }
-        assert_eq!(vars.len(), 18);
+        assert_eq!(vars.len(), 20);
         assert!(!vars.contains(PROFILE_ENV));
     }
 
@@ -1189,6 +1227,9 @@ mod tests {
         check(&|c| c.timer.slots = 1023, "timer.slots");
         check(&|c| c.timer.lookahead = HumanDuration::from_secs(11), "timer.lookahead");
         check(&|c| c.timer.queue_capacity = 100, "timer.queue_capacity");
+        check(&|c| c.http.header_read_timeout = HumanDuration::from_millis(99), "http.header_read_timeout");
+        check(&|c| c.http.body_read_timeout = HumanDuration::from_secs(3601), "http.body_read_timeout");
+        pass(&|c| c.http.header_read_timeout = HumanDuration::from_millis(100));
         pass(&|c| c.timer.max_delay = HumanDuration::from_secs(1));
     }
 

@@ -1,5 +1,6 @@
 //! The one mapping from errors to HTTP answers: `{"error": {"code", "message"}}` with the status
-//! codes of API.md, and `Retry-After` on 429 and 503.
+//! codes of API.md, and `Retry-After` on 429 and 503. One code is chime's own, in the same
+//! shape: `REQUEST_TIMEOUT` (408), a body not received within `http.body_read_timeout`.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +14,7 @@ pub enum Code {
     InvalidTopic,
     DelayOutOfRange,
     MessageTooLarge,
+    RequestTimeout,
     NotFound,
     MethodNotAllowed,
     AlreadyDelivered,
@@ -28,6 +30,7 @@ impl Code {
             Code::InvalidTopic => "INVALID_TOPIC",
             Code::DelayOutOfRange => "DELAY_OUT_OF_RANGE",
             Code::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Code::RequestTimeout => "REQUEST_TIMEOUT",
             Code::NotFound => "NOT_FOUND",
             Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Code::AlreadyDelivered => "ALREADY_DELIVERED",
@@ -41,6 +44,7 @@ impl Code {
         match self {
             Code::InvalidArgument | Code::InvalidTopic | Code::DelayOutOfRange => StatusCode::BAD_REQUEST,
             Code::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::AlreadyDelivered => StatusCode::CONFLICT,
@@ -92,6 +96,10 @@ impl IntoResponse for ApiError {
         let mut resp = (self.code.status(), axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.code == Code::RequestTimeout {
+            // The rest of the body may still be on its way: do not read it as the next request.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

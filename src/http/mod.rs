@@ -9,6 +9,7 @@ mod consume;
 pub mod error;
 mod path;
 mod send;
+pub mod serve;
 
 use std::sync::{Arc, OnceLock};
 
@@ -34,6 +35,8 @@ pub struct Limits {
     pub auto_create_topics: bool,
     pub default_queues: u16,
     pub max_delay_ms: i64,
+    /// Longest time to receive a request body (config `http.body_read_timeout`).
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// What the routes need once recovery has finished.
@@ -100,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), body::deadline))
         .with_state(state)
 }
 
