@@ -4,11 +4,14 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The stable error code of an answer (serialized as in [`Code::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Code {
     InvalidArgument,
     InvalidTopic,
@@ -55,6 +58,21 @@ impl Code {
     }
 }
 
+/// The body of every non-2xx answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code; the status code follows from it.
+    pub code: Code,
+    /// Human-readable explanation, naming the offending field or limit.
+    #[schema(min_length = 1)]
+    pub message: String,
+}
+
 /// An error answer.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -92,7 +110,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
         let mut resp = (self.code.status(), axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
@@ -102,5 +120,29 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialized_code_is_as_str() {
+        for code in [
+            Code::InvalidArgument,
+            Code::InvalidTopic,
+            Code::DelayOutOfRange,
+            Code::MessageTooLarge,
+            Code::RequestTimeout,
+            Code::NotFound,
+            Code::MethodNotAllowed,
+            Code::AlreadyDelivered,
+            Code::Unauthorized,
+            Code::Busy,
+            Code::Unavailable,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 }
