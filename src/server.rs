@@ -77,6 +77,11 @@ fn limits(config: &Config) -> Limits {
         default_queues: config.default_queues,
         max_delay_ms: config.timer.max_delay.0.as_millis() as i64,
         body_read_timeout: config.http.body_read_timeout.0,
+        admission: http::admission::AdmissionOptions {
+            max_inflight_bytes: config.admission.max_inflight_bytes.0,
+            max_enqueue_lag: config.admission.max_enqueue_lag,
+            retry_after_secs: config.admission.retry_after.0.as_secs_f64().ceil() as u32,
+        },
     }
 }
 

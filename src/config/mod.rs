@@ -119,6 +119,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// HTTP connection limits. Default: see [`HttpConfig`]
     pub http: HttpConfig,
+    /// When sends are refused with 429 BUSY. Default: see [`AdmissionConfig`]
+    pub admission: AdmissionConfig,
 }
 
 impl Default for Config {
@@ -136,6 +138,32 @@ impl Default for Config {
             allow_insecure: false,
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
+            admission: AdmissionConfig::default(),
+        }
+    }
+}
+
+/// Back-pressure on sends (`[admission]`): beyond these limits a send is answered 429 BUSY
+/// with `Retry-After`, and nothing of it is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Most request-body bytes that sends in progress may hold together; a send that would pass
+    /// it is refused before its body is read (max_request_bytes..=64GiB). Default: 64MiB
+    pub max_inflight_bytes: ByteSize,
+    /// Most scheduled messages stored but not yet in the timer wheel (the timer's enqueue lag);
+    /// beyond it sends with scheduled messages are refused (1..=100000000). Default: 200000
+    pub max_enqueue_lag: u64,
+    /// `Retry-After` of a refusal, rounded up to whole seconds (1s..=1h). Default: 1s
+    pub retry_after: HumanDuration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_inflight_bytes: ByteSize::mib(64),
+            max_enqueue_lag: 200_000,
+            retry_after: HumanDuration::from_secs(1),
         }
     }
 }
@@ -542,6 +570,25 @@ impl Config {
             "http.body_read_timeout",
             self.http.body_read_timeout,
             HumanDuration::from_millis(100),
+            HumanDuration::from_secs(3600),
+        )?;
+        let inflight = self.admission.max_inflight_bytes;
+        if inflight < max_request || inflight > ByteSize::gib(64) {
+            return invalid(
+                "admission.max_inflight_bytes",
+                format!("must be between max_request_bytes ({max_request}) and 64GiB, got {inflight}"),
+            );
+        }
+        if !(1..=100_000_000).contains(&self.admission.max_enqueue_lag) {
+            return invalid(
+                "admission.max_enqueue_lag",
+                format!("must be between 1 and 100000000, got {}", self.admission.max_enqueue_lag),
+            );
+        }
+        check_range(
+            "admission.retry_after",
+            self.admission.retry_after,
+            HumanDuration::from_secs(1),
             HumanDuration::from_secs(3600),
         )?;
         check_range("group.persist_interval", self.group.persist_interval, MIN_INTERVAL, MAX_INTERVAL)?;
@@ -1158,10 +1205,13 @@ mod tests {
             "CHIME_AUTH_TOKEN",
             "CHIME_HTTP_HEADER_READ_TIMEOUT",
             "CHIME_HTTP_BODY_READ_TIMEOUT",
+            "CHIME_ADMISSION_MAX_INFLIGHT_BYTES",
+            "CHIME_ADMISSION_MAX_ENQUEUE_LAG",
+            "CHIME_ADMISSION_RETRY_AFTER",
         ] {
             assert!(vars.contains(var), "{var}");
         }
-        assert_eq!(vars.len(), 20);
+        assert_eq!(vars.len(), 23);
         assert!(!vars.contains(PROFILE_ENV));
     }
 
@@ -1230,6 +1280,10 @@ mod tests {
         check(&|c| c.http.header_read_timeout = HumanDuration::from_millis(99), "http.header_read_timeout");
         check(&|c| c.http.body_read_timeout = HumanDuration::from_secs(3601), "http.body_read_timeout");
         pass(&|c| c.http.header_read_timeout = HumanDuration::from_millis(100));
+        check(&|c| c.admission.max_inflight_bytes = ByteSize::mib(15), "admission.max_inflight_bytes");
+        pass(&|c| c.admission.max_inflight_bytes = ByteSize::mib(16));
+        check(&|c| c.admission.max_enqueue_lag = 0, "admission.max_enqueue_lag");
+        check(&|c| c.admission.retry_after = HumanDuration::from_millis(500), "admission.retry_after");
         pass(&|c| c.timer.max_delay = HumanDuration::from_secs(1));
     }
 

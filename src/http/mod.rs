@@ -3,6 +3,7 @@
 //! The server listens before recovery ends: `/healthz` answers at once, `/readyz` and every
 //! `/v1` route answer 503 UNAVAILABLE until the store is open.
 
+pub mod admission;
 mod auth;
 mod body;
 mod consume;
@@ -41,6 +42,8 @@ pub struct Limits {
     pub max_delay_ms: i64,
     /// Longest time to receive a request body (config `http.body_read_timeout`).
     pub body_read_timeout: std::time::Duration,
+    /// When sends are refused with 429 BUSY (config `[admission]`).
+    pub admission: admission::AdmissionOptions,
 }
 
 /// What the routes need once recovery has finished.
@@ -54,6 +57,7 @@ pub struct Shared {
     pub limits: Limits,
     /// The bearer token `/v1` routes require, if any (see [`auth`]).
     auth_token: Option<Secret>,
+    admission: admission::Admission,
     core: OnceLock<Core>,
     shutdown: watch::Receiver<bool>,
 }
@@ -66,7 +70,8 @@ impl AppState {
     /// `auth_token`: the bearer token `/v1` routes require (none when empty).
     pub fn new(limits: Limits, auth_token: Secret, shutdown: watch::Receiver<bool>) -> Self {
         let auth_token = (!auth_token.is_empty()).then_some(auth_token);
-        Self(Arc::new(Shared { limits, auth_token, core: OnceLock::new(), shutdown }))
+        let admission = admission::Admission::new(limits.admission);
+        Self(Arc::new(Shared { limits, auth_token, admission, core: OnceLock::new(), shutdown }))
     }
 
     fn auth_token(&self) -> Option<&str> {
@@ -84,6 +89,10 @@ impl AppState {
 
     pub fn limits(&self) -> &Limits {
         &self.0.limits
+    }
+
+    pub fn admission(&self) -> &admission::Admission {
+        &self.0.admission
     }
 
     /// Resolves when the server is shutting down.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
@@ -327,9 +327,17 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     security((), ("bearer" = [])))]
-pub async fn send(State(state): State<AppState>, TopicPath(name): TopicPath, body: Body) -> Result<Response, ApiError> {
+pub async fn send(
+    State(state): State<AppState>,
+    TopicPath(name): TopicPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let core = state.core()?;
     let limits = state.limits();
+    // Held until the answer: the request's share of the memory budget (see `admission`).
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let _reservation = state.admission().reserve(declared, limits.max_request_bytes)?;
     let bytes = read_limited(body, limits.max_request_bytes).await?;
     let now = core.store.clock().now_ms();
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
@@ -355,6 +363,9 @@ pub async fn send(State(state): State<AppState>, TopicPath(name): TopicPath, bod
         _ => return Err(ApiError::invalid("the body must be a message object or an array of them")),
     };
 
+    if msgs.iter().any(|m| m.deliver_at_ms.is_some()) {
+        state.admission().check_timer(&core.timer)?;
+    }
     let topic = get_topic_for_send(&state, &name)?;
     // Scheduled messages go to the timer's system topic, the others straight to the topic; a
     // batch mixing both is still one all-or-nothing append.
