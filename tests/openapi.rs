@@ -187,5 +187,17 @@ async fn spec_lists_every_served_route_and_nothing_else() {
         .map(|p| p["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(params, set(&["from_ms", "to_ms", "bucket_ms"]));
+
+    // The optional bodies the spec allows to be null are accepted as null (and as nothing).
+    for (method, path) in [("PUT", "/v1/topics/{topic}"), ("POST", "/v1/topics/{topic}/groups/{group}/receive")] {
+        let schema = &spec["paths"][path][method.to_ascii_lowercase()]["requestBody"]["content"]["application/json"]
+            ["schema"]["oneOf"];
+        assert!(schema.as_array().unwrap().iter().any(|s| s["type"] == "null"), "{method} {path}: {schema}");
+        let url = path.replace("{topic}", "nullable").replace("{group}", "g");
+        for body in ["null", " null ", ""] {
+            let (status, v) = s.call(method, &url, Some(body)).await;
+            assert!(status == 200 || status == 201, "{method} {path} with body {body:?}: {status} {v}");
+        }
+    }
     s.stop().await;
 }

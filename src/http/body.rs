@@ -116,9 +116,10 @@ fn timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTim
     None
 }
 
-/// Parses a JSON body; an empty body parses as `T::default()`.
+/// Parses a JSON body; an empty body, or JSON `null`, parses as `T::default()` (the spec lets
+/// an optional body be either).
 pub fn parse_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+    if bytes.trim_ascii().is_empty() || bytes.trim_ascii() == b"null" {
         return Ok(T::default());
     }
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
