@@ -97,6 +97,10 @@ async fn spec_lists_every_served_route_and_nothing_else() {
                 assert!(responses.contains_key("401"), "{m} {path}: 401 undocumented");
                 let sec = op["security"].as_array().unwrap_or_else(|| panic!("{m} {path}: no security"));
                 assert!(sec.iter().any(|r| r.get("bearer").is_some()), "{m} {path}: {sec:?}");
+                assert!(responses.contains_key("503"), "{m} {path}: 503 undocumented");
+                if op.get("requestBody").is_some() {
+                    assert!(responses.contains_key("408") && responses.contains_key("413"), "{m} {path}");
+                }
             }
             for (code, r) in responses {
                 if !code.starts_with('2') {

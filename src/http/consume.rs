@@ -95,12 +95,7 @@ fn in_range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Resul
     responses(
         (status = 200, body = ReceiveOut),
         (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
-        (status = 408, description = "REQUEST_TIMEOUT: body not received in time", body = ErrorBody),
-        (status = 413, description = "MESSAGE_TOO_LARGE: body over its limit", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE", body = ErrorBody),
-    ),
-    security((), ("bearer" = [])))]
+    ))]
 pub async fn receive(
     State(state): State<AppState>,
     GroupPath { topic: topic_name, group }: GroupPath,
@@ -209,12 +204,7 @@ pub(crate) struct AckOut {
     responses(
         (status = 200, body = AckOut),
         (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
-        (status = 408, description = "REQUEST_TIMEOUT: body not received in time", body = ErrorBody),
-        (status = 413, description = "MESSAGE_TOO_LARGE: body over its limit", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE", body = ErrorBody),
-    ),
-    security((), ("bearer" = [])))]
+    ))]
 pub async fn ack(
     State(state): State<AppState>,
     GroupPath { topic: topic_name, group }: GroupPath,

@@ -48,7 +48,7 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[("/metrics", "GET"), ("/v1/timer/c
         congestion,
     ),
     components(schemas(ErrorBody, ErrorDetail, Code, super::send::MessageIn)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &V1Common),
     tags(
         (name = "topics"), (name = "messages", description = "Send, schedule, look up and cancel"),
         (name = "consumers", description = "Consumer groups: receive and ack (at least once)"),
@@ -68,6 +68,85 @@ impl Modify for BearerAuth {
             .description(Some("Required on /v1 routes when the server has auth.token set"))
             .build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// What every `/v1` operation shares, added here once rather than on each handler, since one
+/// layer does it for all of them: the optional bearer token (401 `UNAUTHORIZED` from
+/// [`super::auth`]), 503 `UNAVAILABLE` until recovery has finished (`AppState::core`), and for
+/// an operation with a body, 408 and 413 (`super::body`).
+struct V1Common;
+
+impl Modify for V1Common {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+        let error = |description: &str, header: &str, ty: Type, header_description: &str| {
+            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+            let schema = ObjectBuilder::new().schema_type(ty);
+            let header_doc = HeaderBuilder::new().schema(schema).description(Some(header_description)).build();
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", content)
+                .header(header, header_doc)
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !super::auth::is_protected(path) {
+                continue;
+            }
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                responses.entry("401".to_owned()).or_insert_with(|| {
+                    error(
+                        "UNAUTHORIZED: the server has auth.token set and the request lacks it",
+                        "WWW-Authenticate",
+                        Type::String,
+                        "Bearer realm=\"chime\"",
+                    )
+                    .build()
+                    .into()
+                });
+                responses.entry("503".to_owned()).or_insert_with(|| {
+                    error(
+                        "UNAVAILABLE: not ready (recovering), store full or poisoned",
+                        "Retry-After",
+                        Type::Integer,
+                        "Seconds to wait",
+                    )
+                    .build()
+                    .into()
+                });
+                if op.request_body.is_some() {
+                    // Every body is read by `body::read_limited`, under its size limit and deadline.
+                    responses.entry("408".to_owned()).or_insert_with(|| {
+                        error(
+                            "REQUEST_TIMEOUT: the body did not arrive within http.body_read_timeout",
+                            "Connection",
+                            Type::String,
+                            "close",
+                        )
+                        .build()
+                        .into()
+                    });
+                    responses.entry("413".to_owned()).or_insert_with(|| {
+                        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+                        ResponseBuilder::new()
+                            .description("MESSAGE_TOO_LARGE: the body is over its limit")
+                            .content("application/json", content)
+                            .build()
+                            .into()
+                    });
+                }
+                op.security = Some(vec![
+                    SecurityRequirement::default(),
+                    SecurityRequirement::new("bearer", Vec::<String>::new()),
+                ]);
+            }
+        }
     }
 }
 
@@ -126,9 +205,6 @@ pub struct Congestion {
         (status = 200, body = Congestion),
         (status = 400, description = "INVALID_ARGUMENT: inverted window, bucket_ms <= 0 or over 10,000 buckets",
             body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE", body = ErrorBody),
-    ),
-    security((), ("bearer" = [])))]
+    ))]
 #[allow(dead_code, reason = "documents a route whose handler lives elsewhere")]
 fn congestion() {}

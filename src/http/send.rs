@@ -73,12 +73,7 @@ fn topic_info<'a>(t: &'a Topic, core: &super::Core) -> TopicInfo<'a> {
         (status = 201, description = "Created", body = TopicInfo),
         (status = 200, description = "Already exists (unchanged)", body = TopicInfo),
         (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
-        (status = 408, description = "REQUEST_TIMEOUT: body not received in time", body = ErrorBody),
-        (status = 413, description = "MESSAGE_TOO_LARGE: body over its limit", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE", body = ErrorBody),
-    ),
-    security((), ("bearer" = [])))]
+    ))]
 pub async fn create_topic(
     State(state): State<AppState>,
     TopicPath(name): TopicPath,
@@ -99,10 +94,7 @@ pub async fn create_topic(
 #[utoipa::path(get, path = "/v1/topics", tag = "topics",
     responses(
         (status = 200, body = TopicList),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE", body = ErrorBody),
-    ),
-    security((), ("bearer" = [])))]
+    ))]
 pub async fn list_topics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let core = state.core()?;
     let topics = core.store.topics().list();
@@ -317,16 +309,13 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     responses(
         (status = 201, description = "Stored: it will be delivered (at least once)", body = SendResponse),
         (status = 400, description = "INVALID_ARGUMENT, INVALID_TOPIC or DELAY_OUT_OF_RANGE", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such topic and auto_create_topics is off", body = ErrorBody),
-        (status = 408, description = "REQUEST_TIMEOUT: body not received in time", body = ErrorBody),
         (status = 413, description = "MESSAGE_TOO_LARGE", body = ErrorBody),
         (status = 429, description = "BUSY: the server is behind; retry after Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 503, description = "UNAVAILABLE: not ready, store full or poisoned", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
-    ),
-    security((), ("bearer" = [])))]
+    ))]
 pub async fn send(
     State(state): State<AppState>,
     TopicPath(name): TopicPath,
@@ -471,11 +460,8 @@ fn timer_error(e: TimerError, id: &str, topic: &str) -> ApiError {
     responses(
         (status = 200, body = MessageStatus),
         (status = 400, description = "INVALID_TOPIC", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: unknown or malformed id", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE", body = ErrorBody),
-    ),
-    security((), ("bearer" = [])))]
+    ))]
 pub async fn get_message(
     State(state): State<AppState>,
     MessagePath { topic, id }: MessagePath,
@@ -499,12 +485,9 @@ pub async fn get_message(
     responses(
         (status = 200, description = "Cancelled (also when it already was)", body = CancelResult),
         (status = 400, description = "INVALID_TOPIC", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: unknown or malformed id", body = ErrorBody),
         (status = 409, description = "ALREADY_DELIVERED: it is already visible", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE", body = ErrorBody),
-    ),
-    security((), ("bearer" = [])))]
+    ))]
 pub async fn cancel_message(
     State(state): State<AppState>,
     MessagePath { topic, id }: MessagePath,
