@@ -62,31 +62,44 @@ async fn sends_over_the_memory_budget_are_refused_before_their_body_is_read() {
         c.write_all(head("big").as_bytes()).await.unwrap();
         held.push(c);
     }
-    // A third is refused as soon as its headers are in, without its body. (Should it reach the
-    // server before the two held ones have reserved, it waits for its body: send it and retry.)
+    // A third that waits for `100 Continue` is refused as soon as its headers are in. (Should it
+    // reach the server before the two held ones have reserved, it is told to continue: it
+    // sends its body, is stored, and tries again.)
     let mut stored = 0;
     let mut refused = None;
     for _ in 0..20 {
         let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(head("third").as_bytes()).await.unwrap();
-        match tokio::time::timeout(Duration::from_secs(2), read_answer(&mut c)).await {
-            Ok((429, headers, v)) => {
+        let expect = head("third").replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n");
+        c.write_all(expect.as_bytes()).await.unwrap();
+        match read_answer(&mut c).await {
+            (429, headers, v) => {
                 refused = Some((headers, v));
                 break;
             }
-            Ok((status, _, v)) => panic!("the third send was answered {status} before its body was sent: {v}"),
-            Err(_) => {
+            (100, _, _) => {
                 c.write_all(body.as_bytes()).await.unwrap();
                 let (status, _, v) = read_answer(&mut c).await;
                 assert_eq!(status, 201, "{v}");
                 stored += 2;
             }
+            (status, _, v) => panic!("the third send was answered {status} before its body was sent: {v}"),
         }
     }
     let (headers, v) = refused.expect("no 429 in 20 attempts");
     assert_error(429, &v, 429, "BUSY");
     assert!(headers.contains("retry-after: 3"), "{headers}");
     assert!(v["error"]["message"].as_str().unwrap().contains("max_inflight_bytes"), "{v}");
+    // One that sends its body at once gets its 429 too, readable after the body (which was
+    // dropped, not stored), on a connection that stays usable.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(head("third").as_bytes()).await.unwrap();
+    c.write_all(body.as_bytes()).await.unwrap();
+    let (status, headers, v) = read_answer(&mut c).await;
+    assert_eq!(status, 429, "{headers} {v}");
+    assert_error(429, &v, 429, "BUSY");
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (status, _, _) = read_answer(&mut c).await;
+    assert_eq!(status, 200);
     // A small send fits in what is left.
     let (status, v) = s.send("small", json!({"body": "fits"})).await;
     assert_eq!(status, 201, "{v}");

@@ -1,7 +1,7 @@
 //! Overload: many clients push large sends at once. With admission control the server's
-//! anonymous memory (RssAnon of the real binary) stays bounded by `admission.max_inflight_bytes`
-//! however many clients push; without it (the budget set to 64 GiB) it grows with the number of
-//! clients. Prints both figures.
+//! anonymous memory (RssAnon of the real binary) follows `admission.max_inflight_bytes` (plus a
+//! connection read buffer per client, at most 64 KiB); without it (the budget set to 64 GiB) it
+//! grows with all the bodies pushed. Prints both figures.
 //!
 //! The clients declare 1 MiB bodies and send them in 64 KiB pieces over about a second, so all
 //! of them are in progress at once without writing much to disk.

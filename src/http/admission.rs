@@ -6,8 +6,8 @@
 //! - **Request memory** (`admission.max_inflight_bytes`): every send reserves its body size
 //!   (from `Content-Length`; `max_request_bytes` when the length is not declared) before the
 //!   body is read, and holds it until it has been answered. When the reservations of the sends
-//!   in progress would pass the limit the send is refused at once, without reading its body, so
-//!   the bodies buffered at any moment stay under the limit however many clients push. (A
+//!   in progress would pass the limit the send is refused without buffering its body, so the
+//!   bodies buffered at any moment stay under the limit however many clients push. (A
 //!   send's peak memory is a small multiple of its body: the bytes, the parsed messages, the
 //!   encoded records.)
 //! - **Timer lag** (`admission.max_enqueue_lag`): scheduled messages go to the timer's system
@@ -16,8 +16,10 @@
 //!   holding scheduled messages is refused; normal messages still go through. The figure is
 //!   read at most every [`LAG_RECHECK`], since `stats()` takes locks.
 //!
-//! A refusal for memory is answered without reading the body; hyper then closes the connection
-//! rather than read the rest of it as the next request.
+//! A send refused for memory buffers nothing of its body: the body is read and dropped piece
+//! by piece (within `http.body_read_timeout`), so the client reads the 429 rather than meeting
+//! a reset connection; a client that sent `Expect: 100-continue` is answered at once and never
+//! sends its body.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -104,6 +104,20 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(buf.freeze())
 }
 
+/// Reads `body` to its end (at most `DRAIN_LIMIT` bytes, within its deadline) and drops it,
+/// buffering nothing: for a request answered without its body, so the client can read the
+/// answer instead of meeting a reset connection. Errors only end the draining.
+pub async fn discard(body: Body) {
+    let mut body = body;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
+
 /// The deadline error in `e`'s chain (the body layers may each have wrapped it).
 fn timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimedOut> {
     let mut cur = Some(e);

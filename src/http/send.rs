@@ -326,7 +326,17 @@ pub async fn send(
     let limits = state.limits();
     // Held until the answer: the request's share of the memory budget (see `admission`).
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let _reservation = state.admission().reserve(declared, limits.max_request_bytes)?;
+    let _reservation = match state.admission().reserve(declared, limits.max_request_bytes) {
+        Ok(r) => r,
+        Err(busy) => {
+            // A client that waits for `100 Continue` has not sent its body: answer at once.
+            // Any other is sending it: read and drop it, so it sees the 429, not a reset.
+            if !headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")) {
+                super::body::discard(body).await;
+            }
+            return Err(busy);
+        }
+    };
     let bytes = read_limited(body, limits.max_request_bytes).await?;
     let now = core.store.clock().now_ms();
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();

@@ -29,6 +29,11 @@ pub struct ConnOptions {
     pub header_read_timeout: Duration,
 }
 
+/// Largest read buffer of a connection (hyper's default is about 400 KiB). It bounds what one
+/// connection holds while its body is read or discarded, so the memory of many open connections
+/// stays small; the request head must fit in it, and 64 KiB is far beyond any real one.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -41,7 +46,11 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(READ_BUFFER)
+        .keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
