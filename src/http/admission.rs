@@ -21,6 +21,7 @@
 //! a reset connection; a client that sent `Expect: 100-continue` is answered at once and never
 //! sends its body.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,17 @@ pub struct Admission {
     total_units: u32,
     /// When the timer's lag was last read, and what it was.
     lag: Mutex<Option<(Instant, u64)>>,
+    refused_memory: AtomicU64,
+    refused_timer: AtomicU64,
+}
+
+/// Sends refused so far, by reason (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Over `max_inflight_bytes`.
+    pub memory: u64,
+    /// Over `max_enqueue_lag`.
+    pub timer: u64,
 }
 
 /// A send's reservation of request memory, returned when dropped.
@@ -65,10 +77,18 @@ pub struct Reservation {
 impl Admission {
     pub fn new(opts: AdmissionOptions) -> Self {
         let total_units = (opts.max_inflight_bytes / UNIT).clamp(1, u64::from(u32::MAX)) as u32;
-        Self { opts, memory: Arc::new(Semaphore::new(total_units as usize)), total_units, lag: Mutex::new(None) }
+        Self {
+            opts,
+            memory: Arc::new(Semaphore::new(total_units as usize)),
+            total_units,
+            lag: Mutex::new(None),
+            refused_memory: AtomicU64::new(0),
+            refused_timer: AtomicU64::new(0),
+        }
     }
 
-    fn busy(&self, message: String) -> ApiError {
+    fn busy(&self, counter: &AtomicU64, message: String) -> ApiError {
+        counter.fetch_add(1, Ordering::Relaxed);
         let mut e = ApiError::new(Code::Busy, message);
         e.retry_after = Some(self.opts.retry_after_secs);
         e
@@ -82,10 +102,13 @@ impl Admission {
         let units = bytes.div_ceil(UNIT).clamp(1, u64::from(self.total_units)) as u32;
         match self.memory.clone().try_acquire_many_owned(units) {
             Ok(permit) => Ok(Reservation { _permit: permit }),
-            Err(_) => Err(self.busy(format!(
-                "busy: sends in progress hold the request memory budget (admission.max_inflight_bytes = {} bytes)",
-                self.opts.max_inflight_bytes
-            ))),
+            Err(_) => Err(self.busy(
+                &self.refused_memory,
+                format!(
+                    "busy: sends in progress hold the request memory budget (admission.max_inflight_bytes = {} bytes)",
+                    self.opts.max_inflight_bytes
+                ),
+            )),
         }
     }
 
@@ -103,13 +126,24 @@ impl Admission {
             }
         };
         if lag > self.opts.max_enqueue_lag {
-            return Err(self.busy(format!(
-                "busy: the timer is behind ({lag} scheduled messages not yet in the wheel, \
+            return Err(self.busy(
+                &self.refused_timer,
+                format!(
+                    "busy: the timer is behind ({lag} scheduled messages not yet in the wheel, \
                  admission.max_enqueue_lag = {}); normal messages are still accepted",
-                self.opts.max_enqueue_lag
-            )));
+                    self.opts.max_enqueue_lag
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// Sends refused so far.
+    pub fn refusals(&self) -> Refusals {
+        Refusals {
+            memory: self.refused_memory.load(Ordering::Relaxed),
+            timer: self.refused_timer.load(Ordering::Relaxed),
+        }
     }
 
     /// Bytes reserved by sends in progress.
@@ -135,6 +169,7 @@ mod tests {
         let e = a.reserve(Some(4 * 1024), 1 << 20).err().expect("over budget");
         assert_eq!(e.code, Code::Busy);
         assert_eq!(e.retry_after, Some(3));
+        assert_eq!(a.refusals(), Refusals { memory: 1, timer: 0 });
         // Small ones still fit; an empty body reserves one unit.
         let r3 = a.reserve(Some(0), 1 << 20).expect("empty body");
         drop((r1, r2, r3));
