@@ -9,9 +9,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 
 /// Most buckets one answer may hold (API.md).
@@ -63,6 +64,45 @@ impl Window {
     }
 }
 
+/// One bucket of the congestion window.
+#[derive(Serialize, ToSchema)]
+pub struct CongestionBucket {
+    /// `from_ms + k × bucket_ms`.
+    pub start_ms: i64,
+    /// Scheduled messages due in `[start_ms, start_ms + bucket_ms)` (the last bucket is clipped
+    /// at `to_ms`), exact to the millisecond of each `deliver_at_ms`.
+    pub count: u64,
+}
+
+/// How many scheduled messages fall due in each bucket of a window.
+#[derive(Serialize, ToSchema)]
+pub struct Congestion {
+    pub now_ms: i64,
+    /// The wheel's read pointer: slots before it have been read.
+    pub read_time_ms: i64,
+    /// Scheduled messages not yet fired or cancelled, in any window.
+    pub pending_total: i64,
+    /// The window answered (the defaults filled in).
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub bucket_ms: i64,
+    /// Every bucket of the window, in order; empty ones have count 0.
+    pub buckets: Vec<CongestionBucket>,
+}
+
+/// How many scheduled messages fall due in each bucket of the window `[from_ms, to_ms)`.
+/// Cheap at any pending count: it does not scan the wheel.
+#[utoipa::path(get, path = "/v1/timer/congestion", tag = "timer",
+    params(
+        ("from_ms" = Option<i64>, Query, description = "Window start (ms since the epoch). Default: now"),
+        ("to_ms" = Option<i64>, Query, description = "Window end, at least from_ms. Default: from_ms + 1 h"),
+        ("bucket_ms" = Option<i64>, Query, description = "Bucket width, > 0; at most 10,000 buckets. Default: 60000"),
+    ),
+    responses(
+        (status = 200, body = Congestion),
+        (status = 400, description = "INVALID_ARGUMENT: not an integer, an inverted window, bucket_ms <= 0 or over \
+            10,000 buckets", body = ErrorBody),
+    ))]
 pub async fn congestion(
     State(state): State<AppState>,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -81,16 +121,16 @@ pub async fn congestion(
     } else {
         timer.congestion(w.from, w.to, w.bucket)
     };
-    let buckets: Vec<_> = view.buckets.iter().map(|b| json!({"start_ms": b.start_ms, "count": b.count})).collect();
-    Ok(Json(json!({
-        "now_ms": view.now_ms,
-        "read_time_ms": view.read_time_ms,
-        "pending_total": view.pending_total,
-        "from_ms": w.from,
-        "to_ms": w.to,
-        "bucket_ms": w.bucket,
-        "buckets": buckets,
-    }))
+    let buckets = view.buckets.iter().map(|b| CongestionBucket { start_ms: b.start_ms, count: b.count }).collect();
+    Ok(Json(Congestion {
+        now_ms: view.now_ms,
+        read_time_ms: view.read_time_ms,
+        pending_total: view.pending_total,
+        from_ms: w.from,
+        to_ms: w.to,
+        bucket_ms: w.bucket,
+        buckets,
+    })
     .into_response())
 }
 

@@ -116,6 +116,11 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     resp
 }
 
+/// Prometheus exposition (OpenMetrics text) of the timer's figures and the HTTP and store
+/// counters.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "OpenMetrics text 1.0.0 (Prometheus reads it)",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics().render();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
