@@ -244,11 +244,26 @@ fn enqueue_put(core: &Core, req: &EnqueueReq, direct: &queue::Sender<FireReq>, c
         sys_offset: req.sys_offset,
         enqueued_ms: now,
     };
-    match core.log.append(&unit) {
-        Ok(pos) => core.wheel.link(slot, pos),
-        // Unplaced and not marked done: the checkpoint stays behind it; the panic stops the
-        // pipeline (the supervisor reports it) rather than silently losing the message.
-        Err(e) => panic!("timer log append failed: {e}"),
+    let mut warned = false;
+    loop {
+        match core.log.append(&unit) {
+            Ok(pos) => break core.wheel.link(slot, pos),
+            // A full disk heals: retry (holding the cursor, so the placement stays valid) until
+            // space returns. If the pipeline stops meanwhile the message stays unplaced and not
+            // done, so the checkpoint stays behind it and the restart places it.
+            Err(e) if crate::store::fault::is_disk_full(&e) => {
+                if ctx.stopped() {
+                    return;
+                }
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(error = %e, "timer log: disk full; retrying until space returns");
+                }
+                std::thread::sleep(POLL);
+            }
+            // Unplaced and not marked done: the checkpoint stays behind it; the panic stops the
+            // pipeline (the supervisor reports it) rather than silently losing the message.
+            Err(e) => panic!("timer log append failed: {e}"),
+        }
     }
     drop(cursor);
     finish(core);
