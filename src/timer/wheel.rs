@@ -9,6 +9,10 @@
 //! slot:   time i64 (slot time; 0 = never used) | first u64 (pos + 1) | last u64 (pos + 1) | count u64
 //! ```
 //!
+//! The wheel has no checksum of its own: it is an index over the timer log, whose units are
+//! checksummed. Recovery cross-checks every slot still to fire against the log
+//! ([`Wheel::slot_consistent`]) and rebuilds the wheel if one disagrees.
+//!
 //! A slot whose stored time differs from the slot time asked for is stale (left from an earlier
 //! turn of the wheel) and reads as empty; linking into it starts a new list. Slots are never
 //! cleared after firing: staleness does it.
@@ -25,6 +29,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::slot::Geometry;
+use super::timerlog::Unit;
 use crate::store::mmap::AtomicMap;
 
 const HEADER: usize = 4096;
@@ -161,6 +166,33 @@ impl Wheel {
                 f(i, slot);
             }
         }
+    }
+
+    /// Whether used slot `index` agrees with the timer log: its time is a slot time that lives
+    /// at `index`, and walking its list from `last` through `prev` meets exactly `count` valid
+    /// units (`read` checks their CRC) of this slot at strictly decreasing positions, ending at
+    /// `first` with `prev = 0`. A flipped bit in any of the four words fails this.
+    pub fn slot_consistent(&self, index: usize, s: &Slot, read: impl Fn(u64) -> Option<Unit>) -> bool {
+        if s.time.rem_euclid(self.geo.precision_ms) != 0 || self.geo.index(s.time) != index {
+            return false;
+        }
+        let mut pos1 = s.last;
+        let mut n = 0u64;
+        while pos1 != 0 && n < s.count {
+            let Some(u) = read(pos1 - 1) else { return false };
+            if u.slot_time != s.time {
+                return false;
+            }
+            n += 1;
+            if u.prev == 0 {
+                return pos1 == s.first && n == s.count;
+            }
+            if u.prev >= pos1 {
+                return false;
+            }
+            pos1 = u.prev;
+        }
+        false
     }
 
     /// Msyncs the pages changed since the last flush; returns how many pages were dirty.
