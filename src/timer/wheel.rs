@@ -168,31 +168,9 @@ impl Wheel {
         }
     }
 
-    /// Whether used slot `index` agrees with the timer log: its time is a slot time that lives
-    /// at `index`, and walking its list from `last` through `prev` meets exactly `count` valid
-    /// units (`read` checks their CRC) of this slot at strictly decreasing positions, ending at
-    /// `first` with `prev = 0`. A flipped bit in any of the four words fails this.
+    /// See [`slot_consistent`].
     pub fn slot_consistent(&self, index: usize, s: &Slot, read: impl Fn(u64) -> Option<Unit>) -> bool {
-        if s.time.rem_euclid(self.geo.precision_ms) != 0 || self.geo.index(s.time) != index {
-            return false;
-        }
-        let mut pos1 = s.last;
-        let mut n = 0u64;
-        while pos1 != 0 && n < s.count {
-            let Some(u) = read(pos1 - 1) else { return false };
-            if u.slot_time != s.time {
-                return false;
-            }
-            n += 1;
-            if u.prev == 0 {
-                return pos1 == s.first && n == s.count;
-            }
-            if u.prev >= pos1 {
-                return false;
-            }
-            pos1 = u.prev;
-        }
-        false
+        slot_consistent(self.geo, index, s, read)
     }
 
     /// Msyncs the pages changed since the last flush; returns how many pages were dirty.
@@ -231,6 +209,33 @@ impl Wheel {
     pub fn geometry(&self) -> Geometry {
         self.geo
     }
+}
+
+/// Whether used slot `index` agrees with the timer log: its time is a slot time that lives
+/// at `index`, and walking its list from `last` through `prev` meets exactly `count` valid
+/// units (`read` checks their CRC) of this slot at strictly decreasing positions, ending at
+/// `first` with `prev = 0`. A flipped bit in any of the four words fails this.
+pub fn slot_consistent(geo: Geometry, index: usize, s: &Slot, read: impl Fn(u64) -> Option<Unit>) -> bool {
+    if s.time.rem_euclid(geo.precision_ms) != 0 || geo.index(s.time) != index {
+        return false;
+    }
+    let mut pos1 = s.last;
+    let mut n = 0u64;
+    while pos1 != 0 && n < s.count {
+        let Some(u) = read(pos1 - 1) else { return false };
+        if u.slot_time != s.time {
+            return false;
+        }
+        n += 1;
+        if u.prev == 0 {
+            return pos1 == s.first && n == s.count;
+        }
+        if u.prev >= pos1 {
+            return false;
+        }
+        pos1 = u.prev;
+    }
+    false
 }
 
 #[cfg(test)]
