@@ -19,8 +19,11 @@ use crate::timer::slot::Geometry;
 use crate::timer::timerlog::{Unit, UNIT_LEN};
 use crate::timer::wheel::{slot_consistent, Slot};
 
+/// A fuzz entry point: arbitrary bytes in, a panic on a finding.
+pub type Target = fn(&[u8]);
+
 /// Every target: (name, entry point). The names are the `fuzz/fuzz_targets/*.rs` files.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("record", record),
     ("timer_unit", timer_unit),
     ("wheel_slot", wheel_slot),
