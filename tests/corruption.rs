@@ -221,7 +221,7 @@ async fn timer_restart_and_check_bodies(dir: &Path, bodies: &[&str]) {
 async fn corrupt_timer_checkpoint_rebuilds_without_losing_or_refiring() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(&test_config(dir.path())).await;
-    timer_setup(&s, 2500).await;
+    timer_setup(&s, 4000).await;
     s.stop().await;
     flip(&dir.path().join("timer/checkpoint"), 17, 0x04); // inside read_time
     timer_restart_and_check(dir.path()).await;
@@ -231,7 +231,7 @@ async fn corrupt_timer_checkpoint_rebuilds_without_losing_or_refiring() {
 async fn corrupt_timer_log_unit_is_detected_and_its_slot_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(&test_config(dir.path())).await;
-    let at = timer_setup(&s, 2500).await;
+    let at = timer_setup(&s, 4000).await;
     s.stop().await;
     // The slot's last unit is b's (pointing back at a's): flip a bit of its deliver time.
     let last = read_u64(&dir.path().join("timer/wheel"), slot_at(&dir.path().join("timer/wheel"), at) + 16);
@@ -242,14 +242,16 @@ async fn corrupt_timer_log_unit_is_detected_and_its_slot_rebuilt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_wheel_slot_is_detected_and_the_wheel_rebuilt() {
-    for (word, mask) in [(1u64, 0x40u8), (2, 0x40), (2, 0x01), (3, 0x01), (0, 0x08)] {
+    // (byte of the 32-byte slot, bit mask): first, last (twice), count, and the time twice, once
+    // moved by 8 ms and once by 2^40 ms into the past, where fired slots lie.
+    for (byte, mask) in [(8u64, 0x40u8), (16, 0x40), (16, 0x01), (24, 0x01), (0, 0x08), (5, 0x01)] {
         let dir = tempfile::tempdir().unwrap();
         let s = TestServer::start(&test_config(dir.path())).await;
-        let at = timer_setup(&s, 2500).await;
+        let at = timer_setup(&s, 4000).await;
         s.stop().await;
         let wheel = dir.path().join("timer/wheel");
-        flip(&wheel, slot_at(&wheel, at) + word * 8, mask);
-        eprintln!("wheel word {word} ^ {mask:#x}");
+        flip(&wheel, slot_at(&wheel, at) + byte, mask);
+        eprintln!("wheel slot byte {byte} ^ {mask:#x}");
         timer_restart_and_check(dir.path()).await;
     }
 }

@@ -232,7 +232,13 @@ impl TimerEngine {
         // pending message (from the pending floor) in case a damaged unit held one.
         let mut bad = 0u64;
         wheel.for_each_used(|i, s| {
-            if s.time >= read_time && !wheel.slot_consistent(i, &s, |pos| log.read(pos)) {
+            // Fired slots are only checked for a damaged time (which could hide a live one).
+            let ok = if s.time >= read_time {
+                wheel.slot_consistent(i, &s, |pos| log.read(pos))
+            } else {
+                wheel::slot_time_fits(geo, i, &s)
+            };
+            if !ok {
                 bad += 1;
             }
         });

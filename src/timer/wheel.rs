@@ -211,12 +211,19 @@ impl Wheel {
     }
 }
 
+/// Whether the time stored in used slot `index` is a slot time that lives at `index`: true of
+/// every slot ever linked, stale or not, and false after any single flipped bit of the time
+/// (no power of two is a multiple of `precision × slots` unless both are powers of two).
+pub fn slot_time_fits(geo: Geometry, index: usize, s: &Slot) -> bool {
+    s.time.rem_euclid(geo.precision_ms) == 0 && geo.index(s.time) == index
+}
+
 /// Whether used slot `index` agrees with the timer log: its time is a slot time that lives
 /// at `index`, and walking its list from `last` through `prev` meets exactly `count` valid
 /// units (`read` checks their CRC) of this slot at strictly decreasing positions, ending at
 /// `first` with `prev = 0`. A flipped bit in any of the four words fails this.
 pub fn slot_consistent(geo: Geometry, index: usize, s: &Slot, read: impl Fn(u64) -> Option<Unit>) -> bool {
-    if s.time.rem_euclid(geo.precision_ms) != 0 || geo.index(s.time) != index {
+    if !slot_time_fits(geo, index, s) {
         return false;
     }
     let mut pos1 = s.last;
