@@ -202,6 +202,14 @@ async fn full_disk_answers_503_disk_full_and_heals_when_space_returns() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The timer checkpoints (every 50 ms here) fail the same way: it must keep running.
+    let (st, v) = s.send(TOPIC, json!({"body": "scheduled while full", "delay_ms": 300})).await;
+    assert_eq!(st, 201, "{v}");
+    acked.insert("scheduled while full".into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, v) = s.call("GET", "/readyz", None).await;
+    assert_eq!(st, 200, "the timer pipeline survives failed checkpoints: {v}");
+
     // Space returns: the service heals by itself.
     fail::remove(fault::ALLOCATE);
     fail::remove(fault::REPLACE);
@@ -209,6 +217,7 @@ async fn full_disk_answers_503_disk_full_and_heals_when_space_returns() {
     let (st, v) = s.send(TOPIC, json!({ "body": body })).await;
     assert_eq!(st, 201, "sends succeed again once space returns: {v}");
     acked.insert(body);
+    tokio::time::sleep(Duration::from_millis(500)).await; // the scheduled one fires
     let seen = all_bodies(&s, "g1").await;
     assert_eq!(seen, acked, "exactly the acknowledged messages");
     s.stop().await;
@@ -252,6 +261,50 @@ async fn full_disk_under_the_timer_log_heals_when_space_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(seen, sent, "every scheduled message fires once space is back");
+    s.stop().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_timer_log_fsync_stops_the_timer_and_a_restart_recovers() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let s = TestServer::start(&config).await;
+    let mut acked = BTreeSet::new();
+    for i in 0..5 {
+        let body = format!("later-{i}");
+        let (st, v) = s.send(TOPIC, json!({ "body": body, "delay_ms": 3000 })).await;
+        assert_eq!(st, 201, "{v}");
+        acked.insert(body);
+    }
+    // The timer's checkpoint cannot make its log durable: it must not claim it is, so the
+    // pipeline stops (like a poisoned store) and says why.
+    fail::cfg(fault::FSYNC, "return(EIO:timerlog)").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (st, v) = s.call("GET", "/readyz", None).await;
+        if st == 503 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "a failed timer-log fsync went unnoticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(v["error"]["message"].as_str().unwrap().contains("flush the timer log"), "{v}");
+    fail::remove(fault::FSYNC);
+    stop_poisoned(s).await;
+
+    // The restart re-places everything after the last good checkpoint: all fire.
+    let s = TestServer::start(&config).await;
+    let (st, v) = s.call("GET", "/readyz", None).await;
+    assert_eq!(st, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = BTreeSet::new();
+    while seen != acked && Instant::now() < deadline {
+        seen.extend(all_bodies(&s, "g").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, acked, "every acknowledged scheduled message fires after the restart");
     s.stop().await;
     scenario.teardown();
 }

@@ -65,6 +65,14 @@ const POLL: Duration = Duration::from_millis(20);
 /// small enough that the first of a burst are visible within a millisecond or two.
 const RELEASE_CHUNK: usize = 1000;
 
+fn disk_full(e: &TimerError) -> bool {
+    match e {
+        TimerError::Io { source, .. } => crate::store::fault::is_disk_full(source),
+        TimerError::Store(crate::store::StoreError::DiskFull { .. }) => true,
+        _ => false,
+    }
+}
+
 fn send<T>(tx: &queue::Sender<T>, mut item: T, ctx: &StageCtx) -> bool {
     loop {
         match tx.send_timeout(item, Duration::from_millis(50)) {
@@ -129,9 +137,14 @@ pub(super) fn spawn(
             if ctx.stopped() {
                 return;
             }
-            if let Err(e) = c.checkpoint() {
-                trip(format!("timer checkpoint failed: {e}"));
-                return;
+            match c.checkpoint() {
+                Ok(()) => {}
+                // A full disk heals: the previous checkpoint stays valid; retry next interval.
+                Err(e) if disk_full(&e) => tracing::warn!(error = %e, "timer checkpoint skipped: disk full"),
+                Err(e) => {
+                    trip(format!("timer checkpoint failed: {e}"));
+                    return;
+                }
             }
         }
     })
