@@ -16,7 +16,8 @@
 //! Not tested here: downtime longer than a wheel turn (2 h in the test profile) needs a manual
 //! clock, which the real binary does not have.
 //!
-//! The process harness (Rng, Proc, DumpLogsOnPanic, ...) is copied from tests/crash.rs.
+//! The process harness (Rng, Proc, DumpLogsOnPanic, ...) is shared with tests/crash.rs, which
+//! keeps the commit-log-only scenarios (padded bodies rolling segments, group progress).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -250,6 +250,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_single_bit_flip_of_a_slot_is_detected() {
+        let geo = Geometry::new(1000, 7200);
+        let unit = |prev: u64, slot_time: i64| Unit { prev, slot_time, deliver_at: slot_time + 7, ..Unit::default() };
+        // Three units of slot 5000 at positions 0, 128, 192, and one of another slot at 64.
+        let log = [unit(0, 5000), unit(0, 9000), unit(1, 5000), unit(129, 5000)];
+        let read = |pos: u64| (pos % 64 == 0).then(|| log.get(pos as usize / 64).copied()).flatten();
+        let good = Slot { time: 5000, first: 1, last: 193, count: 3 };
+        let index = geo.index(5000);
+        assert!(slot_consistent(geo, index, &good, read));
+        assert!(slot_time_fits(geo, index, &good));
+        assert!(!slot_consistent(geo, index + 1, &good, read), "wrong index");
+        for word in 0..4 {
+            for bit in 0..64 {
+                let mut w = [good.time as u64, good.first, good.last, good.count];
+                w[word] ^= 1 << bit;
+                let bad = Slot { time: w[0] as i64, first: w[1], last: w[2], count: w[3] };
+                assert!(!slot_consistent(geo, index, &bad, read), "word {word} bit {bit} undetected");
+                if word == 0 {
+                    assert!(!slot_time_fits(geo, index, &bad), "time bit {bit} fits");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn link_get_stale_and_persist() {
         let dir = tempfile::tempdir().unwrap();
         let geo = Geometry::new(1000, 16);
