@@ -255,7 +255,7 @@ mod tests {
         let unit = |prev: u64, slot_time: i64| Unit { prev, slot_time, deliver_at: slot_time + 7, ..Unit::default() };
         // Three units of slot 5000 at positions 0, 128, 192, and one of another slot at 64.
         let log = [unit(0, 5000), unit(0, 9000), unit(1, 5000), unit(129, 5000)];
-        let read = |pos: u64| (pos % 64 == 0).then(|| log.get(pos as usize / 64).copied()).flatten();
+        let read = |pos: u64| pos.is_multiple_of(64).then(|| log.get(pos as usize / 64).copied()).flatten();
         let good = Slot { time: 5000, first: 1, last: 193, count: 3 };
         let index = geo.index(5000);
         assert!(slot_consistent(geo, index, &good, read));
