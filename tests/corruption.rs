@@ -270,3 +270,26 @@ async fn invalid_timer_state_cell_is_treated_as_scheduled() {
     flip(&cells, 1, 0xF0);
     timer_restart_and_check_bodies(dir.path(), &["a", "b"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_scheduled_record_is_skipped_and_the_others_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(&test_config(dir.path())).await;
+    let v = send(&s, json!([{"body": "a", "delay_ms": 4000}, {"body": "b", "delay_ms": 4000}])).await;
+    let id_a = v["messages"][0]["message_id"].as_str().unwrap().to_string();
+    s.stop().await;
+    // The scheduled record lives in the commit log (system topic) until it fires: flip the last
+    // byte of a's body. Its CRC fails when the timer reads it; it cannot be fired.
+    let log = first_segment(dir.path(), "commitlog");
+    let at = offset_of(&id_a);
+    flip(&log, at + read_u64(&log, at) as u32 as u64 - 1, 0x01);
+    let s = TestServer::start(&test_config(dir.path())).await;
+    let want = BTreeSet::from(["b".to_string()]);
+    let seen = wait_for(&s, "g", &want, 15).await;
+    assert_eq!(seen, ["b"], "the damaged message is skipped (logged), the other fires");
+    let (st, v) = s.call("GET", &format!("/v1/topics/{TOPIC}/messages/{id_a}"), None).await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = s.call("GET", "/readyz", None).await;
+    assert_eq!(st, 200, "the timer keeps running: {v}");
+    s.stop().await;
+}
