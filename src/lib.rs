@@ -5,6 +5,8 @@
 
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod group;
 pub mod histogram;
 pub mod http;

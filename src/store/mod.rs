@@ -20,6 +20,7 @@ pub mod atomic_file;
 pub mod checkpoint;
 pub mod commitlog;
 pub mod consume_queue;
+pub mod fault;
 pub mod lock;
 pub mod mmap;
 pub mod record;
@@ -378,7 +379,10 @@ impl Store {
             }
             let cp = checkpoint::Checkpoint { log_flushed: upto, indexed: upto, written_ms: self.clock.now_ms() };
             if let Err(e) = cp.store(&self.opts.dir) {
-                return Err(self.durability.poison(format!("checkpoint write failed: {e}")));
+                // Not poisoning: the checkpoint is replaced atomically, so the previous one
+                // stays valid and recovery merely scans further. A full disk heals by itself.
+                tracing::warn!(error = %e, "cannot write the checkpoint; the previous one stays");
+                return Err(self.durability.io_error("write the checkpoint", e));
             }
             *last = Some(upto);
         }

@@ -283,16 +283,24 @@ impl TimerEngine {
                 }
             })
             .map_err(io("recover the timer log"))?;
-        // A slot pointing past the valid log (its units were lost in a machine crash while the
-        // wheel page was written back) makes the wheel untrustworthy: rebuild it from the log.
+        // A slot that disagrees with the log — pointing past it (its units were lost in a
+        // machine crash while the wheel page was written back), at a damaged unit, or damaged
+        // itself — makes the wheel untrustworthy: rebuild it from the log, and re-place every
+        // pending message (from the pending floor) in case a damaged unit held one.
         let mut bad = 0u64;
-        wheel.for_each_used(|_, s| {
-            if s.time >= read_time && (s.last > end || s.first > end) {
+        wheel.for_each_used(|i, s| {
+            // Fired slots are only checked for a damaged time (which could hide a live one).
+            let ok = if s.time >= read_time {
+                wheel.slot_consistent(i, &s, |pos| log.read(pos))
+            } else {
+                wheel::slot_time_fits(geo, i, &s)
+            };
+            if !ok {
                 bad += 1;
             }
         });
         if bad > 0 {
-            tracing::warn!(slots = bad, "wheel slots point past the timer log; rebuilding the wheel");
+            tracing::warn!(slots = bad, "wheel slots disagree with the timer log; rebuilding the wheel");
             wheel.reset();
             relinked = 0;
             log.scan(log.min_pos(), |pos, u| {
@@ -303,8 +311,8 @@ impl TimerEngine {
             });
         }
         let states = StateCells::open(&opts.dir.join("state")).map_err(io("open the state cells"))?;
-        let enqueue_offset = ckpt.map_or(0, |c| c.enqueue_offset);
         let pending_floor = ckpt.map_or(0, |c| c.pending_floor);
+        let enqueue_offset = if bad > 0 { pending_floor } else { ckpt.map_or(0, |c| c.enqueue_offset) };
         let (doorbell, bell_rx) = crossbeam_channel::bounded(1);
         let core = Arc::new(Core {
             clock,
@@ -556,6 +564,12 @@ impl Core {
         let mut floor_moving = true;
         for off in start..cq.next() {
             let mut s = self.states.get(off).map_err(io("read a state cell"))?;
+            if s > state::FIRING {
+                // Not a state (a damaged byte; cells carry no checksum): at-least-once wins.
+                tracing::error!(cell = off, value = s, "invalid timer state cell; treating it as scheduled");
+                self.states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
+                s = state::SCHEDULED;
+            }
             if s == state::FIRING {
                 // A fire the previous run did not finish: fire it again (at most a duplicate).
                 self.states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
