@@ -104,10 +104,8 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         // Every store error is the server's state, not the request's fault: 503, retry later.
-        let message = match &e {
-            StoreError::DiskFull { .. } => format!("disk full: {e}"),
-            _ => e.to_string(),
-        };
+        // `StoreError::DiskFull` already reads "disk full: …".
+        let message = e.to_string();
         ApiError::new(Code::Unavailable, message)
     }
 }

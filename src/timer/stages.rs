@@ -227,6 +227,39 @@ fn enqueue_put(core: &Core, req: &EnqueueReq, direct: &queue::Sender<FireReq>, c
         Ok(_) => {}
         Err(e) => panic!("state cell of {} unreadable: {e}", req.sys_offset),
     }
+    let mut warned = false;
+    loop {
+        match place(core, req, direct, ctx, &finish) {
+            Ok(()) => return,
+            // A full disk heals: retry until space returns, placing afresh each time (the cursor
+            // is not held while waiting, so sends, stats and dequeue-get carry on). If the
+            // pipeline stops meanwhile the message stays unplaced and not done, so the
+            // checkpoint stays behind it and the restart places it.
+            Err(e) if crate::store::fault::is_disk_full(&e) => {
+                if ctx.stopped() {
+                    return;
+                }
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(error = %e, "timer log: disk full; retrying until space returns");
+                }
+                std::thread::sleep(POLL);
+            }
+            // Unplaced and not marked done: the checkpoint stays behind it; the panic stops the
+            // pipeline (the supervisor reports it) rather than silently losing the message.
+            Err(e) => panic!("timer log append failed: {e}"),
+        }
+    }
+}
+
+/// Places one message under the cursor lock: a timer-log unit linked into its slot (or a roll
+/// slot), or straight to the dequeue side if its slot is already closed; then `finish`es it.
+fn place(
+    core: &Core,
+    req: &EnqueueReq,
+    direct: &queue::Sender<FireReq>,
+    ctx: &StageCtx,
+    finish: &dyn Fn(&Core),
+) -> std::io::Result<()> {
     let now = core.clock.now_ms();
     let cursor = core.cursor.lock();
     let committed = core.progress.lock().committed_read_time(*cursor);
@@ -249,7 +282,7 @@ fn enqueue_put(core: &Core, req: &EnqueueReq, direct: &queue::Sender<FireReq>, c
             // If the pipeline is stopping and this is dropped, it stays "in flight": the
             // checkpoint cannot pass it, so the restart places it again.
             send(direct, FireReq { unit, origin: Origin::Direct }, ctx);
-            return;
+            return Ok(());
         }
         Placement::Wheel(s) => (s, 0),
         Placement::Roll(s) => (s, FLAG_ROLL),
@@ -264,29 +297,11 @@ fn enqueue_put(core: &Core, req: &EnqueueReq, direct: &queue::Sender<FireReq>, c
         sys_offset: req.sys_offset,
         enqueued_ms: now,
     };
-    let mut warned = false;
-    loop {
-        match core.log.append(&unit) {
-            Ok(pos) => break core.wheel.link(slot, pos),
-            // A full disk heals: retry (holding the cursor, so the placement stays valid) until
-            // space returns. If the pipeline stops meanwhile the message stays unplaced and not
-            // done, so the checkpoint stays behind it and the restart places it.
-            Err(e) if crate::store::fault::is_disk_full(&e) => {
-                if ctx.stopped() {
-                    return;
-                }
-                if !std::mem::replace(&mut warned, true) {
-                    tracing::warn!(error = %e, "timer log: disk full; retrying until space returns");
-                }
-                std::thread::sleep(POLL);
-            }
-            // Unplaced and not marked done: the checkpoint stays behind it; the panic stops the
-            // pipeline (the supervisor reports it) rather than silently losing the message.
-            Err(e) => panic!("timer log append failed: {e}"),
-        }
-    }
+    let pos = core.log.append(&unit)?;
+    core.wheel.link(slot, pos);
     drop(cursor);
     finish(core);
+    Ok(())
 }
 
 /// dequeue-get: walks slots in time order, each `lookahead` before its time, handing every
