@@ -97,24 +97,27 @@ pub fn track_with(label: &str, total: u64, unit: Unit, pos: impl Fn() -> u64 + S
     let thread = std::thread::Builder::new()
         .name("bench-progress".into())
         .spawn(move || {
+            // The bar counts from the start (so its rate and time left are right) but is drawn
+            // only once the phase has lasted SHOW_AFTER.
             let start = Instant::now();
-            let mut bar: Option<ProgressBar> = None;
+            let bar = new_bar(&label, total, unit);
+            let mut shown = false;
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(TICK);
                 let p = pos().min(total);
-                if bar.is_none() && start.elapsed() >= SHOW_AFTER {
-                    bar = Some(multi().add(new_bar(&label, total, unit)));
-                }
-                if let Some(b) = &bar {
-                    b.set_position(p);
-                    if unit == Unit::Millis {
-                        b.set_message(format!("{:.1} / {:.1} s", p as f64 / 1000.0, total as f64 / 1000.0));
-                    }
+                bar.set_position(p);
+                bar.set_message(match unit {
+                    Unit::Items => format!("{:.0}/s", bar.per_sec()),
+                    Unit::Millis => format!("{:.1} / {:.1} s", p as f64 / 1000.0, total as f64 / 1000.0),
+                });
+                if !shown && start.elapsed() >= SHOW_AFTER {
+                    multi().add(bar.clone());
+                    shown = true;
                 }
             }
-            if let Some(b) = bar {
-                b.finish_and_clear();
-                multi().remove(&b);
+            bar.finish_and_clear();
+            if shown {
+                multi().remove(&bar);
             }
         })
         .ok();
@@ -123,8 +126,8 @@ pub fn track_with(label: &str, total: u64, unit: Unit, pos: impl Fn() -> u64 + S
 
 fn new_bar(label: &str, total: u64, unit: Unit) -> ProgressBar {
     let template = match unit {
-        Unit::Items => "{prefix:>16} [{bar:32}] {human_pos}/{human_len} ({per_sec}, {eta} left)",
-        Unit::Millis => "{prefix:>16} [{bar:32}] {msg}",
+        Unit::Items => "{prefix:>14} [{bar:30}] {human_pos}/{human_len} {msg} eta {eta}",
+        Unit::Millis => "{prefix:>14} [{bar:30}] {msg}",
     };
     let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
     ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())

@@ -537,6 +537,8 @@ fn one_run(
         }
     };
     let send_s = send.elapsed.as_secs_f64();
+    // A bar of the time left until the window opens (until the end of the run).
+    let _due = progress::track_time("until due", (d0 - now_ms()).max(0) as u64);
     crate::note!(
         "{scenario}: sent {} in {send_s:.3} s ({:.0} msgs/s); {} ms {} the window (at {d0})",
         plan.count,
