@@ -48,7 +48,7 @@ pub fn direction(path: &str) -> Option<Better> {
         "count",
         "processed",
         "dirty_pages",
-        "msync_calls",
+        "page_runs",
         "msgs_per_receive",
         "empty_receives",
         "stats_fired",

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::http::{self, now_ms, Schedule, SendPlan};
-use crate::http_send::client_runtime;
+use crate::http_send::{client_runtime, CpuMeter};
 use crate::report::{cpu_seconds, Figures, Report};
 use crate::rng::{self, SEED};
 use crate::target::{Mode, Target, TargetArgs};
@@ -167,6 +167,8 @@ fn profile_run(
     let base = target.base().to_owned();
     let client = http::client(args.single_concurrency.max(args.batch_concurrency) + 1)?;
     let pid = target.server_pid();
+    let meter = CpuMeter::start(target);
+    let t0 = Instant::now();
     for case in cases(args) {
         let name = case.name(profile);
         let topic = format!("ingest-{}-{}", case.kind_name(), case.size_name());
@@ -220,6 +222,12 @@ fn profile_run(
         }
         crate::note!("ingest: {name}: {:.0} msgs/s, p99 {} µs", n / secs, out.latency.value_at_quantile(0.99));
     }
+    // What the rest of the machine used meanwhile (a shared machine makes every figure lower).
+    let mut m = Figures::default();
+    meter.finish(&mut m, target_mode(target), 1, t0.elapsed().as_secs_f64());
+    if let Some(o) = m.get("other_cores_busy") {
+        f.add(&format!("{profile}_other_cores_busy"), o);
+    }
     // The cost of scheduling, on this server: scheduled msgs/s over normal msgs/s, per size.
     for size in ["single".to_owned(), format!("batch{}", args.batch)] {
         let g = |k: &str| f.get(&format!("{profile}_{k}_{size}_msgs_per_s"));
@@ -228,6 +236,14 @@ fn profile_run(
         }
     }
     Ok(())
+}
+
+fn target_mode(t: &Target) -> Mode {
+    match t {
+        Target::Url(_) => Mode::Url,
+        Target::Spawned { .. } => Mode::Spawn,
+        Target::InProcess { .. } => Mode::InProcess,
+    }
 }
 
 /// Polls the timer's stats until `enqueue_lag` is 0.
