@@ -5,7 +5,10 @@
 
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod group;
+pub mod histogram;
 pub mod http;
 pub mod names;
 pub mod schedule;

@@ -66,6 +66,9 @@ pub fn timer_options(config: &Config) -> TimerOptions {
         queue_capacity: config.timer.queue_capacity as usize,
         default_queues: config.default_queues,
         sync: config.store.flush == FlushMode::Sync,
+        max_per_slot: (config.timer.max_per_slot > 0).then_some(config.timer.max_per_slot),
+        progress_interval: Some(config.timer.progress_interval.0).filter(|d| !d.is_zero()),
+        lag_warn_ms: config.timer.lag_warn.0.as_millis() as i64,
     }
 }
 
@@ -76,6 +79,12 @@ fn limits(config: &Config) -> Limits {
         auto_create_topics: config.auto_create_topics,
         default_queues: config.default_queues,
         max_delay_ms: config.timer.max_delay.0.as_millis() as i64,
+        body_read_timeout: config.http.body_read_timeout.0,
+        admission: http::admission::AdmissionOptions {
+            max_inflight_bytes: config.admission.max_inflight_bytes.0,
+            max_enqueue_lag: config.admission.max_enqueue_lag,
+            retry_after_secs: config.admission.retry_after.0.as_secs_f64().ceil() as u32,
+        },
     }
 }
 
@@ -95,7 +104,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         .map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let state = AppState::new(limits(config), shutdown_rx.clone());
+    let state = AppState::new(limits(config), config.auth.token.clone(), shutdown_rx.clone());
 
     let opts = store_options(config);
     let group_opts =
@@ -112,13 +121,15 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
     });
 
     let app = http::router(state.clone());
+    let conn_options = http::serve::ConnOptions { header_read_timeout: config.http.header_read_timeout.0 };
     let mut stop_rx = shutdown_rx;
     let failed = shutdown.clone();
     let serve = tokio::spawn(async move {
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let stop = async move {
             let _ = stop_rx.wait_for(|&s| s).await;
-        });
-        let server = tokio::spawn(async move { server.await });
+        };
+        let server = http::serve::serve(listener, app, conn_options, stop);
+        let server = tokio::spawn(server);
         match recovery.await {
             Ok(Ok(core)) => ready_state.set_ready(core),
             Ok(Err(e)) => {

@@ -54,6 +54,9 @@ fn open(dir: &Path, clock: Arc<ManualClock>, slots: u64) -> Harness {
             queue_capacity: 4096,
             default_queues: 2,
             sync: false,
+            max_per_slot: None,
+            progress_interval: None,
+            lag_warn_ms: 5_000,
         },
     )
     .unwrap();
@@ -75,8 +78,9 @@ impl Harness {
             ..Default::default()
         };
         msg.properties.insert(PROP_TOPIC.into(), TOPIC.into());
+        let reservation = self.timer.reserve(TOPIC, vec![at]).unwrap();
         let r = self.store.append(self.timer.system_topic(), &[msg]).unwrap();
-        self.timer.scheduled(TOPIC, &r).unwrap();
+        reservation.commit(&r).unwrap();
         r.messages[0].id.to_string()
     }
 
@@ -315,6 +319,7 @@ fn model_random_schedules_cancels_jumps_and_restarts() {
 fn run_model(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = XorShift(seed);
+    let mut buckets_rng = XorShift(seed ^ 0xB0C4);
     let mut h = Harness::new(dir.path(), 1024);
     // id → (deliver_at, cancelled)
     let mut model: BTreeMap<String, (i64, bool)> = BTreeMap::new();
@@ -360,6 +365,29 @@ fn run_model(seed: u64) {
             assert!(!m_cancelled, "seed {seed:#x} step {step}: cancelled {id} became visible");
             assert!(at <= now, "seed {seed:#x} step {step}: {id} visible before now");
         }
+        // Once everything due has fired, the congestion index counts exactly the model's pending
+        // messages, bucket by bucket (after sends, cancels, fires, rolls and restarts alike).
+        let due = model.values().filter(|(at, c)| !c && *at <= now).count();
+        h.wait_for("everything due fired", |h| h.visible().len() == due);
+        let pending: Vec<i64> = model.values().filter(|(at, c)| !c && *at > now).map(|(at, _)| *at).collect();
+        // Wide buckets over the whole model, or narrow ones (edges inside slots) near now.
+        let (from, bucket, to) = if buckets_rng.below(2) == 0 {
+            let (from, bucket) = (now - 1 - buckets_rng.below(5_000) as i64, 1 + buckets_rng.below(300_000) as i64);
+            (from, bucket, from + 1 + buckets_rng.below(5_000_000) as i64)
+        } else {
+            let (from, bucket) = (now + buckets_rng.below(3_000) as i64, 1 + buckets_rng.below(700) as i64);
+            (from, bucket, from + 1 + buckets_rng.below(bucket as u64 * 10_000) as i64)
+        };
+        let got = h.timer.congestion(from, to, bucket);
+        assert_eq!(got.pending_total, pending.len() as i64, "seed {seed:#x} step {step}: pending_total");
+        let mut start = from;
+        for b in &got.buckets {
+            let end = (start + bucket).min(to);
+            let want = pending.iter().filter(|&&t| t >= start && t < end).count() as u64;
+            assert_eq!((b.start_ms, b.count), (start, want), "seed {seed:#x} step {step}: bucket [{start}, {end})");
+            start = end;
+        }
+        assert_eq!(start, to, "seed {seed:#x} step {step}: buckets cover the window");
     }
     // Finally run past every deliver time: everything not cancelled arrives, exactly once.
     let last = model.values().map(|(at, _)| *at).max().unwrap_or(0);

@@ -5,7 +5,7 @@
 //! profile (`chime::server::timer_options`: 1,209,600 slots of 1 s, queue capacity 65536). One
 //! thread then schedules `count` messages the way the HTTP send path does (`src/http/send.rs`):
 //! batches of `--batch` appended to `timer.system_topic()` with the `__chime.topic` property,
-//! then `timer.scheduled(topic, &result)`. Deliver times are drawn from a fixed seed over
+//! counted first with `timer.reserve(topic, deliver_times)` and committed after the append. Deliver times are drawn from a fixed seed over
 //! `[now + 1 min, now + 1 min + 1 h)`, so nothing falls due during the run.
 //!
 //! The clock runs from the first append until `timer.stats().enqueue_lag == 0` (every message
@@ -135,8 +135,10 @@ fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, Stri
         batch.clear();
         let n = (args.count - i).min(args.batch as u64);
         batch.extend((i..i + n).map(|k| message(&template, first, k)));
+        let at = batch.iter().map(|m| m.deliver_at_ms.unwrap_or(0)).collect();
+        let reservation = timer.reserve(TOPIC, at).map_err(|e| format!("reserve: {e}"))?;
         let r = store.append(&sys, &batch).map_err(|e| format!("append: {e}"))?;
-        timer.scheduled(TOPIC, &r).map_err(|e| format!("scheduled: {e}"))?;
+        reservation.commit(&r).map_err(|e| format!("commit: {e}"))?;
         i += n;
         done.store(i, std::sync::atomic::Ordering::Relaxed);
         batches += 1;

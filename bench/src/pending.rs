@@ -159,6 +159,7 @@ fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &Target) ->
     let anon = mem.iter().find(|(k, _)| k == "RssAnon").map_or(0.0, |(_, v)| *v);
     f.add("rss_anon_bytes_per_pending", anon / args.count as f64);
     crate::note!("pending: placed after {placed_s:.1} s; RssAnon {:.1} MiB", anon / 1048576.0);
+    rt.block_on(time_queries(&client, &base, first, &mut f))?;
     std::thread::sleep(Duration::from_secs(args.settle_s));
     for (k, v) in proc_memory(pid)? {
         f.add(&format!("settled_{k}_bytes"), v);
@@ -167,6 +168,48 @@ fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &Target) ->
         f.add("data_dir_bytes", data as f64);
     }
     Ok(f)
+}
+
+/// Round trips (loopback, one at a time: an upper bound of the server's time) of the
+/// observability reads with everything pending: a 24-hour congestion window in 60 s buckets
+/// (API.md's goal: under 5 ms), `/v1/timer/stats` (1 ms) and a `/metrics` scrape (10 ms).
+async fn time_queries(client: &reqwest::Client, base: &str, first: i64, f: &mut Figures) -> Result<(), String> {
+    const ROUNDS: usize = 50;
+    let congestion = format!("{base}/v1/timer/congestion?from_ms={first}&to_ms={}&bucket_ms=60000", first + DAY_MS);
+    // The same window 123 ms off the slot grid: every bucket edge cuts a slot.
+    let unaligned =
+        format!("{base}/v1/timer/congestion?from_ms={}&to_ms={}&bucket_ms=60000", first + 123, first + 123 + DAY_MS);
+    for (name, url) in [
+        ("congestion_24h_60s", congestion),
+        ("congestion_24h_60s_unaligned", unaligned),
+        ("stats", format!("{base}/v1/timer/stats")),
+        ("metrics", format!("{base}/metrics")),
+    ] {
+        let mut h = crate::report::new_histogram();
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            let resp = client.get(&url).send().await.map_err(|e| format!("{name}: {e}"))?;
+            if !resp.status().is_success() {
+                return Err(format!("{name}: {}", resp.status()));
+            }
+            let body = resp.bytes().await.map_err(|e| format!("{name}: {e}"))?;
+            crate::report::record_us(&mut h, t.elapsed());
+            if name.starts_with("congestion") {
+                let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("{name}: {e}"))?;
+                let n = v["buckets"].as_array().map_or(0, |b| b.len());
+                if n != 1440 {
+                    return Err(format!("{name}: {n} buckets, expected 1440"));
+                }
+            }
+        }
+        f.add_latency(&format!("{name}_rtt"), &h);
+        crate::note!(
+            "pending: {name}: round trip p50 {:.2} ms, max {:.2} ms",
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.max() as f64 / 1e3
+        );
+    }
+    Ok(())
 }
 
 /// Disk blocks allocated under the server's data directory, from `du -s -B1`.

@@ -18,8 +18,8 @@
 //!    `CHIME_LISTEN`, `store.segment_size` → `CHIME_STORE_SEGMENT_SIZE`,
 //!    `timer.max_delay` → `CHIME_TIMER_MAX_DELAY`. The set is derived from
 //!    the fields of [`Config`], so a new field gets its variable
-//!    automatically. `CHIME_PROFILE` selects the profile (layer 2) and
-//!    `CHIME_AUTH_TOKEN` is reserved; any other `CHIME_*` variable that
+//!    automatically (`auth.token` → `CHIME_AUTH_TOKEN`). `CHIME_PROFILE`
+//!    selects the profile (layer 2); any other `CHIME_*` variable that
 //!    matches no key is an error, so a typo is not silently ignored.
 //! 4. **Command-line flags** — [`Args`]: `--listen` and `--data-dir`.
 //!
@@ -64,10 +64,6 @@ pub const ENV_PREFIX: &str = "CHIME_";
 /// Environment variable selecting the profile when `--profile` is not given.
 pub const PROFILE_ENV: &str = "CHIME_PROFILE";
 
-/// `CHIME_*` variables that are not configuration keys but must not be
-/// reported as unknown (reserved for features configured elsewhere).
-const RESERVED_ENV: &[&str] = &["CHIME_AUTH_TOKEN"];
-
 /// Profile used when neither `--profile` nor `CHIME_PROFILE` is given.
 pub const DEFAULT_PROFILE: &str = "default";
 
@@ -91,6 +87,8 @@ const MIN_MAX_DELAY: HumanDuration = HumanDuration::from_secs(1);
 const MAX_MAX_DELAY: HumanDuration = HumanDuration::from_days(3653);
 const MIN_CQ_ENTRIES: u32 = 1024;
 const MAX_CQ_ENTRIES: u32 = 10_000_000;
+/// Longest bearer token: far beyond any real one, and short enough to bound the comparison.
+const MAX_TOKEN_BYTES: usize = 4096;
 
 /// The server's configuration. See the [module docs](self) for how it is
 /// assembled; every field documents its default.
@@ -115,6 +113,14 @@ pub struct Config {
     pub group: GroupConfig,
     /// Scheduling settings. Default: see [`TimerConfig`]
     pub timer: TimerConfig,
+    /// Serve without a token on an address other than loopback. Default: false
+    pub allow_insecure: bool,
+    /// Authentication of `/v1` routes. Default: see [`AuthConfig`]
+    pub auth: AuthConfig,
+    /// HTTP connection limits. Default: see [`HttpConfig`]
+    pub http: HttpConfig,
+    /// When sends are refused with 429 BUSY. Default: see [`AdmissionConfig`]
+    pub admission: AdmissionConfig,
 }
 
 impl Default for Config {
@@ -129,7 +135,96 @@ impl Default for Config {
             store: StoreConfig::default(),
             group: GroupConfig::default(),
             timer: TimerConfig::default(),
+            allow_insecure: false,
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            admission: AdmissionConfig::default(),
         }
+    }
+}
+
+/// Back-pressure on sends (`[admission]`): beyond these limits a send is answered 429 BUSY
+/// with `Retry-After`, and nothing of it is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Most request-body bytes that sends in progress may hold together; a send that would pass
+    /// it is refused before its body is read (max_request_bytes..=64GiB). Default: 64MiB
+    pub max_inflight_bytes: ByteSize,
+    /// Most scheduled messages stored but not yet in the timer wheel (the timer's enqueue lag);
+    /// beyond it sends with scheduled messages are refused (1..=100000000). Default: 200000
+    pub max_enqueue_lag: u64,
+    /// `Retry-After` of a refusal, rounded up to whole seconds (1s..=1h). Default: 1s
+    pub retry_after: HumanDuration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_inflight_bytes: ByteSize::mib(64),
+            max_enqueue_lag: 200_000,
+            retry_after: HumanDuration::from_secs(1),
+        }
+    }
+}
+
+/// HTTP connections (`[http]`): deadlines that keep slow or stalled clients from holding
+/// connections and buffers for ever.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Longest wait for a request's complete headers, counted from the moment the connection is
+    /// ready for a request; also closes keep-alive connections idle that long (100ms..=10m).
+    /// Default: 20s
+    pub header_read_timeout: HumanDuration,
+    /// Longest time to receive a whole request body, counted from the end of its headers; a body
+    /// still incomplete then is answered 408 REQUEST_TIMEOUT and the connection closed
+    /// (100ms..=1h). Default: 60s
+    pub body_read_timeout: HumanDuration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { header_read_timeout: HumanDuration::from_secs(20), body_read_timeout: HumanDuration::from_secs(60) }
+    }
+}
+
+/// Authentication (`[auth]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer token every `/v1` request must carry (`Authorization: Bearer <token>`); empty means
+    /// no authentication. Best set by environment (`CHIME_AUTH_TOKEN`) rather than in a file.
+    /// Default: "" (none)
+    pub token: Secret,
+}
+
+/// A string that is never printed: `Debug` and `Display` show `<redacted>` (or `<empty>`), so a
+/// token cannot reach a log line by way of the config.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "<empty>" } else { "<redacted>" })
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
     }
 }
 
@@ -207,6 +302,14 @@ pub struct TimerConfig {
     pub lookahead: HumanDuration,
     /// Capacity of each queue between pipeline stages (1024..=1048576). Default: 65536
     pub queue_capacity: u32,
+    /// Most scheduled messages due in one slot; a send that would pass it answers 429 BUSY
+    /// (0: no limit). Default: 0
+    pub max_per_slot: u64,
+    /// How often the timer logs a progress line at info level (0s: never). Default: 60s
+    pub progress_interval: HumanDuration,
+    /// Dequeue lag (how far the read pointer is behind the clock) above which the timer logs
+    /// a warning. Default: 5s
+    pub lag_warn: HumanDuration,
 }
 
 impl Default for TimerConfig {
@@ -217,6 +320,9 @@ impl Default for TimerConfig {
             slots: 2 * 7 * 24 * 3600,
             lookahead: HumanDuration::from_secs(1),
             queue_capacity: 65536,
+            max_per_slot: 0,
+            progress_interval: HumanDuration::from_secs(60),
+            lag_warn: HumanDuration::from_secs(5),
         }
     }
 }
@@ -400,6 +506,26 @@ impl Config {
                 ),
             );
         }
+        let token = self.auth.token.expose();
+        if token.len() > MAX_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            // The value itself is not repeated: it is a secret.
+            return invalid(
+                "auth.token",
+                format!("must be at most {MAX_TOKEN_BYTES} printable ASCII characters without spaces"),
+            );
+        }
+        if token.is_empty() && !self.allow_insecure {
+            let addr: SocketAddr = self.listen.parse().expect("checked above");
+            if !addr.ip().is_loopback() {
+                return invalid(
+                    "listen",
+                    format!(
+                        "refusing to listen on {addr} without authentication: set auth.token (CHIME_AUTH_TOKEN), \
+                         listen on a loopback address, or set allow_insecure = true"
+                    ),
+                );
+            }
+        }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty".to_owned());
         }
@@ -445,6 +571,37 @@ impl Config {
                 format!("must be between {MIN_CQ_ENTRIES} and {MAX_CQ_ENTRIES}, got {entries}"),
             );
         }
+        check_range(
+            "http.header_read_timeout",
+            self.http.header_read_timeout,
+            HumanDuration::from_millis(100),
+            HumanDuration::from_secs(600),
+        )?;
+        check_range(
+            "http.body_read_timeout",
+            self.http.body_read_timeout,
+            HumanDuration::from_millis(100),
+            HumanDuration::from_secs(3600),
+        )?;
+        let inflight = self.admission.max_inflight_bytes;
+        if inflight < max_request || inflight > ByteSize::gib(64) {
+            return invalid(
+                "admission.max_inflight_bytes",
+                format!("must be between max_request_bytes ({max_request}) and 64GiB, got {inflight}"),
+            );
+        }
+        if !(1..=100_000_000).contains(&self.admission.max_enqueue_lag) {
+            return invalid(
+                "admission.max_enqueue_lag",
+                format!("must be between 1 and 100000000, got {}", self.admission.max_enqueue_lag),
+            );
+        }
+        check_range(
+            "admission.retry_after",
+            self.admission.retry_after,
+            HumanDuration::from_secs(1),
+            HumanDuration::from_secs(3600),
+        )?;
         check_range("group.persist_interval", self.group.persist_interval, MIN_INTERVAL, MAX_INTERVAL)?;
         let max_delay = self.timer.max_delay;
         if max_delay > MAX_MAX_DELAY {
@@ -605,7 +762,7 @@ fn apply_env(
         keys.into_iter().map(|(key, default)| (env_var_name(&key), (key, default))).collect();
 
     for (var, raw) in env {
-        if var == PROFILE_ENV || RESERVED_ENV.contains(&var.as_str()) {
+        if var == PROFILE_ENV {
             continue;
         }
         let Some((key, default)) = by_var.get(var) else {
@@ -839,7 +996,7 @@ mod tests {
                 ("CHIME_AUTO_CREATE_TOPICS", "false"),
                 ("CHIME_DEFAULT_QUEUES", "16"),
                 ("CHIME_MAX_MESSAGE_BYTES", "1048576"),
-                ("CHIME_AUTH_TOKEN", "reserved, ignored"),
+                ("CHIME_AUTH_TOKEN", "a-token"),
                 ("PATH", "/usr/bin"),
             ],
         )
@@ -852,6 +1009,7 @@ mod tests {
         assert!(!c.auto_create_topics);
         assert_eq!(c.default_queues, 16);
         assert_eq!(c.max_message_bytes, ByteSize::mib(1));
+        assert_eq!(c.auth.token.expose(), "a-token");
         // Untouched keys keep the profile's values.
         assert_eq!(c.store.flush_interval, HumanDuration::from_millis(200));
     }
@@ -1054,10 +1212,20 @@ mod tests {
             "CHIME_TIMER_SLOTS",
             "CHIME_TIMER_LOOKAHEAD",
             "CHIME_TIMER_QUEUE_CAPACITY",
+            "CHIME_TIMER_MAX_PER_SLOT",
+            "CHIME_TIMER_PROGRESS_INTERVAL",
+            "CHIME_TIMER_LAG_WARN",
+            "CHIME_ALLOW_INSECURE",
+            "CHIME_AUTH_TOKEN",
+            "CHIME_HTTP_HEADER_READ_TIMEOUT",
+            "CHIME_HTTP_BODY_READ_TIMEOUT",
+            "CHIME_ADMISSION_MAX_INFLIGHT_BYTES",
+            "CHIME_ADMISSION_MAX_ENQUEUE_LAG",
+            "CHIME_ADMISSION_RETRY_AFTER",
         ] {
             assert!(vars.contains(var), "{var}");
         }
-        assert_eq!(vars.len(), 16);
+        assert_eq!(vars.len(), 26);
         assert!(!vars.contains(PROFILE_ENV));
     }
 
@@ -1123,7 +1291,52 @@ mod tests {
         check(&|c| c.timer.slots = 1023, "timer.slots");
         check(&|c| c.timer.lookahead = HumanDuration::from_secs(11), "timer.lookahead");
         check(&|c| c.timer.queue_capacity = 100, "timer.queue_capacity");
+        check(&|c| c.http.header_read_timeout = HumanDuration::from_millis(99), "http.header_read_timeout");
+        check(&|c| c.http.body_read_timeout = HumanDuration::from_secs(3601), "http.body_read_timeout");
+        pass(&|c| c.http.header_read_timeout = HumanDuration::from_millis(100));
+        check(&|c| c.admission.max_inflight_bytes = ByteSize::mib(15), "admission.max_inflight_bytes");
+        pass(&|c| c.admission.max_inflight_bytes = ByteSize::mib(16));
+        check(&|c| c.admission.max_enqueue_lag = 0, "admission.max_enqueue_lag");
+        check(&|c| c.admission.retry_after = HumanDuration::from_millis(500), "admission.retry_after");
         pass(&|c| c.timer.max_delay = HumanDuration::from_secs(1));
+    }
+
+    #[test]
+    fn token_from_env_is_set_and_never_printed() {
+        let c = load(&Args::default(), &[("CHIME_AUTH_TOKEN", "s3cr3t-token")]).expect("token");
+        assert_eq!(c.auth.token.expose(), "s3cr3t-token");
+        let shown = format!("{c:?} {}", c.auth.token);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let c = Config::from_profile_str("[auth]\ntoken = \"abc\"\n").expect("profile token");
+        assert_eq!(c.auth.token.expose(), "abc");
+    }
+
+    #[test]
+    fn bad_token_is_rejected_without_echoing_it() {
+        let err = load(&Args::default(), &[("CHIME_AUTH_TOKEN", "has space")]).expect_err("space");
+        assert!(matches!(&err, ConfigError::Env { key, .. } if key == "auth.token"), "{err:?}");
+        assert!(!err.to_string().contains("has space"), "{err}");
+        let long = "x".repeat(MAX_TOKEN_BYTES + 1);
+        let err = load(&Args::default(), &[("CHIME_AUTH_TOKEN", long.as_str())]).expect_err("long");
+        assert!(matches!(&err, ConfigError::Env { key, .. } if key == "auth.token"), "{err:?}");
+    }
+
+    #[test]
+    fn non_loopback_needs_a_token_or_allow_insecure() {
+        let args = Args { listen: Some("0.0.0.0:8080".to_owned()), ..Args::default() };
+        let err = load(&args, &[]).expect_err("open without token");
+        assert!(matches!(&err, ConfigError::Flag { key, .. } if key == "listen"), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("without authentication") && msg.contains("allow_insecure"), "{msg}");
+        load(&args, &[("CHIME_AUTH_TOKEN", "t")]).expect("with a token");
+        load(&args, &[("CHIME_ALLOW_INSECURE", "true")]).expect("insecure allowed");
+        for loopback in ["127.0.0.1:1", "127.1.2.3:1", "[::1]:1"] {
+            let args = Args { listen: Some(loopback.to_owned()), ..Args::default() };
+            load(&args, &[]).expect(loopback);
+        }
+        let args = Args { listen: Some("[::]:8080".to_owned()), ..Args::default() };
+        load(&args, &[]).expect_err("unspecified v6");
     }
 
     #[test]
@@ -1167,7 +1380,7 @@ mod tests {
         assert_eq!(args.profile.as_deref(), Some("test"));
         assert_eq!(args.listen.as_deref(), Some("0.0.0.0:9000"));
         assert_eq!(args.data_dir, Some(PathBuf::from("/var/lib/chime")));
-        let c = load(&args, &[]).expect("load");
+        let c = load(&args, &[("CHIME_ALLOW_INSECURE", "true")]).expect("load");
         assert_eq!(c.listen, "0.0.0.0:9000");
     }
 }

@@ -3,13 +3,74 @@
 //! An over-large body is answered 413 with the JSON error, after the rest of it has been read
 //! and discarded (up to `DRAIN_LIMIT`), so the client sees the answer rather than a reset
 //! connection; nothing beyond the limit is buffered.
+//!
+//! Every body has a deadline ([`deadline`], config `http.body_read_timeout`) counted from the
+//! end of the request's headers, over the whole body rather than per chunk, so a client that
+//! trickles a byte now and then cannot hold a handler and its buffer for ever. A body not
+//! complete by then is answered 408 `REQUEST_TIMEOUT` and the connection is closed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, Code};
+use super::AppState;
+
+/// The error a body past its deadline yields.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within http.body_read_timeout ({0:?})")]
+struct BodyTimedOut(Duration);
+
+/// A body that fails once its deadline has passed.
+struct DeadlineBody {
+    inner: Body,
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(self.timeout))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: gives the request body its deadline (none for a body that is already complete).
+pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use http_body::Body as _;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let timeout = state.limits().body_read_timeout;
+    let sleep = Box::pin(tokio::time::sleep(timeout));
+    next.run(req.map(|inner| Body::new(DeadlineBody { inner, timeout, sleep }))).await
+}
 
 /// Most bytes read and discarded after a body passes its limit, before giving up on it.
 const DRAIN_LIMIT: usize = 1 << 30;
@@ -19,7 +80,10 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut buf = BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::invalid(format!("cannot read the request body: {e}")))?;
+        let frame = frame.map_err(|e| match timed_out(&e) {
+            Some(t) => ApiError::new(Code::RequestTimeout, t.to_string()),
+            None => ApiError::invalid(format!("cannot read the request body: {e}")),
+        })?;
         let Ok(data) = frame.into_data() else { continue };
         seen = seen.saturating_add(data.len());
         if seen > limit {
@@ -40,9 +104,36 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(buf.freeze())
 }
 
-/// Parses a JSON body; an empty body parses as `T::default()`.
+/// Reads `body` to its end (at most `DRAIN_LIMIT` bytes, within its deadline) and drops it,
+/// buffering nothing: for a request answered without its body, so the client can read the
+/// answer instead of meeting a reset connection. Errors only end the draining.
+pub async fn discard(body: Body) {
+    let mut body = body;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
+
+/// The deadline error in `e`'s chain (the body layers may each have wrapped it).
+fn timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimedOut> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<BodyTimedOut>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Parses a JSON body; an empty body, or JSON `null`, parses as `T::default()` (the spec lets
+/// an optional body be either).
 pub fn parse_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+    if bytes.trim_ascii().is_empty() || bytes.trim_ascii() == b"null" {
         return Ok(T::default());
     }
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))

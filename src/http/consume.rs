@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::body::{parse_json, read_limited};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::path::GroupPath;
 use super::AppState;
 use crate::group::{Delivery, TagExpr};
@@ -25,31 +25,56 @@ const MAX_INVISIBLE_MS: i64 = 43_200_000;
 /// Most receipt handles in one ack.
 const MAX_ACK: usize = 10_000;
 
-#[derive(Deserialize, Default)]
+/// Body of a receive (every field optional; the body may be empty).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReceiveIn {
+pub(crate) struct ReceiveIn {
+    /// Most messages to return. Default: 32
+    #[schema(minimum = 1, maximum = 1000)]
     max_messages: Option<i64>,
+    /// Long poll: answer as soon as a message is visible, or empty when this ends. Default: 0
+    #[schema(minimum = 0, maximum = 30000)]
     wait_ms: Option<i64>,
+    /// How long received messages stay invisible to the group unless acked. Default: 30000
+    #[schema(minimum = 1000, maximum = 43200000)]
     invisible_ms: Option<i64>,
+    /// Tag expression: `*` or `A || B`. Default: `*`
     tag: Option<String>,
 }
 
-#[derive(Serialize)]
-struct MessageOut<'a> {
+/// A received message. Exactly one of `body` and `body_base64`, in the form it was sent.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MessageOut<'a> {
+    #[schema(pattern = "^[0-9A-F]{24}$")]
     message_id: String,
     topic: &'a str,
+    /// Null when none was sent.
+    #[schema(required = true)]
     tag: Option<&'a str>,
     keys: Vec<&'a str>,
+    #[schema(value_type = BTreeMap<String, String>)]
     properties: BTreeMap<&'a str, &'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     body: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, content_encoding = "base64")]
     body_base64: Option<String>,
     born_at_ms: i64,
+    /// The requested delivery time.
     deliver_at_ms: i64,
+    /// When it became visible to consumers (never before `deliver_at_ms`).
     visible_at_ms: i64,
+    /// 1 on first delivery, +1 on each redelivery.
+    #[schema(minimum = 1)]
     delivery_attempt: u32,
+    /// Acks this delivery; valid until the message is redelivered.
     receipt_handle: &'a str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ReceiveOut<'a> {
+    messages: Vec<MessageOut<'a>>,
 }
 
 fn in_range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
@@ -60,6 +85,17 @@ fn in_range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Resul
     Ok(v)
 }
 
+/// Receives messages for a consumer group (at least once; ack within `invisible_ms`).
+#[utoipa::path(post, path = "/v1/topics/{topic}/groups/{group}/receive", tag = "consumers",
+    params(
+        ("topic" = String, Path, description = "Topic name (an unknown topic answers an empty list)", pattern = r"^[A-Za-z0-9_%|-]{1,127}$"),
+        ("group" = String, Path, description = "Consumer group name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$"),
+    ),
+    request_body(content = Option<ReceiveIn>, content_type = "application/json"),
+    responses(
+        (status = 200, body = ReceiveOut),
+        (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
+    ))]
 pub async fn receive(
     State(state): State<AppState>,
     GroupPath { topic: topic_name, group }: GroupPath,
@@ -80,7 +116,7 @@ pub async fn receive(
             _ = tokio::time::sleep_until(deadline) => {}
             _ = state.shutting_down() => {}
         }
-        return Ok(Json(json!({ "messages": [] })).into_response());
+        return Ok(render(&[]));
     };
     loop {
         // Register for wake-ups before looking, so an append in between is not missed.
@@ -140,15 +176,35 @@ fn render(deliveries: &[Delivery]) -> Response {
             receipt_handle: &d.receipt_handle,
         });
     }
-    Json(json!({ "messages": out })).into_response()
+    Json(ReceiveOut { messages: out }).into_response()
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AckIn {
+pub(crate) struct AckIn {
+    /// Receipt handles from receives of this group: at most 10,000.
+    #[schema(required = true, max_items = 10000)]
     receipt_handles: Option<Vec<String>>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AckOut {
+    acked: usize,
+    /// Handles that were expired or unknown (not an error).
+    invalid: Vec<String>,
+}
+
+/// Acknowledges received messages.
+#[utoipa::path(post, path = "/v1/topics/{topic}/groups/{group}/ack", tag = "consumers",
+    params(
+        ("topic" = String, Path, description = "Topic name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$"),
+        ("group" = String, Path, description = "Consumer group name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$"),
+    ),
+    request_body(content = AckIn, content_type = "application/json"),
+    responses(
+        (status = 200, body = AckOut),
+        (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
+    ))]
 pub async fn ack(
     State(state): State<AppState>,
     GroupPath { topic: topic_name, group }: GroupPath,
@@ -165,5 +221,5 @@ pub async fn ack(
         Some(topic) => core.groups.ack(&group, &topic, &handles),
         None => (0, handles),
     };
-    Ok(Json(json!({ "acked": acked, "invalid": invalid })).into_response())
+    Ok(Json(AckOut { acked, invalid }).into_response())
 }

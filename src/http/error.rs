@@ -1,18 +1,23 @@
 //! The one mapping from errors to HTTP answers: `{"error": {"code", "message"}}` with the status
-//! codes of API.md, and `Retry-After` on 429 and 503.
+//! codes of API.md, and `Retry-After` on 429 and 503. One code is chime's own, in the same
+//! shape: `REQUEST_TIMEOUT` (408), a body not received within `http.body_read_timeout`.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The stable error code of an answer (serialized as in [`Code::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Code {
     InvalidArgument,
     InvalidTopic,
     DelayOutOfRange,
     MessageTooLarge,
+    RequestTimeout,
     NotFound,
     MethodNotAllowed,
     AlreadyDelivered,
@@ -28,6 +33,7 @@ impl Code {
             Code::InvalidTopic => "INVALID_TOPIC",
             Code::DelayOutOfRange => "DELAY_OUT_OF_RANGE",
             Code::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Code::RequestTimeout => "REQUEST_TIMEOUT",
             Code::NotFound => "NOT_FOUND",
             Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Code::AlreadyDelivered => "ALREADY_DELIVERED",
@@ -41,6 +47,7 @@ impl Code {
         match self {
             Code::InvalidArgument | Code::InvalidTopic | Code::DelayOutOfRange => StatusCode::BAD_REQUEST,
             Code::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::AlreadyDelivered => StatusCode::CONFLICT,
@@ -49,6 +56,25 @@ impl Code {
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
+}
+
+/// The code of an error answer, left in the response's extensions for the metrics middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// The body of every non-2xx answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code; the status code follows from it.
+    pub code: Code,
+    /// Human-readable explanation, naming the offending field or limit.
+    #[schema(min_length = 1)]
+    pub message: String,
 }
 
 /// An error answer.
@@ -88,11 +114,41 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
         let mut resp = (self.code.status(), axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        resp.extensions_mut().insert(ErrorCode(self.code.as_str()));
+
+        if self.code == Code::RequestTimeout {
+            // The rest of the body may still be on its way: do not read it as the next request.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialized_code_is_as_str() {
+        for code in [
+            Code::InvalidArgument,
+            Code::InvalidTopic,
+            Code::DelayOutOfRange,
+            Code::MessageTooLarge,
+            Code::RequestTimeout,
+            Code::NotFound,
+            Code::MethodNotAllowed,
+            Code::AlreadyDelivered,
+            Code::Unauthorized,
+            Code::Busy,
+            Code::Unavailable,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 }

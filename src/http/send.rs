@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::body::{parse_json, read_limited};
-use super::error::{ApiError, Code};
+use super::error::{ApiError, Code, ErrorBody};
 use super::path::{check_topic, MessagePath, TopicPath};
 use super::{created_or_ok, AppState};
 use crate::group::tag::check_tag;
@@ -32,18 +32,28 @@ const MAX_KEY_BYTES: usize = 1024;
 const MAX_PROPERTIES: usize = 128;
 const MAX_PROPERTY_KEY_BYTES: usize = 1024;
 
-#[derive(Deserialize, Default)]
+/// Body of `PUT /v1/topics/{topic}` (may be empty).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateTopic {
+pub(crate) struct CreateTopic {
+    /// Queues of the topic, 1..=64. Default: 8. Ignored if the topic exists.
+    #[schema(minimum = 1, maximum = 64)]
     queues: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct TopicInfo<'a> {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TopicInfo<'a> {
     name: &'a str,
     queues: usize,
+    /// Messages stored for the topic (visible to consumers).
     messages: u64,
+    /// Scheduled messages of the topic not yet delivered or cancelled.
     scheduled: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TopicList<'a> {
+    topics: Vec<TopicInfo<'a>>,
 }
 
 fn topic_info<'a>(t: &'a Topic, core: &super::Core) -> TopicInfo<'a> {
@@ -55,6 +65,15 @@ fn topic_info<'a>(t: &'a Topic, core: &super::Core) -> TopicInfo<'a> {
     }
 }
 
+/// Creates a topic (201), or answers 200 if it exists.
+#[utoipa::path(put, path = "/v1/topics/{topic}", tag = "topics",
+    params(("topic" = String, Path, description = "Topic name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$")),
+    request_body(content = Option<CreateTopic>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = TopicInfo),
+        (status = 200, description = "Already exists (unchanged)", body = TopicInfo),
+        (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
+    ))]
 pub async fn create_topic(
     State(state): State<AppState>,
     TopicPath(name): TopicPath,
@@ -71,35 +90,152 @@ pub async fn create_topic(
     Ok((created_or_ok(created), Json(topic_info(&topic, core))).into_response())
 }
 
+/// Lists the topics.
+#[utoipa::path(get, path = "/v1/topics", tag = "topics",
+    responses(
+        (status = 200, body = TopicList),
+    ))]
 pub async fn list_topics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let core = state.core()?;
     let topics = core.store.topics().list();
     let list: Vec<_> =
         topics.iter().filter(|t| check_name("topic", &t.name).is_ok()).map(|t| topic_info(t, core)).collect();
-    Ok(Json(json!({ "topics": list })).into_response())
+    Ok(Json(TopicList { topics: list }).into_response())
 }
 
-/// One message of a send request, as the client wrote it.
-#[derive(Deserialize)]
+/// One message of a send request, as the client wrote it. Exactly one of `body` and
+/// `body_base64`; at most one of `delay_ms`, `deliver_at_ms`, `deliver_at`, `delay_level`
+/// (none: a normal message, visible at once). Unknown fields are rejected.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MessageIn {
+pub(crate) struct MessageIn {
+    /// UTF-8 payload.
     body: Option<String>,
+    /// Binary payload, standard base64.
+    #[schema(content_encoding = "base64")]
     body_base64: Option<String>,
+    /// RocketMQ tag, 1..128 characters, no `|`.
+    #[schema(min_length = 1, max_length = 128)]
     tag: Option<String>,
+    /// Business keys (e.g. an order id): at most 64, each 1..=1024 bytes.
+    #[schema(max_items = 64)]
     keys: Option<Vec<String>>,
+    /// User properties: at most 128; names 1..=1024 bytes, not starting with `__`.
     properties: Option<BTreeMap<String, String>>,
+    /// Deliver this many ms after the server receives it.
+    #[schema(minimum = 0)]
     delay_ms: Option<i64>,
+    /// Deliver at this time (ms since the Unix epoch); at or before now: at once.
     deliver_at_ms: Option<i64>,
+    /// Deliver at this RFC 3339 time.
+    #[schema(format = DateTime)]
     deliver_at: Option<String>,
+    /// RocketMQ delay level: 1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h.
+    #[schema(minimum = 1, maximum = 18)]
     delay_level: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct SendResult {
+/// The body of a send, for the OpenAPI spec: one [`MessageIn`], or a batch of 1..=1000 of them
+/// stored all-or-nothing. (The handler parses by the first byte, to name errors precisely.)
+#[allow(dead_code, reason = "a type for the spec only, never built")]
+pub(crate) struct SendBody;
+
+impl utoipa::PartialSchema for SendBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref};
+        let one = Ref::from_schema_name("MessageIn");
+        let batch = ArrayBuilder::new()
+            .items(Ref::from_schema_name("MessageIn"))
+            .min_items(Some(1))
+            .max_items(Some(MAX_BATCH))
+            .description(Some("A batch, stored all-or-nothing"));
+        OneOfBuilder::new().item(one).item(batch).into()
+    }
+}
+
+impl ToSchema for SendBody {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        use utoipa::PartialSchema;
+        schemas.push(("MessageIn".to_owned(), MessageIn::schema()));
+        <MessageIn as ToSchema>::schemas(schemas);
+    }
+}
+
+/// A message's state as a send reports it.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SendState {
+    /// It becomes visible at `deliver_at_ms`.
+    Scheduled,
+    /// It is visible now (a normal message, or a time at or before now).
+    Delivered,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SendResult {
+    /// 24 hex digits.
+    #[schema(pattern = "^[0-9A-F]{24}$")]
+    message_id: String,
+    topic: String,
+    /// When it becomes visible (ms since the Unix epoch); the store time if delivered at once.
+    deliver_at_ms: i64,
+    state: SendState,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BatchResult {
+    /// One result per message, in the order sent.
+    messages: Vec<SendResult>,
+}
+
+/// The answer to a send: one result, or one per message of a batch.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum SendResponse {
+    One(SendResult),
+    Batch(BatchResult),
+}
+
+/// A scheduled or normal message's state.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum StateOut {
+    Scheduled,
+    Delivered,
+    Cancelled,
+}
+
+impl From<crate::timer::MessageState> for StateOut {
+    fn from(s: crate::timer::MessageState) -> Self {
+        match s {
+            crate::timer::MessageState::Scheduled => StateOut::Scheduled,
+            crate::timer::MessageState::Delivered => StateOut::Delivered,
+            crate::timer::MessageState::Cancelled => StateOut::Cancelled,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MessageStatus {
+    #[schema(pattern = "^[0-9A-F]{24}$")]
     message_id: String,
     topic: String,
     deliver_at_ms: i64,
-    state: &'static str,
+    state: StateOut,
+}
+
+/// The only state a cancel answers.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CancelledState {
+    Cancelled,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CancelResult {
+    #[schema(pattern = "^[0-9A-F]{24}$")]
+    message_id: String,
+    state: CancelledState,
 }
 
 /// Validates one message; `at` names it in errors ("message" or "messages[3]").
@@ -166,9 +302,41 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     })
 }
 
-pub async fn send(State(state): State<AppState>, TopicPath(name): TopicPath, body: Body) -> Result<Response, ApiError> {
+/// Sends one message or a batch; scheduled ones are delivered at their time.
+#[utoipa::path(post, path = "/v1/topics/{topic}/messages", tag = "messages",
+    params(("topic" = String, Path, description = "Topic name (created on first send)", pattern = r"^[A-Za-z0-9_%|-]{1,127}$")),
+    request_body(content = SendBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Stored: it will be delivered (at least once)", body = SendResponse),
+        (status = 400, description = "INVALID_ARGUMENT, INVALID_TOPIC or DELAY_OUT_OF_RANGE", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such topic and auto_create_topics is off", body = ErrorBody),
+        (status = 413, description = "MESSAGE_TOO_LARGE", body = ErrorBody),
+        (status = 429, description = "BUSY: the server is behind; retry after Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "UNAVAILABLE: not ready, store full or poisoned", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ))]
+pub async fn send(
+    State(state): State<AppState>,
+    TopicPath(name): TopicPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let core = state.core()?;
     let limits = state.limits();
+    // Held until the answer: the request's share of the memory budget (see `admission`).
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let _reservation = match state.admission().reserve(declared, limits.max_request_bytes) {
+        Ok(r) => r,
+        Err(busy) => {
+            // A client that waits for `100 Continue` has not sent its body: answer at once.
+            // Any other is sending it: read and drop it, so it sees the 429, not a reset.
+            if !headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")) {
+                super::body::discard(body).await;
+            }
+            return Err(busy);
+        }
+    };
     let bytes = read_limited(body, limits.max_request_bytes).await?;
     let now = core.store.clock().now_ms();
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
@@ -194,6 +362,9 @@ pub async fn send(State(state): State<AppState>, TopicPath(name): TopicPath, bod
         _ => return Err(ApiError::invalid("the body must be a message object or an array of them")),
     };
 
+    if msgs.iter().any(|m| m.deliver_at_ms.is_some()) {
+        state.admission().check_timer(&core.timer)?;
+    }
     let topic = get_topic_for_send(&state, &name)?;
     // Scheduled messages go to the timer's system topic, the others straight to the topic; a
     // batch mixing both is still one all-or-nothing append.
@@ -215,14 +386,22 @@ pub async fn send(State(state): State<AppState>, TopicPath(name): TopicPath, bod
             .into_iter()
             .filter(|(_, m)| !m.is_empty())
             .collect();
+    // Counted (and checked against `timer.max_per_slot`) before the append, so a full slot
+    // refuses the whole batch and a failed append takes its counts back.
+    let reservation = if scheduled.is_empty() {
+        None
+    } else {
+        let at = scheduled.iter().map(|m| m.deliver_at_ms.expect("scheduled")).collect();
+        Some(core.timer.reserve(&name, at).map_err(|e| timer_error(e, "", &name))?)
+    };
     let mut results = core.store.append_parts(&parts)?.into_iter();
     let normal_res = if normal.is_empty() { None } else { results.next() };
     let sched_res = if scheduled.is_empty() { None } else { results.next() };
+    if let (Some(r), Some(res)) = (reservation, &sched_res) {
+        r.commit(res).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
+    }
     let end = normal_res.iter().chain(sched_res.iter()).map(|r| r.end).max().unwrap_or(0);
     core.store.wait_durable(end).await?;
-    if let Some(r) = &sched_res {
-        core.timer.scheduled(&name, r).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
-    }
     let (mut n_it, mut s_it) =
         (normal_res.iter().flat_map(|r| r.messages.iter()), sched_res.iter().flat_map(|r| r.messages.iter()));
     let out: Vec<SendResult> = order
@@ -233,16 +412,16 @@ pub async fn send(State(state): State<AppState>, TopicPath(name): TopicPath, bod
                 message_id: a.id.to_string(),
                 topic: name.clone(),
                 deliver_at_ms: a.deliver_at_ms,
-                state: if is_sched { "scheduled" } else { "delivered" },
+                state: if is_sched { SendState::Scheduled } else { SendState::Delivered },
             }
         })
         .collect();
     let resp = if batch {
-        (StatusCode::CREATED, Json(json!({ "messages": out }))).into_response()
+        SendResponse::Batch(BatchResult { messages: out })
     } else {
-        (StatusCode::CREATED, Json(&out[0])).into_response()
+        SendResponse::One(out.into_iter().next().expect("one message"))
     };
-    Ok(resp)
+    Ok((StatusCode::CREATED, Json(resp)).into_response())
 }
 
 fn get_topic_for_send(state: &AppState, name: &str) -> Result<Arc<Topic>, ApiError> {
@@ -286,30 +465,48 @@ fn timer_error(e: TimerError, id: &str, topic: &str) -> ApiError {
             ApiError::new(Code::AlreadyDelivered, format!("message {id} is already visible to consumers"))
         }
         TimerError::Store(e) => e.into(),
+        e @ TimerError::SlotFull { .. } => ApiError::new(Code::Busy, e.to_string()),
         e => ApiError::new(Code::Unavailable, e.to_string()),
     }
 }
 
+/// A message's state.
+#[utoipa::path(get, path = "/v1/topics/{topic}/messages/{message_id}", tag = "messages",
+    params(
+        ("topic" = String, Path, description = "Topic name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$"),
+        ("message_id" = String, Path, description = "The id a send returned"),
+    ),
+    responses(
+        (status = 200, body = MessageStatus),
+        (status = 400, description = "INVALID_TOPIC", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: unknown or malformed id", body = ErrorBody),
+    ))]
 pub async fn get_message(
     State(state): State<AppState>,
     MessagePath { topic, id }: MessagePath,
 ) -> Result<Response, ApiError> {
     let (mid, deliver_at_ms, st) = match find_message(&state, &topic, &id)? {
-        Found::Normal(mid, at) => (mid, at, "delivered"),
+        Found::Normal(mid, at) => (mid, at, StateOut::Delivered),
         Found::Scheduled(mid) => {
             let (st, at) = state.core()?.timer.status(&topic, mid).map_err(|e| timer_error(e, &id, &topic))?;
-            (mid, at, st.as_str())
+            (mid, at, st.into())
         }
     };
-    Ok(Json(json!({
-        "message_id": mid.to_string(),
-        "topic": topic,
-        "deliver_at_ms": deliver_at_ms,
-        "state": st,
-    }))
-    .into_response())
+    Ok(Json(MessageStatus { message_id: mid.to_string(), topic, deliver_at_ms, state: st }).into_response())
 }
 
+/// Cancels a scheduled message: once this answers 200 it will never become visible.
+#[utoipa::path(delete, path = "/v1/topics/{topic}/messages/{message_id}", tag = "messages",
+    params(
+        ("topic" = String, Path, description = "Topic name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$"),
+        ("message_id" = String, Path, description = "The id a send returned"),
+    ),
+    responses(
+        (status = 200, description = "Cancelled (also when it already was)", body = CancelResult),
+        (status = 400, description = "INVALID_TOPIC", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: unknown or malformed id", body = ErrorBody),
+        (status = 409, description = "ALREADY_DELIVERED: it is already visible", body = ErrorBody),
+    ))]
 pub async fn cancel_message(
     State(state): State<AppState>,
     MessagePath { topic, id }: MessagePath,
@@ -320,7 +517,7 @@ pub async fn cancel_message(
         }
         Found::Scheduled(mid) => {
             state.core()?.timer.cancel(&topic, mid).map_err(|e| timer_error(e, &id, &topic))?;
-            Ok(Json(json!({ "message_id": mid.to_string(), "state": "cancelled" })).into_response())
+            Ok(Json(CancelResult { message_id: mid.to_string(), state: CancelledState::Cancelled }).into_response())
         }
     }
 }

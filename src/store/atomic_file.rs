@@ -7,6 +7,7 @@ use std::path::Path;
 use super::segments::sync_dir;
 
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    super::fault::inject(super::fault::REPLACE, path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");

@@ -248,6 +248,7 @@ impl CommitLog {
                 format!("record of {} bytes exceeds the segment size {seg_size}", rec.len()),
             ));
         }
+        super::fault::inject(super::fault::WRITE, self.segs.dir())?;
         loop {
             let seg = match &w.current {
                 Some(seg) if w.pos < seg.end() => seg.clone(),

@@ -32,7 +32,7 @@ pub struct CqEntry {
 }
 
 impl CqEntry {
-    fn encode(&self) -> [u8; ENTRY_LEN] {
+    pub fn encode(&self) -> [u8; ENTRY_LEN] {
         let mut b = [0u8; ENTRY_LEN];
         b[0..8].copy_from_slice(&self.log_offset.to_le_bytes());
         b[8..12].copy_from_slice(&self.size.to_le_bytes());
@@ -40,7 +40,9 @@ impl CqEntry {
         b
     }
 
-    fn decode(b: &[u8]) -> Option<Self> {
+    /// The entry in the first 20 bytes of `b`; `None` if `b` is shorter or the entry is unwritten.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let b = b.get(..ENTRY_LEN)?;
         let e = Self {
             log_offset: u64::from_le_bytes(b[0..8].try_into().ok()?),
             size: u32::from_le_bytes(b[8..12].try_into().ok()?),

@@ -10,6 +10,11 @@
 //! (they are not acknowledged) and later sends are refused with the reason, because after a
 //! failed fsync the kernel may have dropped the dirty pages and carrying on would acknowledge
 //! data that is not safe. A restart recovers from what is on disk.
+//!
+//! A full disk does not poison: allocating a segment happens before anything is written, so
+//! the send fails with [`StoreError::DiskFull`] and the next one succeeds once space returns.
+//! Nor does a failed checkpoint write: the checkpoint is replaced atomically, the previous one
+//! stays valid and recovery merely scans further. `store::fault` injects these failures in tests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -102,7 +107,7 @@ impl Durability {
     /// An I/O error that happened before anything was written (allocating a segment): the
     /// store stays healthy; a full disk is reported as such.
     pub(super) fn io_error(&self, context: &str, e: std::io::Error) -> StoreError {
-        if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull {
+        if super::fault::is_disk_full(&e) {
             StoreError::DiskFull { context: format!("{context}: {e}") }
         } else {
             StoreError::Io { context: context.to_string(), source: e }

@@ -20,6 +20,7 @@ pub mod atomic_file;
 pub mod checkpoint;
 pub mod commitlog;
 pub mod consume_queue;
+pub mod fault;
 pub mod lock;
 pub mod mmap;
 pub mod record;
@@ -123,6 +124,9 @@ pub struct Store {
     /// Serialises checkpoint writes (the flusher and the timer both checkpoint the store) and
     /// holds the log position of the last one written, to skip writing an unchanged one.
     checkpoint_lock: Mutex<Option<u64>>,
+    /// Commit-log fsync latency in µs, and the position the last recorded fsync reached (an
+    /// fsync with nothing new to write is not recorded).
+    fsync_us: Mutex<(u64, hdrhistogram::Histogram<u64>)>,
     recovery: RecoveryReport,
     _lock: lock::DirLock,
 }
@@ -151,6 +155,7 @@ impl Store {
             durability: durability.clone(),
             flusher: Mutex::new(None),
             checkpoint_lock: Mutex::new(None),
+            fsync_us: Mutex::new((0, crate::histogram::new())),
             recovery: recovered.report,
             opts,
             _lock: dir_lock,
@@ -332,6 +337,11 @@ impl Store {
         self.log.write_pos() - self.log.min_offset()
     }
 
+    /// Commit-log fsync latency (µs) read at the upper bounds `bounds_us`, for metrics.
+    pub fn fsync_buckets(&self, bounds_us: &[u64]) -> crate::histogram::Cumulative {
+        crate::histogram::cumulative(&self.fsync_us.lock().1, bounds_us)
+    }
+
     /// Flushes everything and writes the checkpoint (the flusher does this periodically).
     pub fn flush_all(&self) -> Result<(), StoreError> {
         self.flush_job(FlushJob::Checkpoint)
@@ -344,9 +354,16 @@ impl Store {
 
     fn flush_job(&self, job: FlushJob) -> Result<(), StoreError> {
         let upto = self.log.write_pos();
+        let started = std::time::Instant::now();
         if let Err(e) = self.log.flush(upto) {
             return Err(self.durability.poison(format!("commit-log fsync failed: {e}")));
         }
+        let mut fsync = self.fsync_us.lock();
+        if upto > fsync.0 {
+            fsync.0 = upto;
+            let _ = fsync.1.record(started.elapsed().as_micros() as u64);
+        }
+        drop(fsync);
         self.durability.flushed(upto);
         if job == FlushJob::Checkpoint {
             let mut last = self.checkpoint_lock.lock();
@@ -362,7 +379,10 @@ impl Store {
             }
             let cp = checkpoint::Checkpoint { log_flushed: upto, indexed: upto, written_ms: self.clock.now_ms() };
             if let Err(e) = cp.store(&self.opts.dir) {
-                return Err(self.durability.poison(format!("checkpoint write failed: {e}")));
+                // Not poisoning: the checkpoint is replaced atomically, so the previous one
+                // stays valid and recovery merely scans further. A full disk heals by itself.
+                tracing::warn!(error = %e, "cannot write the checkpoint; the previous one stays");
+                return Err(self.durability.io_error("write the checkpoint", e));
             }
             *last = Some(upto);
         }

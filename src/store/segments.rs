@@ -111,7 +111,9 @@ impl SegmentSet {
                 ));
             }
         }
-        let file = MappedFile::create(&self.dir.join(segment_name(base)), self.segment_size as usize)?;
+        let path = self.dir.join(segment_name(base));
+        super::fault::inject(super::fault::ALLOCATE, &path)?;
+        let file = MappedFile::create(&path, self.segment_size as usize)?;
         sync_dir(&self.dir)?;
         let seg = Arc::new(Segment { base, file });
         segs.push(seg.clone());
@@ -120,6 +122,7 @@ impl SegmentSet {
 
     /// Fsyncs the global byte range `[from, to)`, segment by segment, in offset order.
     pub fn flush_range(&self, from: u64, to: u64) -> io::Result<()> {
+        super::fault::inject(super::fault::FSYNC, &self.dir)?;
         for seg in self.all() {
             if seg.end() <= from || seg.base >= to {
                 continue;

@@ -28,7 +28,9 @@
 //! spread over the window instead of bunching at its edge.
 
 pub mod checkpoint;
+pub mod congestion;
 pub mod progress;
+mod report;
 pub mod slot;
 mod stages;
 pub mod state;
@@ -37,7 +39,7 @@ pub mod wheel;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +50,8 @@ use crate::clock::SharedClock;
 use crate::store::topics::Topic;
 use crate::store::{AppendResult, MessageId, Store, StoreError};
 use checkpoint::TimerCheckpoint;
+pub use congestion::Bucket;
+use congestion::Congestion;
 use progress::Progress;
 pub use slot::Geometry;
 use state::StateCells;
@@ -76,6 +80,13 @@ pub struct TimerOptions {
     /// Fire only after the fired copy is fsync'd, and fsync a cancel before answering (the
     /// store's sync flush policy).
     pub sync: bool,
+    /// Most messages that may be due in one slot; a send that would pass it is refused
+    /// (`None`: no limit).
+    pub max_per_slot: Option<u64>,
+    /// How often to log a progress line (`None`: never).
+    pub progress_interval: Option<Duration>,
+    /// Dequeue lag above which the progress check warns.
+    pub lag_warn_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +103,8 @@ pub enum TimerError {
     NotFound,
     #[error("the message is already visible to consumers")]
     AlreadyDelivered,
+    #[error("the slot starting at {slot_ms} already holds {count} scheduled messages (timer.max_per_slot = {limit}); choose another time or retry after some are cancelled")]
+    SlotFull { slot_ms: i64, count: i64, limit: u64 },
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TimerError {
@@ -125,6 +138,7 @@ pub struct Counters {
     pub cancelled: AtomicU64,
     pub rolled: AtomicU64,
     pub late_after_downtime: AtomicU64,
+    pub refused_slot_full: AtomicU64,
     /// Next system-topic offset enqueue-get will read.
     pub enqueue_next: AtomicU64,
 }
@@ -143,8 +157,10 @@ pub(crate) struct Core {
     /// slot (enqueue-put) against closing it (dequeue-get). Lock order: `cursor`, then `progress`.
     cursor: Mutex<i64>,
     progress: Mutex<Progress>,
+    /// Pending messages per topic (for `GET /v1/topics`).
     pending: Mutex<HashMap<String, i64>>,
-    pending_total: AtomicI64,
+    /// Pending messages by deliver time; its total is `pending_total`.
+    congestion: Mutex<Congestion>,
     pending_floor: AtomicU64,
     lateness: Mutex<hdrhistogram::Histogram<u64>>,
     counters: Counters,
@@ -176,6 +192,7 @@ pub struct StageStats {
 pub struct Lateness {
     pub count: u64,
     pub p50: u64,
+    pub p90: u64,
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
@@ -193,6 +210,46 @@ pub struct TimerStats {
     pub cancelled: u64,
     pub rolled: u64,
     pub late_after_downtime: u64,
+    /// Messages refused because their slot was full (`timer.max_per_slot`).
+    pub refused_slot_full: u64,
+}
+
+/// The answer of [`TimerEngine::congestion`].
+#[derive(Debug, Clone)]
+pub struct CongestionView {
+    pub now_ms: i64,
+    pub read_time_ms: i64,
+    pub pending_total: i64,
+    pub buckets: Vec<Bucket>,
+}
+
+/// Messages counted by [`TimerEngine::reserve`] and not yet appended.
+pub struct Reservation<'a> {
+    core: &'a Core,
+    topic: String,
+    deliver_at: Vec<i64>,
+    committed: bool,
+}
+
+impl Reservation<'_> {
+    /// The messages were appended to the system topic: make their state cells and wake
+    /// enqueue-get.
+    pub fn commit(mut self, result: &AppendResult) -> Result<(), TimerError> {
+        self.committed = true;
+        for a in &result.messages {
+            self.core.states.ensure(a.queue_offset).map_err(io("create a state cell"))?;
+        }
+        let _ = self.core.doorbell.try_send(());
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.core.uncount(Some(&self.topic), self.deliver_at.iter().copied());
+        }
+    }
 }
 
 impl TimerEngine {
@@ -226,16 +283,24 @@ impl TimerEngine {
                 }
             })
             .map_err(io("recover the timer log"))?;
-        // A slot pointing past the valid log (its units were lost in a machine crash while the
-        // wheel page was written back) makes the wheel untrustworthy: rebuild it from the log.
+        // A slot that disagrees with the log — pointing past it (its units were lost in a
+        // machine crash while the wheel page was written back), at a damaged unit, or damaged
+        // itself — makes the wheel untrustworthy: rebuild it from the log, and re-place every
+        // pending message (from the pending floor) in case a damaged unit held one.
         let mut bad = 0u64;
-        wheel.for_each_used(|_, s| {
-            if s.time >= read_time && (s.last > end || s.first > end) {
+        wheel.for_each_used(|i, s| {
+            // Fired slots are only checked for a damaged time (which could hide a live one).
+            let ok = if s.time >= read_time {
+                wheel.slot_consistent(i, &s, |pos| log.read(pos))
+            } else {
+                wheel::slot_time_fits(geo, i, &s)
+            };
+            if !ok {
                 bad += 1;
             }
         });
         if bad > 0 {
-            tracing::warn!(slots = bad, "wheel slots point past the timer log; rebuilding the wheel");
+            tracing::warn!(slots = bad, "wheel slots disagree with the timer log; rebuilding the wheel");
             wheel.reset();
             relinked = 0;
             log.scan(log.min_pos(), |pos, u| {
@@ -246,8 +311,8 @@ impl TimerEngine {
             });
         }
         let states = StateCells::open(&opts.dir.join("state")).map_err(io("open the state cells"))?;
-        let enqueue_offset = ckpt.map_or(0, |c| c.enqueue_offset);
         let pending_floor = ckpt.map_or(0, |c| c.pending_floor);
+        let enqueue_offset = if bad > 0 { pending_floor } else { ckpt.map_or(0, |c| c.enqueue_offset) };
         let (doorbell, bell_rx) = crossbeam_channel::bounded(1);
         let core = Arc::new(Core {
             clock,
@@ -259,9 +324,9 @@ impl TimerEngine {
             cursor: Mutex::new(read_time),
             progress: Mutex::new(Progress::new(enqueue_offset)),
             pending: Mutex::new(HashMap::new()),
-            pending_total: AtomicI64::new(0),
+            congestion: Mutex::new(Congestion::new(geo.precision_ms, geo.slots, now)),
             pending_floor: AtomicU64::new(pending_floor),
-            lateness: Mutex::new(hdrhistogram::Histogram::new(3).expect("3 significant figures is valid")),
+            lateness: Mutex::new(crate::histogram::new()),
             counters: Counters::default(),
             doorbell,
             started_ms: now,
@@ -291,14 +356,28 @@ impl TimerEngine {
         self.supervisor.lock().failure()
     }
 
-    /// Records messages just appended to the system topic for `topic`, and wakes enqueue-get.
-    pub fn scheduled(&self, topic: &str, result: &AppendResult) -> Result<(), TimerError> {
-        for a in &result.messages {
-            self.core.states.ensure(a.queue_offset).map_err(io("create a state cell"))?;
+    /// Counts messages about to be scheduled for `topic` (by deliver time), or refuses them all
+    /// with [`TimerError::SlotFull`] if one would take its slot past `max_per_slot`. Check and
+    /// count are one step, so concurrent sends cannot overfill a slot. Dropping the reservation
+    /// without [`Reservation::commit`] (the append failed) takes the counts back.
+    pub fn reserve(&self, topic: &str, deliver_at: Vec<i64>) -> Result<Reservation<'_>, TimerError> {
+        let mut cg = self.core.congestion.lock();
+        cg.advance(self.core.clock.now_ms());
+        if let Some(limit) = self.core.opts.max_per_slot {
+            let mut slots: Vec<i64> = deliver_at.iter().map(|&t| self.core.geo.slot_time(t)).collect();
+            slots.sort_unstable();
+            for run in slots.chunk_by(|a, b| a == b) {
+                let count = cg.slot_count(run[0]);
+                if count + run.len() as i64 > limit as i64 {
+                    self.core.counters.refused_slot_full.fetch_add(deliver_at.len() as u64, Ordering::Relaxed);
+                    return Err(TimerError::SlotFull { slot_ms: run[0], count, limit });
+                }
+            }
         }
-        self.core.pending_add(topic, result.messages.len() as i64);
-        let _ = self.core.doorbell.try_send(());
-        Ok(())
+        deliver_at.iter().for_each(|&t| cg.add(t, 1));
+        drop(cg);
+        *self.core.pending.lock().entry(topic.to_string()).or_insert(0) += deliver_at.len() as i64;
+        Ok(Reservation { core: &self.core, topic: topic.to_string(), deliver_at, committed: false })
     }
 
     /// The system topic, for the send path.
@@ -332,7 +411,7 @@ impl TimerEngine {
                 if self.core.opts.sync {
                     self.core.states.flush_cell(cell).map_err(io("flush a state cell"))?;
                 }
-                self.core.pending_add(topic, -1);
+                self.core.uncount(Some(topic), [at]);
                 self.core.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 Ok(at)
             }
@@ -384,12 +463,13 @@ impl TimerEngine {
         let lateness = Lateness {
             count: h.len(),
             p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
         };
         TimerStats {
-            pending_total: c.pending_total.load(Ordering::Relaxed).max(0),
+            pending_total: c.congestion.lock().total().max(0),
             enqueue_lag: sys_next.saturating_sub(c.progress.lock().committed_enqueue_offset()),
             dequeue_lag_ms: (now - read_time).max(0),
             read_time_ms: read_time,
@@ -399,7 +479,28 @@ impl TimerEngine {
             cancelled: c.counters.cancelled.load(Ordering::Relaxed),
             rolled: c.counters.rolled.load(Ordering::Relaxed),
             late_after_downtime: c.counters.late_after_downtime.load(Ordering::Relaxed),
+            refused_slot_full: c.counters.refused_slot_full.load(Ordering::Relaxed),
         }
+    }
+
+    /// Scheduled messages due in each bucket of `[from_ms, to_ms)` (see [`Congestion::buckets`]).
+    /// The caller validates the window.
+    pub fn congestion(&self, from_ms: i64, to_ms: i64, bucket_ms: i64) -> CongestionView {
+        let now_ms = self.core.clock.now_ms();
+        let read_time_ms = *self.core.cursor.lock();
+        let mut cg = self.core.congestion.lock();
+        cg.advance(now_ms);
+        CongestionView {
+            now_ms,
+            read_time_ms,
+            pending_total: cg.total().max(0),
+            buckets: cg.buckets(from_ms, to_ms, bucket_ms),
+        }
+    }
+
+    /// Lateness (ms) read at the upper bounds `bounds_ms`, for metrics.
+    pub fn lateness_buckets(&self, bounds_ms: &[u64]) -> crate::histogram::Cumulative {
+        crate::histogram::cumulative(&self.core.lateness.lock(), bounds_ms)
     }
 
     /// Stops the stages (within a deadline) and writes a final checkpoint.
@@ -433,9 +534,23 @@ fn state_of(s: u8) -> MessageState {
 }
 
 impl Core {
-    fn pending_add(&self, topic: &str, n: i64) {
-        *self.pending.lock().entry(topic.to_string()).or_insert(0) += n;
-        self.pending_total.fetch_add(n, Ordering::Relaxed);
+    /// Counts pending messages of `topic` due at `deliver_at`.
+    fn count(&self, topic: &str, deliver_at: impl IntoIterator<Item = i64>) {
+        let mut cg = self.congestion.lock();
+        let n = deliver_at.into_iter().map(|t| cg.add(t, 1)).count();
+        drop(cg);
+        *self.pending.lock().entry(topic.to_string()).or_insert(0) += n as i64;
+    }
+
+    /// Takes back messages that fired, were cancelled or will never fire (`topic` unknown when
+    /// their record is unreadable).
+    fn uncount(&self, topic: Option<&str>, deliver_at: impl IntoIterator<Item = i64>) {
+        let mut cg = self.congestion.lock();
+        let n = deliver_at.into_iter().map(|t| cg.add(t, -1)).count();
+        drop(cg);
+        if let Some(topic) = topic {
+            *self.pending.lock().entry(topic.to_string()).or_insert(0) -= n as i64;
+        }
     }
 
     /// Counts the messages still scheduled, per topic, from the pending floor on (the cost is
@@ -449,6 +564,12 @@ impl Core {
         let mut floor_moving = true;
         for off in start..cq.next() {
             let mut s = self.states.get(off).map_err(io("read a state cell"))?;
+            if s > state::FIRING {
+                // Not a state (a damaged byte; cells carry no checksum): at-least-once wins.
+                tracing::error!(cell = off, value = s, "invalid timer state cell; treating it as scheduled");
+                self.states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
+                s = state::SCHEDULED;
+            }
             if s == state::FIRING {
                 // A fire the previous run did not finish: fire it again (at most a duplicate).
                 self.states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
@@ -456,12 +577,13 @@ impl Core {
             }
             if s == state::SCHEDULED {
                 floor_moving = false;
-                let topic = cq.get(off).and_then(|e| self.store.read(e.log_offset)).and_then(|r| {
+                let found = cq.get(off).and_then(|e| self.store.read(e.log_offset)).and_then(|r| {
                     let rec = r.decode().ok()?;
-                    rec.properties().iter().find(|(k, _)| *k == PROP_TOPIC).map(|(_, v)| v.to_string())
+                    let topic = rec.properties().iter().find(|(k, _)| *k == PROP_TOPIC).map(|(_, v)| v.to_string());
+                    Some((topic?, rec.deliver_at_ms))
                 });
-                if let Some(t) = topic {
-                    self.pending_add(&t, 1);
+                if let Some((topic, at)) = found {
+                    self.count(&topic, [at]);
                     n += 1;
                 }
             } else if floor_moving {

@@ -65,6 +65,14 @@ const POLL: Duration = Duration::from_millis(20);
 /// small enough that the first of a burst are visible within a millisecond or two.
 const RELEASE_CHUNK: usize = 1000;
 
+fn disk_full(e: &TimerError) -> bool {
+    match e {
+        TimerError::Io { source, .. } => crate::store::fault::is_disk_full(source),
+        TimerError::Store(crate::store::StoreError::DiskFull { .. }) => true,
+        _ => false,
+    }
+}
+
 fn send<T>(tx: &queue::Sender<T>, mut item: T, ctx: &StageCtx) -> bool {
     loop {
         match tx.send_timeout(item, Duration::from_millis(50)) {
@@ -120,18 +128,30 @@ pub(super) fn spawn(
     let trip = sup.tripper();
     sup.spawn("timer-checkpoint", move |ctx| {
         let every = c.opts.checkpoint_interval;
+        let mut reporter = super::report::Reporter::new();
+        let mut since_report = Duration::ZERO;
         while !ctx.stopped() {
             let mut slept = Duration::ZERO;
             while slept < every && !ctx.stopped() {
                 std::thread::sleep(POLL.min(every));
                 slept += POLL.min(every);
+                since_report += POLL.min(every);
+                if since_report >= Duration::from_secs(1) {
+                    since_report = Duration::ZERO;
+                    reporter.tick(&c);
+                }
             }
             if ctx.stopped() {
                 return;
             }
-            if let Err(e) = c.checkpoint() {
-                trip(format!("timer checkpoint failed: {e}"));
-                return;
+            match c.checkpoint() {
+                Ok(()) => {}
+                // A full disk heals: the previous checkpoint stays valid; retry next interval.
+                Err(e) if disk_full(&e) => tracing::warn!(error = %e, "timer checkpoint skipped: disk full"),
+                Err(e) => {
+                    trip(format!("timer checkpoint failed: {e}"));
+                    return;
+                }
             }
         }
     })
@@ -244,11 +264,26 @@ fn enqueue_put(core: &Core, req: &EnqueueReq, direct: &queue::Sender<FireReq>, c
         sys_offset: req.sys_offset,
         enqueued_ms: now,
     };
-    match core.log.append(&unit) {
-        Ok(pos) => core.wheel.link(slot, pos),
-        // Unplaced and not marked done: the checkpoint stays behind it; the panic stops the
-        // pipeline (the supervisor reports it) rather than silently losing the message.
-        Err(e) => panic!("timer log append failed: {e}"),
+    let mut warned = false;
+    loop {
+        match core.log.append(&unit) {
+            Ok(pos) => break core.wheel.link(slot, pos),
+            // A full disk heals: retry (holding the cursor, so the placement stays valid) until
+            // space returns. If the pipeline stops meanwhile the message stays unplaced and not
+            // done, so the checkpoint stays behind it and the restart places it.
+            Err(e) if crate::store::fault::is_disk_full(&e) => {
+                if ctx.stopped() {
+                    return;
+                }
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(error = %e, "timer log: disk full; retrying until space returns");
+                }
+                std::thread::sleep(POLL);
+            }
+            // Unplaced and not marked done: the checkpoint stays behind it; the panic stops the
+            // pipeline (the supervisor reports it) rather than silently losing the message.
+            Err(e) => panic!("timer log append failed: {e}"),
+        }
     }
     drop(cursor);
     finish(core);
@@ -539,7 +574,7 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
                     }
                     drop(late);
                     core.counters.fired.fetch_add(fires.len() as u64, Ordering::Relaxed);
-                    core.pending_add(&topic.name, -(fires.len() as i64));
+                    core.uncount(Some(&topic.name), fires.iter().map(|f| f.unit.deliver_at));
                     fires.iter().for_each(|f| core.done(f));
                 }
                 Err(e) => {

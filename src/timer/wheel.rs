@@ -9,6 +9,10 @@
 //! slot:   time i64 (slot time; 0 = never used) | first u64 (pos + 1) | last u64 (pos + 1) | count u64
 //! ```
 //!
+//! The wheel has no checksum of its own: it is an index over the timer log, whose units are
+//! checksummed. Recovery cross-checks every slot still to fire against the log
+//! ([`Wheel::slot_consistent`]) and rebuilds the wheel if one disagrees.
+//!
 //! A slot whose stored time differs from the slot time asked for is stale (left from an earlier
 //! turn of the wheel) and reads as empty; linking into it starts a new list. Slots are never
 //! cleared after firing: staleness does it.
@@ -25,6 +29,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::slot::Geometry;
+use super::timerlog::Unit;
 use crate::store::mmap::AtomicMap;
 
 const HEADER: usize = 4096;
@@ -163,6 +168,11 @@ impl Wheel {
         }
     }
 
+    /// See [`slot_consistent`].
+    pub fn slot_consistent(&self, index: usize, s: &Slot, read: impl Fn(u64) -> Option<Unit>) -> bool {
+        slot_consistent(self.geo, index, s, read)
+    }
+
     /// Msyncs the pages changed since the last flush; returns how many pages were dirty.
     ///
     /// Each `msync(MS_SYNC)` also flushes the disk's cache, so many scattered runs of dirty
@@ -201,9 +211,68 @@ impl Wheel {
     }
 }
 
+/// Whether the time stored in used slot `index` is a slot time that lives at `index`: true of
+/// every slot ever linked, stale or not, and false after any single flipped bit of the time
+/// (no power of two is a multiple of `precision × slots` unless both are powers of two).
+pub fn slot_time_fits(geo: Geometry, index: usize, s: &Slot) -> bool {
+    s.time.rem_euclid(geo.precision_ms) == 0 && geo.index(s.time) == index
+}
+
+/// Whether used slot `index` agrees with the timer log: its time is a slot time that lives
+/// at `index`, and walking its list from `last` through `prev` meets exactly `count` valid
+/// units (`read` checks their CRC) of this slot at strictly decreasing positions, ending at
+/// `first` with `prev = 0`. A flipped bit in any of the four words fails this.
+pub fn slot_consistent(geo: Geometry, index: usize, s: &Slot, read: impl Fn(u64) -> Option<Unit>) -> bool {
+    if !slot_time_fits(geo, index, s) {
+        return false;
+    }
+    let mut pos1 = s.last;
+    let mut n = 0u64;
+    while pos1 != 0 && n < s.count {
+        let Some(u) = read(pos1 - 1) else { return false };
+        if u.slot_time != s.time {
+            return false;
+        }
+        n += 1;
+        if u.prev == 0 {
+            return pos1 == s.first && n == s.count;
+        }
+        if u.prev >= pos1 {
+            return false;
+        }
+        pos1 = u.prev;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_single_bit_flip_of_a_slot_is_detected() {
+        let geo = Geometry::new(1000, 7200);
+        let unit = |prev: u64, slot_time: i64| Unit { prev, slot_time, deliver_at: slot_time + 7, ..Unit::default() };
+        // Three units of slot 5000 at positions 0, 128, 192, and one of another slot at 64.
+        let log = [unit(0, 5000), unit(0, 9000), unit(1, 5000), unit(129, 5000)];
+        let read = |pos: u64| pos.is_multiple_of(64).then(|| log.get(pos as usize / 64).copied()).flatten();
+        let good = Slot { time: 5000, first: 1, last: 193, count: 3 };
+        let index = geo.index(5000);
+        assert!(slot_consistent(geo, index, &good, read));
+        assert!(slot_time_fits(geo, index, &good));
+        assert!(!slot_consistent(geo, index + 1, &good, read), "wrong index");
+        for word in 0..4 {
+            for bit in 0..64 {
+                let mut w = [good.time as u64, good.first, good.last, good.count];
+                w[word] ^= 1 << bit;
+                let bad = Slot { time: w[0] as i64, first: w[1], last: w[2], count: w[3] };
+                assert!(!slot_consistent(geo, index, &bad, read), "word {word} bit {bit} undetected");
+                if word == 0 {
+                    assert!(!slot_time_fits(geo, index, &bad), "time bit {bit} fits");
+                }
+            }
+        }
+    }
 
     #[test]
     fn link_get_stale_and_persist() {

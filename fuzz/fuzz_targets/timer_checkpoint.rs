@@ -1,0 +1,4 @@
+//! libFuzzer target: `chime::fuzzing::timer_checkpoint` (see fuzz/README.md).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| chime::fuzzing::timer_checkpoint(data));

@@ -1,0 +1,310 @@
+//! Fault injection at the storage I/O seam (`chime::store::fault`): a sick disk as the HTTP
+//! client sees it. Each test runs a real server on a temporary directory, turns a failpoint on,
+//! and checks the promises of README "Durability and recovery":
+//! - a failed fsync or write poisons the store: 503 UNAVAILABLE naming the cause, nothing
+//!   acknowledged is lost, and a restart recovers;
+//! - a full disk answers 503 "disk full" without poisoning, and sends succeed again by
+//!   themselves once space returns.
+//!
+//! Failpoints are global to the process, so every test holds a `fail::FailScenario`, which
+//! serialises them.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use chime::config::FlushMode;
+use chime::store::fault;
+use common::{assert_error, test_config, TestServer};
+use serde_json::json;
+
+const TOPIC: &str = "faults";
+
+/// Every body of TOPIC, read by a fresh group (so from the start of the topic).
+async fn all_bodies(s: &TestServer, group: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    loop {
+        let got = s.receive(TOPIC, group, json!({"max_messages": 1000})).await;
+        if got.is_empty() {
+            return out;
+        }
+        for m in &got {
+            out.insert(m["body"].as_str().unwrap().to_string());
+        }
+    }
+}
+
+/// Stops a server whose store may be poisoned (its final flush may then fail).
+async fn stop_poisoned(mut s: TestServer) {
+    let _ = s.running.take().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_fsync_poisons_the_store_and_a_restart_recovers() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.store.flush = FlushMode::Sync;
+    let s = TestServer::start(&config).await;
+
+    let mut acked = BTreeSet::new();
+    for i in 0..20 {
+        let body = format!("before-{i}");
+        let (st, v) = s.send(TOPIC, json!({ "body": body })).await;
+        assert_eq!(st, 201, "{v}");
+        acked.insert(body);
+    }
+
+    // The next fsync of the commit log fails: the send waiting for it is not acknowledged.
+    fail::cfg(fault::FSYNC, "return(EIO:commitlog)").unwrap();
+    let (st, v) = s.send(TOPIC, json!({"body": "during"})).await;
+    assert_error(st, &v, 503, "UNAVAILABLE");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("poisoned") && msg.contains("fsync"), "{msg}");
+
+    // The disk is healthy again, but the store stays poisoned: after a failed fsync the kernel
+    // may have dropped dirty pages, so nothing more is acknowledged until a restart.
+    fail::remove(fault::FSYNC);
+    for body in ["after-1", "after-2"] {
+        let (st, v) = s.send(TOPIC, json!({ "body": body })).await;
+        assert_error(st, &v, 503, "UNAVAILABLE");
+        assert!(v["error"]["message"].as_str().unwrap().contains("poisoned"), "{v}");
+    }
+    // A scheduled send is refused the same way.
+    let (st, v) = s.send(TOPIC, json!({"body": "after-3", "delay_ms": 500})).await;
+    assert_error(st, &v, 503, "UNAVAILABLE");
+    // Reads still work: everything acknowledged is there.
+    let seen = all_bodies(&s, "g1").await;
+    assert!(acked.is_subset(&seen), "acknowledged but not readable: {:?}", acked.difference(&seen));
+    stop_poisoned(s).await;
+
+    // Restart: recovery keeps every acknowledged message; the unacknowledged one may or may
+    // not be there (it reached the page cache), the refused ones are not.
+    let s = TestServer::start(&config).await;
+    let (st, v) = s.send(TOPIC, json!({"body": "restarted"})).await;
+    assert_eq!(st, 201, "sends work again after the restart: {v}");
+    let seen = all_bodies(&s, "g2").await;
+    assert!(acked.is_subset(&seen), "lost across the restart: {:?}", acked.difference(&seen));
+    assert!(seen.contains("restarted"));
+    let extra: Vec<_> = seen.iter().filter(|b| !acked.contains(*b) && *b != "restarted").collect();
+    assert!(extra.iter().all(|b| *b == "during"), "refused sends were stored: {extra:?}");
+    s.stop().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_background_fsync_poisons_under_the_async_policy() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path()); // async: the flusher fsyncs every 50 ms
+    let s = TestServer::start(&config).await;
+    let (st, v) = s.send(TOPIC, json!({"body": "one"})).await;
+    assert_eq!(st, 201, "{v}");
+
+    fail::cfg(fault::FSYNC, "return(EIO:commitlog)").unwrap();
+    let (st, v) = s.send(TOPIC, json!({"body": "two"})).await;
+    assert_eq!(st, 201, "acknowledged from the page cache before the flusher runs: {v}");
+    // The flusher's next fsync fails and poisons; sends then answer 503 with the reason.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (st, v) = s.send(TOPIC, json!({"body": "probe"})).await;
+        if st == 503 {
+            break v;
+        }
+        assert_eq!(st, 201, "{v}");
+        assert!(Instant::now() < deadline, "a failed background fsync did not poison the store");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(v["error"]["code"], "UNAVAILABLE");
+    assert!(v["error"]["message"].as_str().unwrap().contains("commit-log fsync failed"), "{v}");
+    fail::remove(fault::FSYNC);
+    stop_poisoned(s).await;
+
+    let s = TestServer::start(&config).await;
+    let seen = all_bodies(&s, "g").await;
+    assert!(seen.contains("one") && seen.contains("two"), "{seen:?}");
+    let (st, _) = s.send(TOPIC, json!({"body": "three"})).await;
+    assert_eq!(st, 201);
+    s.stop().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_write_in_a_batch_poisons_and_the_batch_is_dropped_whole() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let s = TestServer::start(&config).await;
+    let (st, v) = s.send(TOPIC, json!({"body": "solo"})).await;
+    assert_eq!(st, 201, "{v}");
+
+    // The first record of the batch is written, the second write fails.
+    fail::cfg(fault::WRITE, "1*off->return(EIO:commitlog)").unwrap();
+    let (st, v) = s.send(TOPIC, json!([{"body": "b1"}, {"body": "b2"}, {"body": "b3"}])).await;
+    assert_error(st, &v, 503, "UNAVAILABLE");
+    assert!(v["error"]["message"].as_str().unwrap().contains("commit-log append failed"), "{v}");
+    fail::remove(fault::WRITE);
+    let (st, v) = s.send(TOPIC, json!({"body": "refused"})).await;
+    assert_error(st, &v, 503, "UNAVAILABLE");
+    stop_poisoned(s).await;
+
+    // Recovery drops the half-written batch whole (no batch-end mark) and keeps the rest.
+    let s = TestServer::start(&config).await;
+    let seen = all_bodies(&s, "g").await;
+    assert_eq!(seen, BTreeSet::from(["solo".to_string()]), "a batch is all-or-nothing");
+    let (st, _) = s.send(TOPIC, json!({"body": "again"})).await;
+    assert_eq!(st, 201);
+    s.stop().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_answers_503_disk_full_and_heals_when_space_returns() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path()); // 8 MiB commit-log segments
+    let s = TestServer::start(&config).await;
+    let (st, v) = s.send(TOPIC, json!({"body": "first"})).await;
+    assert_eq!(st, 201, "{v}");
+    let mut acked = BTreeSet::from(["first".to_string()]);
+
+    // No new commit-log segment can be allocated (the flusher's preallocation fails too).
+    fail::cfg(fault::ALLOCATE, "return(ENOSPC:commitlog)").unwrap();
+    let pad = "x".repeat(900_000);
+    let mut full = None;
+    for i in 0..20 {
+        let body = format!("big-{i}-{pad}");
+        let (st, v) = s.send(TOPIC, json!({ "body": body })).await;
+        if st == 201 {
+            acked.insert(body);
+            continue;
+        }
+        full = Some((st, v));
+        break;
+    }
+    let (st, v) = full.expect("20 sends of 900 KB fit in one 8 MiB segment?");
+    assert_error(st, &v, 503, "UNAVAILABLE");
+    let msg = v["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("disk full") && !msg.contains("poisoned"), "{msg}");
+    // Small sends that still fit the current segment go on; a big one keeps being refused.
+    let (st, v) = s.send(TOPIC, json!({ "body": format!("again-{pad}") })).await;
+    assert_error(st, &v, 503, "UNAVAILABLE");
+    assert!(v["error"]["message"].as_str().unwrap().contains("disk full"), "{v}");
+
+    // Nor can a checkpoint, topics.json or group progress be written: that must not poison.
+    fail::cfg(fault::REPLACE, "return(ENOSPC)").unwrap();
+    for body in ["small while full 1", "small while full 2", "small while full 3"] {
+        let (st, v) = s.send(TOPIC, json!({ "body": body })).await;
+        assert_eq!(st, 201, "a full disk must not poison: {v}");
+        acked.insert(body.into());
+        // Several flusher rounds, each trying to write a checkpoint of the new message.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The timer checkpoints (every 50 ms here) fail the same way: it must keep running.
+    let (st, v) = s.send(TOPIC, json!({"body": "scheduled while full", "delay_ms": 300})).await;
+    assert_eq!(st, 201, "{v}");
+    acked.insert("scheduled while full".into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, v) = s.call("GET", "/readyz", None).await;
+    assert_eq!(st, 200, "the timer pipeline survives failed checkpoints: {v}");
+
+    // Space returns: the service heals by itself.
+    fail::remove(fault::ALLOCATE);
+    fail::remove(fault::REPLACE);
+    let body = format!("after-{pad}");
+    let (st, v) = s.send(TOPIC, json!({ "body": body })).await;
+    assert_eq!(st, 201, "sends succeed again once space returns: {v}");
+    acked.insert(body);
+    tokio::time::sleep(Duration::from_millis(500)).await; // the scheduled one fires
+    let seen = all_bodies(&s, "g1").await;
+    assert_eq!(seen, acked, "exactly the acknowledged messages");
+    s.stop().await;
+
+    let s = TestServer::start(&config).await;
+    let seen = all_bodies(&s, "g2").await;
+    assert_eq!(seen.len(), acked.len());
+    assert_eq!(seen, acked, "and they survive a restart");
+    s.stop().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_under_the_timer_log_heals_when_space_returns() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let s = TestServer::start(&config).await;
+
+    // The timer log cannot allocate its first segment: scheduled messages are stored (201)
+    // but cannot be placed in the wheel yet.
+    fail::cfg(fault::ALLOCATE, "return(ENOSPC:timerlog)").unwrap();
+    let mut sent = BTreeSet::new();
+    for i in 0..5 {
+        let body = format!("later-{i}");
+        let (st, v) = s.send(TOPIC, json!({ "body": body, "delay_ms": 1500 })).await;
+        assert_eq!(st, 201, "{v}");
+        sent.insert(body);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fail::remove(fault::ALLOCATE);
+
+    // Space returns: the timer places and fires them, and takes new ones.
+    let (st, v) = s.send(TOPIC, json!({"body": "after", "delay_ms": 200})).await;
+    assert_eq!(st, 201, "{v}");
+    sent.insert("after".into());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = BTreeSet::new();
+    while seen != sent && Instant::now() < deadline {
+        seen.extend(all_bodies(&s, "g").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, sent, "every scheduled message fires once space is back");
+    s.stop().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_timer_log_fsync_stops_the_timer_and_a_restart_recovers() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let s = TestServer::start(&config).await;
+    let mut acked = BTreeSet::new();
+    for i in 0..5 {
+        let body = format!("later-{i}");
+        let (st, v) = s.send(TOPIC, json!({ "body": body, "delay_ms": 3000 })).await;
+        assert_eq!(st, 201, "{v}");
+        acked.insert(body);
+    }
+    // The timer's checkpoint cannot make its log durable: it must not claim it is, so the
+    // pipeline stops (like a poisoned store) and says why.
+    fail::cfg(fault::FSYNC, "return(EIO:timerlog)").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (st, v) = s.call("GET", "/readyz", None).await;
+        if st == 503 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "a failed timer-log fsync went unnoticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(v["error"]["message"].as_str().unwrap().contains("flush the timer log"), "{v}");
+    fail::remove(fault::FSYNC);
+    stop_poisoned(s).await;
+
+    // The restart re-places everything after the last good checkpoint: all fire.
+    let s = TestServer::start(&config).await;
+    let (st, v) = s.call("GET", "/readyz", None).await;
+    assert_eq!(st, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = BTreeSet::new();
+    while seen != acked && Instant::now() < deadline {
+        seen.extend(all_bodies(&s, "g").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, acked, "every acknowledged scheduled message fires after the restart");
+    s.stop().await;
+    scenario.teardown();
+}
