@@ -84,7 +84,7 @@ pub fn run(args: &AppendArgs) -> Result<Report, String> {
         }),
     );
     for i in 0..args.runs {
-        eprintln!("append: run {}/{}", i + 1, args.runs);
+        crate::note!("append: run {}/{}", i + 1, args.runs);
         let mut f = one_run(args, appenders, &parent, &msg, record_bytes)?;
         if !args.no_baseline {
             let total = record_bytes * args.count;
@@ -133,6 +133,7 @@ fn one_run(
     let last_len = (args.count - (batches - 1) * args.batch as u64) as usize;
     let last: Arc<Vec<NewMessage>> = Arc::new(vec![msg.clone(); last_len]);
     let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -141,12 +142,13 @@ fn one_run(
         .map_err(|e| e.to_string())?;
     let cpu0 = crate::report::cpu_seconds(None);
     let machine0 = crate::report::machine_busy_seconds();
+    let bar = crate::progress::track("append", args.count, done.clone());
     let start = Instant::now();
     let hists = rt.block_on(async {
         let mut tasks = Vec::with_capacity(appenders);
         for _ in 0..appenders {
-            let (store, topic, full, last, next) =
-                (store.clone(), topic.clone(), full.clone(), last.clone(), next.clone());
+            let (store, topic, full, last, next, done) =
+                (store.clone(), topic.clone(), full.clone(), last.clone(), next.clone(), done.clone());
             tasks.push(tokio::spawn(async move {
                 let mut h = new_histogram();
                 loop {
@@ -159,6 +161,7 @@ fn one_run(
                     let r = store.append(&topic, msgs).map_err(|e| format!("append: {e}"))?;
                     store.wait_durable(r.end).await.map_err(|e| format!("wait_durable: {e}"))?;
                     record_us(&mut h, t0.elapsed());
+                    done.fetch_add(msgs.len() as u64, Ordering::Relaxed);
                 }
             }));
         }
@@ -169,6 +172,7 @@ fn one_run(
         Ok::<_, String>(hs)
     })?;
     let appended = start.elapsed();
+    drop(bar);
     store.shutdown().map_err(|e| format!("shutdown: {e}"))?;
     let total = start.elapsed();
     let cpu = crate::report::cpu_seconds(None).zip(cpu0).map(|(b, a)| b - a);

@@ -69,7 +69,7 @@ pub fn run(args: &EnqueueArgs) -> Result<Report, String> {
         }),
     );
     for i in 0..args.runs {
-        eprintln!("enqueue: run {}/{}, {} messages", i + 1, args.runs, args.count);
+        crate::note!("enqueue: run {}/{}, {} messages", i + 1, args.runs, args.count);
         let mut f = one_run(args, &parent)?;
         if !args.no_preloaded {
             preloaded_run(args, &parent, &mut f)?;
@@ -126,6 +126,8 @@ fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, Stri
     let cpu0 = cpu_seconds(None);
     let machine0 = machine_busy_seconds();
     let mut max_lag = 0u64;
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let bar = crate::progress::track("enqueue", args.count, done.clone());
     let start = Instant::now();
     let mut i = 0u64;
     let mut batches = 0u64;
@@ -138,6 +140,7 @@ fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, Stri
         let r = store.append(&sys, &batch).map_err(|e| format!("append: {e}"))?;
         reservation.commit(&r).map_err(|e| format!("commit: {e}"))?;
         i += n;
+        done.store(i, std::sync::atomic::Ordering::Relaxed);
         batches += 1;
         if batches.is_multiple_of(100) {
             max_lag = max_lag.max(timer.stats().enqueue_lag);
@@ -157,6 +160,7 @@ fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, Stri
         std::thread::sleep(Duration::from_micros(500));
     };
     let placed = start.elapsed();
+    drop(bar);
     let cpu = cpu_seconds(None).zip(cpu0).map(|(b, a)| b - a);
     let machine = machine_busy_seconds().zip(machine0).map(|(b, a)| b - a);
     if stats.pending_total as u64 != args.count {
@@ -181,7 +185,7 @@ fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, Stri
             f.add("other_cores_busy", ((m - c) / placed.as_secs_f64()).max(0.0));
         }
     }
-    eprintln!(
+    crate::note!(
         "enqueue: placed {} in {:.3} s ({:.0} msgs/s; appends alone {:.3} s)",
         args.count,
         placed.as_secs_f64(),
@@ -247,7 +251,7 @@ fn preloaded_run(args: &EnqueueArgs, parent: &std::path::Path, f: &mut Figures) 
         f.add("pipeline_only_cores_busy", c / placed);
         f.add("pipeline_only_cpu_us_per_msg", c * 1e6 / args.count as f64);
     }
-    eprintln!(
+    crate::note!(
         "enqueue: pipeline alone placed {} in {placed:.3} s ({:.0} msgs/s; engine start {start_s:.3} s)",
         args.count,
         args.count as f64 / placed

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Deserialize;
 use serde_json::json;
 
-use crate::http::{self, SendPlan};
+use crate::http::{self, Consumer, SendPlan};
 use crate::http_send::{client_runtime, CpuMeter, QUEUES, TOPIC};
+use crate::progress;
 use crate::report::{new_histogram, record_us, Figures, Report};
 use crate::target::{Mode, Target, TargetArgs};
 
@@ -56,23 +56,6 @@ pub struct HttpReceiveArgs {
     pub target: TargetArgs,
 }
 
-#[derive(Deserialize)]
-struct Received<'a> {
-    #[serde(borrow)]
-    messages: Vec<Msg<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Msg<'a> {
-    message_id: &'a str,
-    receipt_handle: &'a str,
-}
-
-#[derive(Deserialize)]
-struct Acked {
-    acked: u64,
-}
-
 #[derive(Default)]
 struct ConsumerOut {
     recv: Option<Histogram<u64>>,
@@ -99,7 +82,7 @@ pub fn run(args: &HttpReceiveArgs) -> Result<Report, String> {
         }),
     );
     for i in 0..args.runs {
-        eprintln!("http-receive: run {}/{} ({})", i + 1, args.runs, mode.name());
+        crate::note!("http-receive: run {}/{} ({})", i + 1, args.runs, mode.name());
         let target = Target::start(&args.target)?;
         let result = one_run(args, &rt, &target, mode);
         let t0 = std::time::Instant::now();
@@ -126,13 +109,12 @@ fn one_run(
     // A run against --url may find the groups already used: name them per run.
     let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     rt.block_on(http::create_topic(&client, &base, TOPIC, QUEUES))?;
-    eprintln!("http-receive: preloading {} messages", args.count);
-    let plan =
-        SendPlan { count: args.count, batch: 1000, body_len: args.bodies, concurrency: args.preload_concurrency };
+    crate::note!("http-receive: preloading {} messages", args.count);
+    let plan = SendPlan::normal(args.count, 1000, args.bodies, args.preload_concurrency).label("preload");
     let pre = rt.block_on(http::send_all(&client, &base, TOPIC, plan))?;
     f.add("preload_msgs_per_s", args.count as f64 / pre.elapsed.as_secs_f64());
 
-    eprintln!("http-receive: receive + ack");
+    crate::note!("http-receive: receive + ack");
     let cpu = CpuMeter::start(target);
     let (secs, outs) = rt.block_on(consume(&client, &base, &format!("bench-ack-{suffix}"), args, true))?;
     f.add("receive_ack_msgs_per_s", args.count as f64 / secs);
@@ -141,7 +123,7 @@ fn one_run(
     cpu.finish(&mut f, mode, args.count, secs);
 
     if !args.skip_receive_only {
-        eprintln!("http-receive: receive only");
+        crate::note!("http-receive: receive only");
         let (secs, outs) = rt.block_on(consume(&client, &base, &format!("bench-noack-{suffix}"), args, false))?;
         f.add("receive_only_msgs_per_s", args.count as f64 / secs);
         f.add("receive_only_elapsed_s", secs);
@@ -198,42 +180,27 @@ async fn consume(
     args: &HttpReceiveArgs,
     do_ack: bool,
 ) -> Result<(f64, Vec<ConsumerOut>), String> {
-    let recv_url: Arc<str> = format!("{base}/v1/topics/{TOPIC}/groups/{group}/receive").into();
-    let ack_url: Arc<str> = format!("{base}/v1/topics/{TOPIC}/groups/{group}/ack").into();
-    let recv_body = bytes::Bytes::from(format!("{{\"max_messages\":{},\"invisible_ms\":{INVISIBLE_MS}}}", args.max));
+    let consumer = Consumer::new(base, TOPIC, group, args.max, None, INVISIBLE_MS);
     let received = Arc::new(AtomicU64::new(0));
     let count = args.count;
+    let _bar = progress::track(if do_ack { "receive + ack" } else { "receive" }, count, received.clone());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, recv_url, ack_url, recv_body, received) =
-            (client.clone(), recv_url.clone(), ack_url.clone(), recv_body.clone(), received.clone());
+        let (client, consumer, received) = (client.clone(), consumer.clone(), received.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = ConsumerOut { recv: Some(new_histogram()), ..Default::default() };
             if do_ack {
                 out.ack = Some(new_histogram());
             }
             let mut last_progress = Instant::now();
-            let mut ack_body = String::new();
             while received.load(Ordering::Relaxed) < count {
                 let t0 = Instant::now();
-                let r = client
-                    .post(&*recv_url)
-                    .header("content-type", "application/json")
-                    .body(recv_body.clone())
-                    .send()
-                    .await
-                    .map_err(|e| format!("receive: {e}"))?;
-                let status = r.status();
-                let bytes = r.bytes().await.map_err(|e| format!("receive: reading the answer: {e}"))?;
+                let bytes = consumer.receive(&client).await?;
                 let d = t0.elapsed();
                 out.recv_time += d;
                 record_us(out.recv.as_mut().expect("set"), d);
-                if status.as_u16() != 200 {
-                    return Err(format!("receive: {status}: {}", String::from_utf8_lossy(&bytes)));
-                }
-                let got: Received<'_> =
-                    serde_json::from_slice(&bytes).map_err(|e| format!("receive: bad answer: {e}"))?;
+                let got = http::parse_received(&bytes)?;
                 if got.messages.is_empty() {
                     out.empty += 1;
                     if last_progress.elapsed() > STALL {
@@ -247,49 +214,17 @@ async fn consume(
                 }
                 last_progress = Instant::now();
                 for m in &got.messages {
-                    out.ids
-                        .push(u128::from_str_radix(m.message_id, 16).map_err(|_| format!("bad id {}", m.message_id))?);
+                    out.ids.push(m.id()?);
                 }
                 received.fetch_add(got.messages.len() as u64, Ordering::Relaxed);
                 if !do_ack {
                     continue;
                 }
-                ack_body.clear();
-                ack_body.push_str("{\"receipt_handles\":[");
-                for (i, m) in got.messages.iter().enumerate() {
-                    if i > 0 {
-                        ack_body.push(',');
-                    }
-                    ack_body.push('"');
-                    ack_body.push_str(m.receipt_handle);
-                    ack_body.push('"');
-                }
-                ack_body.push_str("]}");
-                let n = got.messages.len() as u64;
                 let t0 = Instant::now();
-                let r = client
-                    .post(&*ack_url)
-                    .header("content-type", "application/json")
-                    .body(ack_body.clone())
-                    .send()
-                    .await
-                    .map_err(|e| format!("ack: {e}"))?;
-                let status = r.status();
-                let bytes = r.bytes().await.map_err(|e| format!("ack: reading the answer: {e}"))?;
+                consumer.ack(&client, &got).await?;
                 let d = t0.elapsed();
                 out.ack_time += d;
                 record_us(out.ack.as_mut().expect("set"), d);
-                if status.as_u16() != 200 {
-                    return Err(format!("ack: {status}: {}", String::from_utf8_lossy(&bytes)));
-                }
-                let acked: Acked = serde_json::from_slice(&bytes).map_err(|e| format!("ack: bad answer: {e}"))?;
-                if acked.acked != n {
-                    return Err(format!(
-                        "ack: {} of {n} handles acked: {}",
-                        acked.acked,
-                        String::from_utf8_lossy(&bytes)
-                    ));
-                }
             }
             Ok::<_, String>(out)
         }));

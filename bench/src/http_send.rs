@@ -104,7 +104,7 @@ pub fn run(args: &HttpSendArgs) -> Result<Report, String> {
         }),
     );
     for i in 0..args.runs {
-        eprintln!("http-send: run {}/{} ({})", i + 1, args.runs, mode.name());
+        crate::note!("http-send: run {}/{} ({})", i + 1, args.runs, mode.name());
         let target = Target::start(&args.target)?;
         let result = one_run(args, &rt, &target, mode);
         let t0 = std::time::Instant::now();
@@ -122,7 +122,7 @@ pub fn run(args: &HttpSendArgs) -> Result<Report, String> {
 fn one_run(args: &HttpSendArgs, rt: &tokio::runtime::Runtime, target: &Target, mode: Mode) -> Result<Figures, String> {
     let base = target.base().to_owned();
     let client = http::client(args.concurrency)?;
-    let plan = SendPlan { count: args.count, batch: args.batch, body_len: args.bodies, concurrency: args.concurrency };
+    let plan = SendPlan::normal(args.count, args.batch, args.bodies, args.concurrency);
     let before = rt.block_on(async {
         http::create_topic(&client, &base, TOPIC, QUEUES).await?;
         http::topic_messages(&client, &base, TOPIC).await

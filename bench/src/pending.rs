@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::http;
+use crate::http::{now_ms, timer_stats, Schedule, SendPlan};
 use crate::http_send::client_runtime;
 use crate::report::{Figures, Report};
 use crate::rng::{self, SEED};
 use crate::target::{Mode, Target, TargetArgs};
-use crate::timer_http::{now_ms, send_scheduled, timer_stats, ScheduledSend};
 
 const TOPIC: &str = "pending-bench";
 const HOUR_MS: i64 = 3_600_000;
@@ -89,7 +89,7 @@ pub fn run(args: &PendingArgs) -> Result<Report, String> {
             "profile": args.target.profile, "server": mode.name(),
         }),
     );
-    eprintln!("pending: {} messages over {} days", args.count, args.spread_days);
+    crate::note!("pending: {} messages over {} days", args.count, args.spread_days);
     let target = Target::start(&args.target)?;
     let result = one_run(args, &rt, &target);
     let stopped = target.stop();
@@ -115,23 +115,17 @@ fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &Target) ->
     }
     let first = now_ms() + HOUR_MS;
     let spread = (args.spread_days * DAY_MS) as u64;
-    let deliver: Arc<dyn Fn(u64) -> i64 + Send + Sync> = Arc::new(move |i| first + (rng::nth(SEED, i) % spread) as i64);
+    let deliver: Schedule = Arc::new(move |i| first + (rng::nth(SEED, i) % spread) as i64);
     let start = Instant::now();
-    let plan = ScheduledSend {
-        count: args.count,
-        concurrency: args.concurrency,
-        body_len: args.bodies,
-        deliver_at: deliver,
-        progress: Some("pending"),
-    };
-    let sent = rt.block_on(send_scheduled(&client, &base, TOPIC, plan))?;
-    let sent_s = sent.as_secs_f64();
+    let plan = SendPlan::scheduled(args.count, 1000, args.bodies, args.concurrency, deliver);
+    let sent = rt.block_on(http::send_all(&client, &base, TOPIC, plan))?;
+    let sent_s = sent.elapsed.as_secs_f64();
     f.add("send_per_s", args.count as f64 / sent_s);
     f.add("send_s", sent_s);
     for (k, v) in proc_memory(pid)? {
         f.add(&format!("sent_{k}_bytes"), v);
     }
-    eprintln!("pending: sent in {sent_s:.1} s; waiting for enqueue_lag 0");
+    crate::note!("pending: sent in {sent_s:.1} s; waiting for enqueue_lag 0");
     let deadline = Instant::now() + Duration::from_secs(args.placement_timeout_s);
     let mut last_report = Instant::now();
     let stats = loop {
@@ -144,7 +138,7 @@ fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &Target) ->
             return Err(format!("enqueue_lag still {lag} after {} s", args.placement_timeout_s));
         }
         if last_report.elapsed() > Duration::from_secs(5) {
-            eprintln!("pending: enqueue_lag {lag}");
+            crate::note!("pending: enqueue_lag {lag}");
             last_report = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -164,7 +158,7 @@ fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &Target) ->
     }
     let anon = mem.iter().find(|(k, _)| k == "RssAnon").map_or(0.0, |(_, v)| *v);
     f.add("rss_anon_bytes_per_pending", anon / args.count as f64);
-    eprintln!("pending: placed after {placed_s:.1} s; RssAnon {:.1} MiB", anon / 1048576.0);
+    crate::note!("pending: placed after {placed_s:.1} s; RssAnon {:.1} MiB", anon / 1048576.0);
     rt.block_on(time_queries(&client, &base, first, &mut f))?;
     std::thread::sleep(Duration::from_secs(args.settle_s));
     for (k, v) in proc_memory(pid)? {
@@ -209,7 +203,7 @@ async fn time_queries(client: &reqwest::Client, base: &str, first: i64, f: &mut 
             }
         }
         f.add_latency(&format!("{name}_rtt"), &h);
-        eprintln!(
+        crate::note!(
             "pending: {name}: round trip p50 {:.2} ms, max {:.2} ms",
             h.value_at_quantile(0.5) as f64 / 1e3,
             h.max() as f64 / 1e3

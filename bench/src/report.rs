@@ -51,11 +51,14 @@ pub struct Report {
     pub runs: Vec<Figures>,
     /// Extra sections (e.g. "baseline", "notes"), printed after the table.
     pub extra: Map<String, Value>,
+    /// Preformatted text (e.g. a table of rows) printed last, in the readable output only; the
+    /// same data belongs in `extra` for the JSON.
+    pub text: Vec<String>,
 }
 
 impl Report {
     pub fn new(scenario: &str, params: Value) -> Self {
-        Self { scenario: scenario.to_owned(), params, runs: Vec::new(), extra: Map::new() }
+        Self { scenario: scenario.to_owned(), params, runs: Vec::new(), extra: Map::new(), text: Vec::new() }
     }
 
     /// Per figure, the median over the runs that have it (the upper median for an even count).
@@ -115,7 +118,15 @@ impl Report {
             println!("{line}");
         }
         for (k, x) in &self.extra {
+            // Lists of rows are printed as text below, when the scenario has a table for them.
+            if x.is_array() && !self.text.is_empty() {
+                continue;
+            }
             println!("{k}: {x}");
+        }
+        for t in &self.text {
+            println!();
+            print!("{t}");
         }
     }
 }

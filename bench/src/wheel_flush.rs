@@ -42,7 +42,7 @@ use crate::rng::{self, SplitMix64, SEED};
 const HEADER: usize = 4096;
 const PAGE: usize = 4096;
 const SLOT_BYTES: usize = 32;
-const PRECISION_MS: i64 = 1000;
+pub const PRECISION_MS: i64 = 1000;
 /// Slot times start near 2027-01-15; any fixed time does.
 const T0: i64 = 1_800_000_000_000;
 
@@ -80,15 +80,16 @@ impl Pattern {
     }
 }
 
-/// RocketMQ's wheel: a heap copy that takes the updates, flushed by compare-and-copy.
-struct RocketMqWheel {
+/// RocketMQ's wheel: a heap copy that takes the updates, flushed by compare-and-copy. Also the
+/// baseline of the criterion benchmark `benches/wheel_flush.rs`.
+pub struct RocketMqWheel {
     map: AtomicMap,
     local: Vec<u64>,
     geo: Geometry,
 }
 
 impl RocketMqWheel {
-    fn open(path: &std::path::Path, geo: Geometry) -> Result<Self, String> {
+    pub fn open(path: &std::path::Path, geo: Geometry) -> Result<Self, String> {
         let len = HEADER + geo.slots as usize * SLOT_BYTES;
         let (map, _) = AtomicMap::open_or_create(path, len).map_err(|e| format!("map {}: {e}", path.display()))?;
         // `vec![0; n]` maps zero pages lazily; write one word per page so the copy is resident,
@@ -105,7 +106,7 @@ impl RocketMqWheel {
     }
 
     /// The same update as `Wheel::link`, on the heap copy.
-    fn link(&mut self, s: i64, pos: u64) {
+    pub fn link(&mut self, s: i64, pos: u64) {
         let at = HEADER / 8 + self.geo.index(s) * 4;
         let w = &mut self.local[at..at + 4];
         if w[0] as i64 != s {
@@ -118,7 +119,7 @@ impl RocketMqWheel {
     }
 
     /// Compares the whole copy with the map and stores the differing words; returns how many.
-    fn compare_and_copy(&self) -> usize {
+    pub fn compare_and_copy(&self) -> usize {
         let mut diff = 0;
         for (m, l) in self.map.words().iter().zip(&self.local) {
             if m.load(Ordering::Relaxed) != *l {
@@ -131,14 +132,14 @@ impl RocketMqWheel {
 
     /// Writes every word of the copy to the map (the state after a long run, where every page
     /// of the file has been written at least once).
-    fn write_all(&self) {
+    pub fn write_all(&self) {
         for (m, l) in self.map.words().iter().zip(&self.local) {
             m.store(*l, Ordering::Relaxed);
         }
     }
 
     /// `force()`: msync of the whole map.
-    fn sync(&self) -> Result<(), String> {
+    pub fn sync(&self) -> Result<(), String> {
         self.map.flush_range(0, self.map.len()).map_err(|e| format!("msync: {e}"))
     }
 }
@@ -148,7 +149,7 @@ fn ms(t: Instant) -> f64 {
 }
 
 /// Slot time whose index is `idx`.
-fn slot_time(geo: Geometry, idx: u64) -> i64 {
+pub fn slot_time(geo: Geometry, idx: u64) -> i64 {
     let span = geo.span_ms();
     T0.div_euclid(span) * span + idx as i64 * PRECISION_MS
 }
@@ -186,7 +187,7 @@ pub fn run(args: &WheelFlushArgs) -> Result<Report, String> {
         let geo = Geometry::new(PRECISION_MS, *slots);
         let dir =
             tempfile::Builder::new().prefix("chime-bench-wheel-").tempdir_in(&parent).map_err(|e| e.to_string())?;
-        eprintln!("wheel-flush: {label} wheel, {slots} slots ({:.1} MB)", (HEADER as u64 + slots * 32) as f64 / 1e6);
+        crate::note!("wheel-flush: {label} wheel, {slots} slots ({:.1} MB)", (HEADER as u64 + slots * 32) as f64 / 1e6);
         let (chime, _) = Wheel::open(&dir.path().join("chime"), geo).map_err(|e| format!("open wheel: {e}"))?;
         let one_sync_path = dir.path().join("one-sync");
         let (one_sync, _) = Wheel::open(&one_sync_path, geo).map_err(|e| format!("open wheel: {e}"))?;
@@ -201,8 +202,10 @@ pub fn run(args: &WheelFlushArgs) -> Result<Report, String> {
         one_sync_file.sync_data().map_err(|e| e.to_string())?;
         rmq.write_all();
         rmq.sync()?;
-        eprintln!("wheel-flush: initial flush of the three files took {:.0} ms", ms(t));
+        crate::note!("wheel-flush: initial flush of the three files took {:.0} ms", ms(t));
 
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let _bar = crate::progress::track(&format!("wheel-flush {label}"), args.reps as u64 * 2, done.clone());
         for rep in 0..args.reps {
             for pattern in [Pattern::Consecutive, Pattern::Random] {
                 let idx: Vec<u64> = match pattern {
@@ -264,13 +267,16 @@ pub fn run(args: &WheelFlushArgs) -> Result<Report, String> {
                     (rmq_link_ms + rmq_ms) / (chime_link_ms + chime_ms),
                 );
                 f.add(&format!("{p}_dirty_pages"), written as f64);
-                f.add(&format!("{p}_msync_calls"), runs as f64);
+                // Runs of adjacent dirty pages. `Wheel::flush` msyncs each run when there are a
+                // few, and the span from the first to the last dirty page in one call otherwise.
+                f.add(&format!("{p}_dirty_page_runs"), runs as f64);
                 f.add(&format!("{p}_rocketmq_words_copied"), diff as f64);
+                done.fetch_add(1, Ordering::Relaxed);
                 if written != pages {
-                    eprintln!("wheel-flush: note: {written} pages flushed, {pages} expected from the slots");
+                    crate::note!("wheel-flush: note: {written} pages flushed, {pages} expected from the slots");
                 }
-                eprintln!(
-                    "wheel-flush: {label} {} rep {}: chime {chime_ms:.2} ms ({written} pages, {runs} msyncs; links {chime_link_ms:.2}); rocketmq {rmq_ms:.2} ms (compare {compare_ms:.2} + msync {rmq_sync_ms:.2}; links {rmq_link_ms:.2}); one fdatasync {one_sync_ms:.2} ms",
+                crate::note!(
+                    "wheel-flush: {label} {} rep {}: chime {chime_ms:.2} ms ({written} pages in {runs} runs; links {chime_link_ms:.2}); rocketmq {rmq_ms:.2} ms (compare {compare_ms:.2} + msync {rmq_sync_ms:.2}; links {rmq_link_ms:.2}); one fdatasync {one_sync_ms:.2} ms",
                     pattern.name(),
                     rep + 1
                 );
@@ -301,7 +307,7 @@ pub fn run(args: &WheelFlushArgs) -> Result<Report, String> {
                         (g("rocketmq_link_ms") + g("rocketmq_ms")) / (g("chime_link_ms") + g("chime_flush_ms"))
                     ),
                     "dirty_pages": g("dirty_pages"),
-                    "msync_calls": g("msync_calls"),
+                    "dirty_page_runs": g("dirty_page_runs"),
                     "goal_1ms_met": g("chime_flush_ms") <= 1.0,
                 }),
             );
