@@ -205,7 +205,8 @@ impl Congestion {
 
     /// Messages of `slot` due before `t` (which lies in `slot`).
     fn detail_before(&self, slot: i64, t: i64) -> i64 {
-        match (t - slot * self.precision) as usize {
+        // `t mod precision`, not `t − slot × precision`: that product overflows near i64::MIN.
+        match t.rem_euclid(self.precision) as usize {
             0 => 0,
             cut => self.detail.before(slot, cut),
         }
@@ -312,6 +313,21 @@ mod tests {
         assert_eq!((idx.total(), idx.slot_count(5_000)), (0, 0));
         idx.add(5_000, -1); // nothing there: ignored
         assert_eq!(idx.total(), 0);
+    }
+
+    #[test]
+    fn windows_at_the_ends_of_time_do_not_overflow() {
+        let mut idx = Congestion::new(1000, 1024, 0);
+        idx.add(i64::MIN, 1);
+        idx.add(i64::MAX, 1);
+        assert_eq!(idx.buckets(i64::MIN, i64::MIN + 3_600_000, 60_000)[0].count, 1);
+        assert_eq!(idx.buckets(i64::MIN + 1, i64::MIN + 2, 7).len(), 1);
+        let top = idx.buckets(i64::MAX - 3_600_000, i64::MAX, 60_000);
+        assert_eq!(top.iter().map(|b| b.count).sum::<u64>(), 0, "[from, to) excludes i64::MAX itself");
+        assert_eq!(idx.buckets(i64::MIN, i64::MAX, i64::MAX).iter().map(|b| b.count).sum::<u64>(), 1);
+        idx.advance(i64::MAX);
+        idx.advance(i64::MIN);
+        assert_eq!(idx.total(), 2);
     }
 
     #[test]
