@@ -175,10 +175,14 @@ fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &Target) ->
 /// (API.md's goal: under 5 ms), `/v1/timer/stats` (1 ms) and a `/metrics` scrape (10 ms).
 async fn time_queries(client: &reqwest::Client, base: &str, first: i64, f: &mut Figures) -> Result<(), String> {
     const ROUNDS: usize = 50;
-    let congestion = format!("{base}/v1/timer/congestion?from_ms={first}&to_ms={}&bucket_ms=60000", first + DAY_MS);
-    // The same window 123 ms off the slot grid: every bucket edge cuts a slot.
-    let unaligned =
-        format!("{base}/v1/timer/congestion?from_ms={}&to_ms={}&bucket_ms=60000", first + 123, first + 123 + DAY_MS);
+    // On the 1 s slot grid, and 123 ms off it (every bucket edge then cuts a slot).
+    let aligned = first.div_euclid(1000) * 1000 + 1000;
+    let congestion = format!("{base}/v1/timer/congestion?from_ms={aligned}&to_ms={}&bucket_ms=60000", aligned + DAY_MS);
+    let unaligned = format!(
+        "{base}/v1/timer/congestion?from_ms={}&to_ms={}&bucket_ms=60000",
+        aligned + 123,
+        aligned + 123 + DAY_MS
+    );
     for (name, url) in [
         ("congestion_24h_60s", congestion),
         ("congestion_24h_60s_unaligned", unaligned),
