@@ -534,14 +534,6 @@ fn state_of(s: u8) -> MessageState {
 }
 
 impl Core {
-    /// Counts pending messages of `topic` due at `deliver_at`.
-    fn count(&self, topic: &str, deliver_at: impl IntoIterator<Item = i64>) {
-        let mut cg = self.congestion.lock();
-        let n = deliver_at.into_iter().map(|t| cg.add(t, 1)).count();
-        drop(cg);
-        *self.pending.lock().entry(topic.to_string()).or_insert(0) += n as i64;
-    }
-
     /// Takes back messages that fired, were cancelled or will never fire (`topic` unknown when
     /// their record is unreadable).
     fn uncount(&self, topic: Option<&str>, deliver_at: impl IntoIterator<Item = i64>) {
@@ -562,6 +554,8 @@ impl Core {
         let start = self.pending_floor.load(Ordering::Relaxed);
         let mut floor = start;
         let mut floor_moving = true;
+        let mut per_topic: HashMap<String, i64> = HashMap::new();
+        let mut times = Vec::new();
         for off in start..cq.next() {
             let mut s = self.states.get(off).map_err(io("read a state cell"))?;
             if s > state::FIRING {
@@ -577,20 +571,30 @@ impl Core {
             }
             if s == state::SCHEDULED {
                 floor_moving = false;
-                let found = cq.get(off).and_then(|e| self.store.read(e.log_offset)).and_then(|r| {
-                    let rec = r.decode().ok()?;
-                    let topic = rec.properties().iter().find(|(k, _)| *k == PROP_TOPIC).map(|(_, v)| v.to_string());
-                    Some((topic?, rec.deliver_at_ms))
-                });
-                if let Some((topic, at)) = found {
-                    self.count(&topic, [at]);
-                    n += 1;
+                let Some(r) = cq.get(off).and_then(|e| self.store.read(e.log_offset)) else { continue };
+                let Ok(rec) = r.decode() else { continue };
+                let Some((_, topic)) = rec.properties().into_iter().find(|(k, _)| *k == PROP_TOPIC) else { continue };
+                match per_topic.get_mut(topic) {
+                    Some(c) => *c += 1,
+                    None => drop(per_topic.insert(topic.to_string(), 1)),
                 }
+                times.push(rec.deliver_at_ms);
+                n += 1;
             } else if floor_moving {
                 floor = off + 1;
             }
         }
         self.pending_floor.store(floor, Ordering::Relaxed);
+        // In time order the index's updates touch its memory in order: `TimerEngine::start` with
+        // 1M pending at random times took 0.87 s in send order, 0.37 s sorted (`enqueue` bench).
+        times.sort_unstable();
+        let mut cg = self.congestion.lock();
+        times.iter().for_each(|&t| cg.add(t, 1));
+        drop(cg);
+        let mut pending = self.pending.lock();
+        for (topic, c) in per_topic {
+            *pending.entry(topic).or_insert(0) += c;
+        }
         Ok(n)
     }
 
