@@ -105,14 +105,9 @@ pub fn run(args: &HttpSendArgs) -> Result<Report, String> {
     );
     for i in 0..args.runs {
         crate::note!("http-send: run {}/{} ({})", i + 1, args.runs, mode.name());
-        let target = Target::start(&args.target)?;
-        let result = one_run(args, &rt, &target, mode);
-        let t0 = std::time::Instant::now();
-        let stopped = target.stop();
-        let mut f = result?;
-        stopped?;
+        let (mut f, stop_time) = Target::run(&args.target, |target| one_run(args, &rt, target, mode))?;
         if mode != Mode::Url {
-            f.add("server_stop_s", t0.elapsed().as_secs_f64());
+            f.add("server_stop_s", stop_time.as_secs_f64());
         }
         report.runs.push(f);
     }

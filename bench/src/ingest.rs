@@ -144,11 +144,7 @@ pub fn run(args: &IngestArgs) -> Result<Report, String> {
             if mode != Mode::Url {
                 t.profile = profile.clone();
             }
-            let target = Target::start(&t)?;
-            let result = profile_run(args, profile, &rt, &target, &mut f);
-            let stopped = target.stop();
-            result?;
-            stopped?;
+            Target::run(&t, |target| profile_run(args, profile, &rt, target, &mut f))?;
         }
         report.runs.push(f);
     }

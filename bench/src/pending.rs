@@ -90,11 +90,7 @@ pub fn run(args: &PendingArgs) -> Result<Report, String> {
         }),
     );
     crate::note!("pending: {} messages over {} days", args.count, args.spread_days);
-    let target = Target::start(&args.target)?;
-    let result = one_run(args, &rt, &target);
-    let stopped = target.stop();
-    let f = result?;
-    stopped?;
+    let (f, _) = Target::run(&args.target, |target| one_run(args, &rt, target))?;
     let mib = |k: &str| f.get(k).map(|v| (v / 1048576.0 * 10.0).round() / 10.0);
     report.extra.insert("count".into(), json!(args.count));
     report.extra.insert("rss_anon_mib".into(), json!(mib("placed_RssAnon_bytes")));

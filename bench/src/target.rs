@@ -177,6 +177,19 @@ impl Target {
         }
     }
 
+    /// Starts a target, runs `f` against it and stops it, whether `f` succeeded or not. Returns
+    /// `f`'s result and how long the stop took; `f`'s error wins over the stop's.
+    pub fn run<T>(args: &TargetArgs, f: impl FnOnce(&Target) -> Result<T, String>) -> Result<(T, Duration), String> {
+        let target = Target::start(args)?;
+        let result = f(&target);
+        let t0 = Instant::now();
+        let stopped = target.stop();
+        let stop_time = t0.elapsed();
+        let r = result?;
+        stopped?;
+        Ok((r, stop_time))
+    }
+
     /// Stops a server this tool started (SIGTERM for a child, then waits for a clean exit).
     pub fn stop(self) -> Result<(), String> {
         match self {

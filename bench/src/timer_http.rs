@@ -341,14 +341,13 @@ fn run(scenario: &'static str, plan: Plan, args: &DueArgs) -> Result<Report, Str
     let mut by_second = Vec::new();
     for i in 0..args.runs {
         crate::note!("{scenario}: run {}/{} ({}), {} messages", i + 1, args.runs, mode.name(), plan.count);
-        let target = Target::start(&args.target)?;
-        let result = one_run(scenario, &plan, args, &rt, &target, mode);
-        if let Some(log) = target.server_log() {
-            warnings.extend(log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).map(str::to_owned));
-        }
-        let stopped = target.stop();
-        let (f, rows) = result?;
-        stopped?;
+        let ((f, rows), _) = Target::run(&args.target, |target| {
+            let result = one_run(scenario, &plan, args, &rt, target, mode);
+            if let Some(log) = target.server_log() {
+                warnings.extend(log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).map(str::to_owned));
+            }
+            result
+        })?;
         early_total += f.get("early").unwrap_or(0.0);
         client_early_total += f.get("client_early").unwrap_or(0.0);
         report.runs.push(f);
