@@ -108,19 +108,9 @@ pub async fn congestion(
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::invalid(format!("bad query string: {e}")))?;
-    let timer = &state.core()?.timer;
-    let w = Window::parse(&params, state.core()?.store.clock().now_ms())?;
-    let view = if w.from == w.to {
-        let s = timer.stats();
-        crate::timer::CongestionView {
-            now_ms: state.core()?.store.clock().now_ms(),
-            read_time_ms: s.read_time_ms,
-            pending_total: s.pending_total,
-            buckets: Vec::new(),
-        }
-    } else {
-        timer.congestion(w.from, w.to, w.bucket)
-    };
+    let core = state.core()?;
+    let w = Window::parse(&params, core.store.clock().now_ms())?;
+    let view = core.timer.congestion(w.from, w.to, w.bucket);
     let buckets = view.buckets.iter().map(|b| CongestionBucket { start_ms: b.start_ms, count: b.count }).collect();
     Ok(Json(Congestion {
         now_ms: view.now_ms,

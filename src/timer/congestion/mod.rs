@@ -149,9 +149,10 @@ impl Congestion {
     }
 
     /// Counts per bucket of `[from_ms, to_ms)`: buckets start at `from_ms + k × bucket_ms` and the
-    /// last is clipped at `to_ms`. The caller validates `from_ms < to_ms` and `bucket_ms > 0`.
+    /// last is clipped at `to_ms` (an empty window has none). The caller validates
+    /// `from_ms <= to_ms` and `bucket_ms > 0`.
     pub fn buckets(&self, from_ms: i64, to_ms: i64, bucket_ms: i64) -> Vec<Bucket> {
-        assert!(from_ms < to_ms && bucket_ms > 0, "validated by the caller");
+        assert!(from_ms <= to_ms && bucket_ms > 0, "validated by the caller");
         let mut outside = self.outside.range(..).peekable();
         let mut outside_before = 0i64; // outside slots before the current edge's slot
         let mut before = |t: i64| {
@@ -336,6 +337,7 @@ mod tests {
         for t in [1_000, 1_499, 1_500, 1_999, 2_000] {
             idx.add(t, 1);
         }
+        assert!(idx.buckets(1_500, 1_500, 500).is_empty(), "an empty window has no buckets");
         let b = idx.buckets(1_000, 2_001, 500);
         assert_eq!(
             b,
