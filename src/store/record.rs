@@ -172,6 +172,77 @@ pub fn encode(out: &mut Vec<u8>, topic: &str, queue_id: u16, flags: u16, msg: &N
     debug_assert_eq!(out.len() - start, total);
 }
 
+/// Appends a new record for `topic` derived from `orig`, with placeholder position fields as
+/// [`encode`] leaves them: the same born time, tag, keys, body and binary flag, visible at
+/// `deliver_at_ms`, and `orig`'s properties less those whose key starts with `drop_prefix`
+/// (and any with `extra`'s key), plus `extra`, in key order.
+///
+/// Byte for byte what [`encode`] makes of the equivalent [`NewMessage`] (whose properties are a
+/// `BTreeMap`, so in key order), built without decoding the parts into owned values: this is
+/// how the timer turns a scheduled record into the one it fires. `orig` came from [`decode`],
+/// so its properties are in key order too, and the lengths fit their fields.
+pub fn encode_derived(
+    out: &mut Vec<u8>,
+    orig: &Record<'_>,
+    topic: &str,
+    deliver_at_ms: i64,
+    drop_prefix: &str,
+    extra: (&str, &str),
+) {
+    let keep = |k: &str| !k.starts_with(drop_prefix) && k != extra.0;
+    let mut props_len = 2 + extra.0.len() + 4 + extra.1.len();
+    let _ = orig.walk_properties(|k, _, entry| {
+        if keep(k) {
+            props_len += entry.len();
+        }
+    });
+    let tag_len = orig.tag.map_or(0, str::len);
+    let total = HEADER_LEN + topic.len() + tag_len + orig.keys.len() + props_len + orig.body.len();
+    let start = out.len();
+    out.reserve(total);
+    let flags = if orig.binary() { FLAG_BINARY } else { 0 };
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    out.extend_from_slice(&MAGIC_MESSAGE.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes()); // crc, sealed later
+    out.extend_from_slice(&0u64.to_le_bytes()); // queue_offset, sealed later
+    out.extend_from_slice(&orig.born_ms.to_le_bytes());
+    out.extend_from_slice(&0i64.to_le_bytes()); // store_ms, sealed later
+    out.extend_from_slice(&deliver_at_ms.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes()); // queue_id, set by the store
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(tag_len as u16).to_le_bytes());
+    out.extend_from_slice(&(orig.keys.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(props_len as u32).to_le_bytes());
+    out.extend_from_slice(&(orig.body.len() as u32).to_le_bytes());
+    debug_assert_eq!(out.len() - start, HEADER_LEN);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(orig.tag.unwrap_or("").as_bytes());
+    out.extend_from_slice(orig.keys);
+    let mut extra_written = false;
+    let put_extra = |out: &mut Vec<u8>| {
+        out.extend_from_slice(&(extra.0.len() as u16).to_le_bytes());
+        out.extend_from_slice(extra.0.as_bytes());
+        out.extend_from_slice(&(extra.1.len() as u32).to_le_bytes());
+        out.extend_from_slice(extra.1.as_bytes());
+    };
+    let _ = orig.walk_properties(|k, _, entry| {
+        if !keep(k) {
+            return;
+        }
+        if !extra_written && k > extra.0 {
+            put_extra(out);
+            extra_written = true;
+        }
+        out.extend_from_slice(entry);
+    });
+    if !extra_written {
+        put_extra(out);
+    }
+    out.extend_from_slice(orig.body);
+    debug_assert_eq!(out.len() - start, total);
+}
+
 /// Fills in the position fields of an encoded record and computes its CRC; returns the CRC.
 /// A normal message (deliver_at 0 at encode time) becomes visible at `store_ms`.
 pub fn seal(rec: &mut [u8], queue_offset: u64, store_ms: i64, extra_flags: u16) -> u32 {
@@ -281,8 +352,8 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<'_>, RecordError> {
         crc: stored,
     };
     // Validate the sections now, so iterating them later cannot fail.
-    record.try_keys()?;
-    record.try_properties()?;
+    record.walk_keys(|_| ())?;
+    record.walk_properties(|_, _, _| ())?;
     Ok(Decoded::Message { record, len: total })
 }
 
@@ -291,8 +362,8 @@ impl<'a> Record<'a> {
         self.flags & FLAG_BINARY != 0
     }
 
-    fn try_keys(&self) -> Result<Vec<&'a str>, RecordError> {
-        let mut out = Vec::new();
+    /// Calls `visit` with each business key; fails on a malformed section.
+    fn walk_keys(&self, mut visit: impl FnMut(&'a str)) -> Result<(), RecordError> {
         let mut b = self.keys;
         while !b.is_empty() {
             if b.len() < 2 {
@@ -300,14 +371,15 @@ impl<'a> Record<'a> {
             }
             let n = u16_at(b, 0) as usize;
             let s = b.get(2..2 + n).ok_or(RecordError::Malformed("keys section"))?;
-            out.push(std::str::from_utf8(s).map_err(|_| RecordError::Malformed("key not UTF-8"))?);
+            visit(std::str::from_utf8(s).map_err(|_| RecordError::Malformed("key not UTF-8"))?);
             b = &b[2 + n..];
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn try_properties(&self) -> Result<Vec<(&'a str, &'a str)>, RecordError> {
-        let mut out = Vec::new();
+    /// Calls `visit` with each property's key, value and encoded bytes (the whole entry); fails
+    /// on a malformed section.
+    fn walk_properties(&self, mut visit: impl FnMut(&'a str, &'a str, &'a [u8])) -> Result<(), RecordError> {
         let mut b = self.props;
         let bad = RecordError::Malformed("properties section");
         while !b.is_empty() {
@@ -316,20 +388,35 @@ impl<'a> Record<'a> {
             let vn = u32_at(b.get(2 + kn..6 + kn).ok_or(bad.clone())?, 0) as usize;
             let v = b.get(6 + kn..6 + kn + vn).ok_or(bad.clone())?;
             let utf8 = |s| std::str::from_utf8(s).map_err(|_| RecordError::Malformed("property not UTF-8"));
-            out.push((utf8(k)?, utf8(v)?));
+            visit(utf8(k)?, utf8(v)?, &b[..6 + kn + vn]);
             b = &b[6 + kn + vn..];
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The business keys (validated by [`decode`]).
     pub fn keys(&self) -> Vec<&'a str> {
-        self.try_keys().unwrap_or_default()
+        let mut out = Vec::new();
+        let _ = self.walk_keys(|k| out.push(k));
+        out
     }
 
     /// The properties (validated by [`decode`]).
     pub fn properties(&self) -> Vec<(&'a str, &'a str)> {
-        self.try_properties().unwrap_or_default()
+        let mut out = Vec::new();
+        let _ = self.walk_properties(|k, v, _| out.push((k, v)));
+        out
+    }
+
+    /// The value of property `key`, if the record has it.
+    pub fn property(&self, key: &str) -> Option<&'a str> {
+        let mut found = None;
+        let _ = self.walk_properties(|k, v, _| {
+            if found.is_none() && k == key {
+                found = Some(v);
+            }
+        });
+        found
     }
 }
 
@@ -422,6 +509,67 @@ mod tests {
         let mut b = blank_marker(500).to_vec();
         b.resize(500, 0);
         assert_eq!(decode(&b).unwrap(), Decoded::Blank);
+    }
+
+    /// `encode_derived` equals `encode` of the message built the long way (as the timer used
+    /// to: decode into owned values, edit the properties map, encode).
+    fn derived_the_long_way(orig: &Record<'_>, topic: &str, at: i64, prefix: &str, extra: (&str, &str)) -> Vec<u8> {
+        let mut properties: BTreeMap<String, String> = orig
+            .properties()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(prefix))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        properties.insert(extra.0.to_string(), extra.1.to_string());
+        let msg = NewMessage {
+            tag: orig.tag.map(str::to_string),
+            keys: orig.keys().into_iter().map(str::to_string).collect(),
+            properties,
+            body: orig.body.to_vec(),
+            binary: orig.binary(),
+            born_ms: orig.born_ms,
+            deliver_at_ms: Some(at),
+        };
+        let mut out = Vec::new();
+        encode(&mut out, topic, 0, 0, &msg);
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn derived_record_equals_the_long_way(
+            tag in proptest::option::of("[a-zA-Z_]{1,6}"),
+            keys in proptest::collection::vec("[a-z0-9]{0,5}", 0..4),
+            // Keys on both sides of "__x.id" in byte order, some with the dropped prefix, and
+            // sometimes the extra key itself.
+            props in proptest::collection::btree_map("(__x\\.)?[A-Za-z0-9_.]{1,6}|__x\\.id", "[a-zé]{0,4}", 0..6),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            binary in proptest::bool::ANY,
+        ) {
+            let msg = NewMessage {
+                tag, keys, properties: props, body, binary,
+                born_ms: 1_700_000_000_001,
+                deliver_at_ms: Some(1_700_000_009_000),
+            };
+            let mut buf = Vec::new();
+            encode(&mut buf, "__sys", 2, FLAG_BATCH, &msg);
+            seal(&mut buf, 7, 1_700_000_000_002, 0);
+            let Decoded::Message { record, .. } = decode(&buf).unwrap() else { panic!("not a message") };
+            let extra = ("__x.id", "0000000001E19A189DCEF3F8");
+            let mut fast = vec![0xEE]; // appends after what is there
+            encode_derived(&mut fast, &record, "orders", 1_700_000_009_000, "__x.", extra);
+            let slow = derived_the_long_way(&record, "orders", 1_700_000_009_000, "__x.", extra);
+            proptest::prop_assert_eq!(&fast[1..], &slow[..]);
+        }
+    }
+
+    #[test]
+    fn property_lookup() {
+        let buf = sealed("orders", &sample());
+        let Decoded::Message { record, .. } = decode(&buf).unwrap() else { panic!() };
+        assert_eq!(record.property("bé"), Some(""));
+        assert_eq!(record.property("a"), Some("1"));
+        assert_eq!(record.property("b"), None);
     }
 
     #[test]
