@@ -24,6 +24,10 @@ struct Harness {
 }
 
 fn open(dir: &Path, clock: Arc<ManualClock>, slots: u64) -> Harness {
+    open_with(dir, clock, slots, 4096)
+}
+
+fn open_with(dir: &Path, clock: Arc<ManualClock>, slots: u64, queue_capacity: usize) -> Harness {
     let opts = StoreOptions {
         dir: dir.to_path_buf(),
         segment_size: 4 << 20,
@@ -51,7 +55,7 @@ fn open(dir: &Path, clock: Arc<ManualClock>, slots: u64) -> Harness {
             lookahead_ms: 1000,
             timer_log_segment_units: 4096,
             checkpoint_interval: Duration::from_millis(50),
-            queue_capacity: 4096,
+            queue_capacity,
             default_queues: 2,
             sync: false,
             max_per_slot: None,
@@ -169,6 +173,33 @@ fn fires_at_its_millisecond_never_before() {
     assert_eq!(stats.fired, 5);
     assert_eq!(stats.pending_total, 0);
     assert_eq!(stats.lateness.max, 0);
+}
+
+#[test]
+fn a_slot_bigger_than_the_queues_fires_in_deliver_order() {
+    // Queues of 8: dequeue-put holds at most 8 ready messages. One slot gets 200 messages,
+    // half placed in rising deliver order (as a steady stream with a fixed delay places them),
+    // half in falling order. Had the slot been handed on in any order but deliver time, the
+    // held messages would be due later than some not yet read, and those would wait behind
+    // them: with the clock stopped at a millisecond, they would never fire.
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_with(dir.path(), ManualClock::new(T0), 7200, 8);
+    let base = T0 + 10_000; // a slot boundary (1000 ms slots)
+    let mut due: Vec<i64> = (0..100).map(|i| base + i * 10).collect();
+    due.extend((0..100).map(|i| base + 995 - i * 10));
+    for &at in &due {
+        h.schedule(&format!("m{at}"), at);
+    }
+    due.sort_unstable();
+    h.wait_for("all placed", |h| h.timer.stats().enqueue_lag == 0);
+    for t in (base..base + 1000).step_by(5) {
+        h.clock.set(t);
+        let n = due.iter().filter(|&&at| at <= t).count() as u64;
+        h.wait_for(&format!("the {n} messages due by {t} to fire"), |h| h.visible_count() == n);
+    }
+    h.assert_never_early();
+    h.wait_for("the fire counter", |h| h.timer.stats().fired == 200);
+    assert_eq!(h.timer.stats().lateness.max, 0, "each fired at its millisecond");
 }
 
 #[test]
