@@ -129,6 +129,46 @@ fn props_len(msg: &NewMessage) -> usize {
     msg.properties.iter().map(|(k, v)| 2 + k.len() + 4 + v.len()).sum()
 }
 
+/// The fixed part of a record and its topic, before the position fields are sealed.
+struct Header<'t> {
+    born_ms: i64,
+    deliver_at_ms: i64,
+    queue_id: u16,
+    flags: u16,
+    topic: &'t str,
+    tag_len: usize,
+    keys_len: usize,
+    props_len: usize,
+    body_len: usize,
+}
+
+impl Header<'_> {
+    /// Reserves room for the whole record, appends the header and the topic (zero CRC, queue
+    /// offset and store time, sealed later); returns the record's total length.
+    fn write(&self, out: &mut Vec<u8>) -> usize {
+        let total = HEADER_LEN + self.topic.len() + self.tag_len + self.keys_len + self.props_len + self.body_len;
+        let start = out.len();
+        out.reserve(total);
+        out.extend_from_slice(&(total as u32).to_le_bytes());
+        out.extend_from_slice(&MAGIC_MESSAGE.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes()); // crc, sealed later
+        out.extend_from_slice(&0u64.to_le_bytes()); // queue_offset, sealed later
+        out.extend_from_slice(&self.born_ms.to_le_bytes());
+        out.extend_from_slice(&0i64.to_le_bytes()); // store_ms, sealed later
+        out.extend_from_slice(&self.deliver_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.queue_id.to_le_bytes());
+        out.extend_from_slice(&self.flags.to_le_bytes());
+        out.extend_from_slice(&(self.topic.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(self.tag_len as u16).to_le_bytes());
+        out.extend_from_slice(&(self.keys_len as u32).to_le_bytes());
+        out.extend_from_slice(&(self.props_len as u32).to_le_bytes());
+        out.extend_from_slice(&(self.body_len as u32).to_le_bytes());
+        debug_assert_eq!(out.len() - start, HEADER_LEN);
+        out.extend_from_slice(self.topic.as_bytes());
+        total
+    }
+}
+
 /// Appends the record for `msg` to `out`, with placeholder position fields (zero queue offset,
 /// store time and CRC) that [`seal`] fills in once the store has assigned them.
 ///
@@ -137,24 +177,18 @@ fn props_len(msg: &NewMessage) -> usize {
 pub fn encode(out: &mut Vec<u8>, topic: &str, queue_id: u16, flags: u16, msg: &NewMessage) {
     let total = encoded_len(topic, msg);
     let start = out.len();
-    out.reserve(total);
-    let flags = flags | if msg.binary { FLAG_BINARY } else { 0 };
-    out.extend_from_slice(&(total as u32).to_le_bytes());
-    out.extend_from_slice(&MAGIC_MESSAGE.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes()); // crc, sealed later
-    out.extend_from_slice(&0u64.to_le_bytes()); // queue_offset, sealed later
-    out.extend_from_slice(&msg.born_ms.to_le_bytes());
-    out.extend_from_slice(&0i64.to_le_bytes()); // store_ms, sealed later
-    out.extend_from_slice(&msg.deliver_at_ms.unwrap_or(0).to_le_bytes());
-    out.extend_from_slice(&queue_id.to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(msg.tag.as_ref().map_or(0, |t| t.len()) as u16).to_le_bytes());
-    out.extend_from_slice(&(keys_len(msg) as u32).to_le_bytes());
-    out.extend_from_slice(&(props_len(msg) as u32).to_le_bytes());
-    out.extend_from_slice(&(msg.body.len() as u32).to_le_bytes());
-    debug_assert_eq!(out.len() - start, HEADER_LEN);
-    out.extend_from_slice(topic.as_bytes());
+    let header = Header {
+        born_ms: msg.born_ms,
+        deliver_at_ms: msg.deliver_at_ms.unwrap_or(0),
+        queue_id,
+        flags: flags | if msg.binary { FLAG_BINARY } else { 0 },
+        topic,
+        tag_len: msg.tag.as_ref().map_or(0, |t| t.len()),
+        keys_len: keys_len(msg),
+        props_len: props_len(msg),
+        body_len: msg.body.len(),
+    };
+    header.write(out);
     if let Some(tag) = &msg.tag {
         out.extend_from_slice(tag.as_bytes());
     }
@@ -196,27 +230,19 @@ pub fn encode_derived(
             props_len += entry.len();
         }
     });
-    let tag_len = orig.tag.map_or(0, str::len);
-    let total = HEADER_LEN + topic.len() + tag_len + orig.keys.len() + props_len + orig.body.len();
     let start = out.len();
-    out.reserve(total);
-    let flags = if orig.binary() { FLAG_BINARY } else { 0 };
-    out.extend_from_slice(&(total as u32).to_le_bytes());
-    out.extend_from_slice(&MAGIC_MESSAGE.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes()); // crc, sealed later
-    out.extend_from_slice(&0u64.to_le_bytes()); // queue_offset, sealed later
-    out.extend_from_slice(&orig.born_ms.to_le_bytes());
-    out.extend_from_slice(&0i64.to_le_bytes()); // store_ms, sealed later
-    out.extend_from_slice(&deliver_at_ms.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes()); // queue_id, set by the store
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(tag_len as u16).to_le_bytes());
-    out.extend_from_slice(&(orig.keys.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(props_len as u32).to_le_bytes());
-    out.extend_from_slice(&(orig.body.len() as u32).to_le_bytes());
-    debug_assert_eq!(out.len() - start, HEADER_LEN);
-    out.extend_from_slice(topic.as_bytes());
+    let header = Header {
+        born_ms: orig.born_ms,
+        deliver_at_ms,
+        queue_id: 0, // set by the store
+        flags: if orig.binary() { FLAG_BINARY } else { 0 },
+        topic,
+        tag_len: orig.tag.map_or(0, str::len),
+        keys_len: orig.keys.len(),
+        props_len,
+        body_len: orig.body.len(),
+    };
+    let total = header.write(out);
     out.extend_from_slice(orig.tag.unwrap_or("").as_bytes());
     out.extend_from_slice(orig.keys);
     let mut extra_written = false;
