@@ -272,6 +272,35 @@ async fn invalid_timer_state_cell_is_treated_as_scheduled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_record_damaged_while_running_is_skipped_and_no_longer_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(&test_config(dir.path())).await;
+    let v = send(&s, json!([{"body": "a", "delay_ms": 3000}, {"body": "b", "delay_ms": 3000}])).await;
+    let id_a = v["messages"][0]["message_id"].as_str().unwrap().to_string();
+    let (_, st) = s.call("GET", "/v1/timer/stats", None).await;
+    assert_eq!(st["pending_total"], 2, "{st}");
+    // The same damage as below, but under the running server (the log is mapped shared, so it
+    // reads the flipped byte when it fires a).
+    let log = first_segment(dir.path(), "commitlog");
+    let at = offset_of(&id_a);
+    flip(&log, at + read_u64(&log, at) as u32 as u64 - 1, 0x01);
+    let want = BTreeSet::from(["b".to_string()]);
+    let seen = wait_for(&s, "g", &want, 15).await;
+    assert_eq!(seen, ["b"], "the damaged message is skipped (logged), the other fires");
+    // a can never fire: it is no longer counted as pending.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, st) = s.call("GET", "/v1/timer/stats", None).await;
+        if st["pending_total"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still pending: {st}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_scheduled_record_is_skipped_and_the_others_fire() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(&test_config(dir.path())).await;

@@ -203,6 +203,32 @@ fn a_slot_bigger_than_the_queues_fires_in_deliver_order() {
 }
 
 #[test]
+fn a_message_whose_topic_cannot_be_created_fires_once_it_can() {
+    // The send creates the topic, so the timer creates it only if it is gone by the time the
+    // message fires. If that fails (a full disk here), the message must wait, not be dropped.
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), 7200);
+    let at = T0 + 2_000;
+    let mut msg = NewMessage { body: b"x".to_vec(), born_ms: T0, deliver_at_ms: Some(at), ..Default::default() };
+    msg.properties.insert(PROP_TOPIC.into(), "gone-topic".into());
+    let reservation = h.timer.reserve("gone-topic", vec![at]).unwrap();
+    let r = h.store.append(h.timer.system_topic(), &[msg]).unwrap();
+    reservation.commit(&r).unwrap();
+    fail::cfg(chime::store::fault::ALLOCATE, "return(ENOSPC:gone-topic)").unwrap();
+    h.clock.set(at + 10);
+    h.settle();
+    assert!(h.store.topics().get("gone-topic").is_none(), "the topic could not be created");
+    assert_eq!(h.timer.stats().pending_total, 1, "still pending, not dropped");
+    fail::remove(chime::store::fault::ALLOCATE);
+    h.wait_for("the message to fire", |h| {
+        h.store.topics().get("gone-topic").is_some_and(|t: Arc<Topic>| t.message_count() == 1)
+    });
+    assert_eq!(h.timer.stats().fired, 1);
+    scenario.teardown();
+}
+
+#[test]
 fn cancel_before_fire_is_final_and_after_fire_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::new(dir.path(), 7200);

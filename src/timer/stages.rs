@@ -55,8 +55,11 @@ struct Ready {
     fire: FireReq,
     /// The record to store, encoded ahead of its time (during the lookahead) so that storing
     /// it at its millisecond is a seal and a copy. `None` for a roll.
-    out: Option<(Arc<Topic>, Vec<u8>)>,
+    out: Option<Fired>,
 }
+
+/// A fired message's topic and its record, encoded but not yet sealed.
+type Fired = (Arc<Topic>, Vec<u8>);
 
 /// Longest a stage blocks before re-checking the stop flag (and a manual clock in tests).
 const POLL: Duration = Duration::from_millis(20);
@@ -379,18 +382,20 @@ impl Core {
 
     /// The record to store for its topic when `unit` fires, built from the original record's
     /// bytes (its system properties dropped, its id added) without decoding it into owned values.
-    fn fired_message(&self, unit: &Unit) -> Option<(Arc<Topic>, Vec<u8>)> {
-        let r = self.store.read(unit.log_offset)?;
-        let rec = r.decode().ok()?;
-        let topic = rec.property(PROP_TOPIC)?;
+    /// `Ok(None)`: the original is unreadable (damaged) and can never fire. `Err`: its topic had
+    /// to be created again (the send created it) and could not be, for now.
+    fn fired_message(&self, unit: &Unit) -> Result<Option<Fired>, crate::store::StoreError> {
+        let Some(r) = self.store.read(unit.log_offset) else { return Ok(None) };
+        let Ok(rec) = r.decode() else { return Ok(None) };
+        let Some(topic) = rec.property(PROP_TOPIC) else { return Ok(None) };
         let t = match self.store.topics().get(topic) {
             Some(t) => t,
-            None => self.store.topics().create(topic, self.opts.default_queues).ok()?.0,
+            None => self.store.topics().create(topic, self.opts.default_queues)?.0,
         };
         let id = MessageId { offset: unit.log_offset, crc: rec.crc }.to_string();
         let mut out = Vec::new();
         record::encode_derived(&mut out, &rec, &t.name, unit.deliver_at, SYSTEM_PROP_PREFIX, (PROP_ID, &id));
-        Some((t, out))
+        Ok(Some((t, out)))
     }
 }
 
@@ -413,10 +418,28 @@ fn dequeue_get_message(core: &Core, rx: &queue::Receiver<FireReq>, tx: &queue::S
                 }
                 _ => {}
             }
-            match core.fired_message(&f.unit) {
+            let mut warned = false;
+            let out = loop {
+                match core.fired_message(&f.unit) {
+                    Ok(out) => break out,
+                    // Not marked done: if the pipeline stops meanwhile, the restart fires it.
+                    Err(e) => {
+                        if ctx.stopped() {
+                            return;
+                        }
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(error = %e, "cannot create the topic of a message to fire; retrying");
+                        }
+                        std::thread::sleep(POLL);
+                    }
+                }
+            };
+            match out {
                 Some(out) => Ready { fire: f, out: Some(out) },
                 None => {
                     tracing::error!(log_offset = f.unit.log_offset, "scheduled record unreadable; cannot fire it");
+                    // No longer pending (its topic is unknown: only the totals can be corrected).
+                    core.uncount(None, [f.unit.deliver_at]);
                     core.done(&f);
                     continue;
                 }
