@@ -389,7 +389,7 @@ impl TimerEngine {
     fn lookup(&self, topic: &str, id: MessageId) -> Result<(u64, i64), TimerError> {
         let r = self.core.store.read_id(id).ok_or(TimerError::NotFound)?;
         let rec = r.decode().map_err(|_| TimerError::NotFound)?;
-        if rec.topic != SYSTEM_TOPIC || !rec.properties().iter().any(|(k, v)| *k == PROP_TOPIC && *v == topic) {
+        if rec.topic != SYSTEM_TOPIC || rec.property(PROP_TOPIC) != Some(topic) {
             return Err(TimerError::NotFound);
         }
         Ok((rec.queue_offset, rec.deliver_at_ms))
@@ -573,7 +573,7 @@ impl Core {
                 floor_moving = false;
                 let Some(r) = cq.get(off).and_then(|e| self.store.read(e.log_offset)) else { continue };
                 let Ok(rec) = r.decode() else { continue };
-                let Some((_, topic)) = rec.properties().into_iter().find(|(k, _)| *k == PROP_TOPIC) else { continue };
+                let Some(topic) = rec.property(PROP_TOPIC) else { continue };
                 match per_topic.get_mut(topic) {
                     Some(c) => *c += 1,
                     None => drop(per_topic.insert(topic.to_string(), 1)),
