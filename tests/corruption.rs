@@ -275,12 +275,22 @@ async fn invalid_timer_state_cell_is_treated_as_scheduled() {
 async fn scheduled_record_damaged_while_running_is_skipped_and_no_longer_pending() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(&test_config(dir.path())).await;
-    let v = send(&s, json!([{"body": "a", "delay_ms": 3000}, {"body": "b", "delay_ms": 3000}])).await;
+    let v = send(&s, json!([{"body": "a", "delay_ms": 5000}, {"body": "b", "delay_ms": 5000}])).await;
     let id_a = v["messages"][0]["message_id"].as_str().unwrap().to_string();
-    let (_, st) = s.call("GET", "/v1/timer/stats", None).await;
-    assert_eq!(st["pending_total"], 2, "{st}");
-    // The same damage as below, but under the running server (the log is mapped shared, so it
-    // reads the flipped byte when it fires a).
+    // Once both are in the wheel (read by enqueue-get, which needs the record's deliver time),
+    // the same damage as below, but under the running server (the log is mapped shared, so it
+    // reads the flipped byte when it fires a). A record damaged before enqueue-get reads it
+    // is skipped too, but stays counted: its deliver time is then unknown.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, st) = s.call("GET", "/v1/timer/stats", None).await;
+        assert_eq!(st["pending_total"], 2, "{st}");
+        if st["enqueue_lag"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not placed: {st}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let log = first_segment(dir.path(), "commitlog");
     let at = offset_of(&id_a);
     flip(&log, at + read_u64(&log, at) as u32 as u64 - 1, 0x01);
