@@ -100,7 +100,7 @@ pub fn run(args: &PendingArgs) -> Result<Report, String> {
     Ok(report)
 }
 
-fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &Target) -> Result<Figures, String> {
+fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &mut Target) -> Result<Figures, String> {
     let base = target.base().to_owned();
     let pid = target.server_pid().ok_or("no server pid")?;
     let client = http::client(args.concurrency + 1)?;
@@ -163,7 +163,39 @@ fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &Target) ->
     if let Ok(data) = data_dir_bytes(target) {
         f.add("data_dir_bytes", data as f64);
     }
+    // A clean restart on the same data: how long until ready (start-up recounts the pending
+    // messages), and the counts must come back the same.
+    let day = |rt: &tokio::runtime::Runtime| rt.block_on(congestion_day(&client, &base, first));
+    let before = day(rt)?;
+    let (stop, ready) = target.restart()?;
+    f.add("restart_stop_s", stop.as_secs_f64());
+    f.add("restart_ready_s", ready.as_secs_f64());
+    let stats = rt.block_on(timer_stats(&client, &base))?;
+    if stats["pending_total"].as_u64() != Some(args.count) {
+        return Err(format!("after the restart pending_total is {}, expected {}", stats["pending_total"], args.count));
+    }
+    if day(rt)? != before {
+        return Err("after the restart the 24 h congestion buckets differ from before".into());
+    }
+    let pid = target.server_pid().ok_or("no server pid")?;
+    for (k, v) in proc_memory(pid)? {
+        f.add(&format!("restarted_{k}_bytes"), v);
+    }
+    crate::note!(
+        "pending: restart stopped in {:.1} s, ready after {:.1} s, counts unchanged",
+        stop.as_secs_f64(),
+        ready.as_secs_f64()
+    );
     Ok(f)
+}
+
+/// The 24 h of congestion buckets (60 s) from the first deliver time's next second.
+async fn congestion_day(client: &reqwest::Client, base: &str, first: i64) -> Result<serde_json::Value, String> {
+    let from = first.div_euclid(1000) * 1000 + 1000;
+    let url = format!("{base}/v1/timer/congestion?from_ms={from}&to_ms={}&bucket_ms=60000", from + DAY_MS);
+    let resp = client.get(&url).send().await.map_err(|e| format!("congestion: {e}"))?;
+    let v: serde_json::Value = resp.json().await.map_err(|e| format!("congestion: {e}"))?;
+    Ok(v["buckets"].clone())
 }
 
 /// Round trips (loopback, one at a time: an upper bound of the server's time) of the

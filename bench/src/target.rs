@@ -78,8 +78,65 @@ impl TargetArgs {
 
 pub enum Target {
     Url(String),
-    Spawned { base: String, child: Child, log: PathBuf, _dir: tempfile::TempDir },
+    Spawned { base: String, child: Child, log: PathBuf, cmd: SpawnCmd, _dir: tempfile::TempDir },
     InProcess { base: String, running: chime::server::Running, rt: tokio::runtime::Runtime, _dir: tempfile::TempDir },
+}
+
+/// How a spawned server is started (again, by [`Target::restart`]).
+pub struct SpawnCmd {
+    port: u16,
+    data_dir: PathBuf,
+    profile: String,
+}
+
+impl SpawnCmd {
+    /// Starts `chime` (its stderr appended to `log`) and waits until it is ready.
+    fn spawn(&self, base: &str, log: &std::path::Path) -> Result<Child, String> {
+        let bin = chime_binary().ok_or("no chime binary")?;
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| e.to_string())?;
+        let mut child = Command::new(&bin)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--profile")
+            .arg(&self.profile)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        if let Err(e) = wait_ready(base, Some(&mut child)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{e}; server log:\n{}", std::fs::read_to_string(log).unwrap_or_default()));
+        }
+        Ok(child)
+    }
+}
+
+/// Sends SIGTERM to `child` and waits (up to [`STOP_TIMEOUT`]) for a clean exit.
+fn terminate(child: &mut Child, log: &std::path::Path) -> Result<(), String> {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) if status.success() => return Ok(()),
+            Some(status) => {
+                return Err(format!(
+                    "chime exited with {status}; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                ))
+            }
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("chime did not stop within 60 s of SIGTERM".into());
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 impl Target {
@@ -96,30 +153,12 @@ impl Target {
             tempfile::Builder::new().prefix("chime-bench-server-").tempdir_in(parent).map_err(|e| e.to_string())?;
         let data_dir = dir.path().join("data");
         if mode == Mode::Spawn {
-            let bin = chime_binary().ok_or("no chime binary")?;
             let port = free_port()?;
             let base = format!("http://127.0.0.1:{port}");
             let log = dir.path().join("chime.log");
-            let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-            let mut child = Command::new(&bin)
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .arg("--profile")
-                .arg(&args.profile)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file)
-                .spawn()
-                .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-            if let Err(e) = wait_ready(&base, Some(&mut child)) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{e}; server log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
-            }
-            return Ok(Target::Spawned { base, child, log, _dir: dir });
+            let cmd = SpawnCmd { port, data_dir, profile: args.profile.clone() };
+            let child = cmd.spawn(&base, &log)?;
+            return Ok(Target::Spawned { base, child, log, cmd, _dir: dir });
         }
         let text = BUILTIN_PROFILES
             .iter()
@@ -179,9 +218,12 @@ impl Target {
 
     /// Starts a target, runs `f` against it and stops it, whether `f` succeeded or not. Returns
     /// `f`'s result and how long the stop took; `f`'s error wins over the stop's.
-    pub fn run<T>(args: &TargetArgs, f: impl FnOnce(&Target) -> Result<T, String>) -> Result<(T, Duration), String> {
-        let target = Target::start(args)?;
-        let result = f(&target);
+    pub fn run<T>(
+        args: &TargetArgs,
+        f: impl FnOnce(&mut Target) -> Result<T, String>,
+    ) -> Result<(T, Duration), String> {
+        let mut target = Target::start(args)?;
+        let result = f(&mut target);
         let t0 = Instant::now();
         let stopped = target.stop();
         let stop_time = t0.elapsed();
@@ -190,31 +232,26 @@ impl Target {
         Ok((r, stop_time))
     }
 
+    /// Stops a spawned server (SIGTERM, a clean exit) and starts it again on the same data
+    /// directory and port; returns how long the stop took and how long until `/readyz` answered
+    /// 200 again (recovery included).
+    pub fn restart(&mut self) -> Result<(Duration, Duration), String> {
+        let Target::Spawned { base, child, log, cmd, .. } = self else {
+            return Err("only a server this tool spawned can be restarted".into());
+        };
+        let t0 = Instant::now();
+        terminate(child, log)?;
+        let stopped = t0.elapsed();
+        let t1 = Instant::now();
+        *child = cmd.spawn(base, log)?;
+        Ok((stopped, t1.elapsed()))
+    }
+
     /// Stops a server this tool started (SIGTERM for a child, then waits for a clean exit).
     pub fn stop(self) -> Result<(), String> {
         match self {
             Target::Url(_) => Ok(()),
-            Target::Spawned { mut child, log, .. } => {
-                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-                let deadline = Instant::now() + STOP_TIMEOUT;
-                loop {
-                    match child.try_wait().map_err(|e| e.to_string())? {
-                        Some(status) if status.success() => return Ok(()),
-                        Some(status) => {
-                            return Err(format!(
-                                "chime exited with {status}; log:\n{}",
-                                std::fs::read_to_string(&log).unwrap_or_default()
-                            ))
-                        }
-                        None if Instant::now() > deadline => {
-                            let _ = child.kill();
-                            let _ = child.wait();
-                            return Err("chime did not stop within 60 s of SIGTERM".into());
-                        }
-                        None => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            }
+            Target::Spawned { mut child, log, .. } => terminate(&mut child, &log),
             Target::InProcess { running, rt, .. } => {
                 rt.block_on(running.stop()).map_err(|e| format!("stop server: {e}"))
             }
