@@ -4,7 +4,7 @@
 //! RocketMQ answers its congestion count by walking all 1.2M wheel slots on every scrape. Here the
 //! counts are kept up to date as messages are scheduled (+1), fired or cancelled (−1); a roll does
 //! not touch them, so a far-future message is always counted at its true deliver time. In memory
-//! only: start-up rebuilds it from the messages still pending (see `Core::count_pending`).
+//! only: start-up rebuilds it from the messages still pending (see `count_pending` in `timer`).
 //!
 //! Three parts, all keyed by *deliver time* (never by wheel position):
 //! - `ring`: a Fenwick tree over `n` consecutive slots `[base, base + n)` (slot = `deliver_at`
