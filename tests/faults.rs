@@ -231,6 +231,62 @@ async fn full_disk_answers_503_disk_full_and_heals_when_space_returns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_under_a_consume_queue_answers_503_and_heals() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path()); // 4096 entries per consume-queue segment
+    let s = TestServer::start(&config).await;
+    let (st, v) = s.call("PUT", "/v1/topics/cqfull", Some(r#"{"queues": 1}"#)).await;
+    assert_eq!(st, 201, "{v}");
+
+    // The topic's one queue cannot get its second index segment. The commit log has room:
+    // the send must fail before its records are written, not half-way (which would poison).
+    fail::cfg(fault::ALLOCATE, "return(ENOSPC:consumequeue/cqfull)").unwrap();
+    let batch = |round: usize| -> String {
+        let msgs: Vec<_> = (0..1000).map(|i| json!({"body": format!("r{round}-{i}")})).collect();
+        serde_json::to_string(&msgs).unwrap()
+    };
+    let mut acked = 0;
+    let mut full = None;
+    for round in 0..6 {
+        let (st, v) = s.call("POST", "/v1/topics/cqfull/messages", Some(&batch(round))).await;
+        if st == 201 {
+            acked += 1000;
+            continue;
+        }
+        full = Some((round, st, v));
+        break;
+    }
+    let (round, st, v) = full.expect("6000 entries fit in one 4096-entry segment?");
+    assert_eq!(acked, 4000, "the batch that crosses into the next segment is the one refused");
+    assert_error(st, &v, 503, "UNAVAILABLE");
+    let msg = v["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("disk full") && !msg.contains("poisoned"), "{msg}");
+    // Other topics are not held back.
+    let (st, v) = s.send(TOPIC, json!({"body": "elsewhere"})).await;
+    assert_eq!(st, 201, "{v}");
+
+    // Space returns: the same batch passes, and the topic holds every acknowledged message once.
+    fail::remove(fault::ALLOCATE);
+    let (st, v) = s.call("POST", "/v1/topics/cqfull/messages", Some(&batch(round))).await;
+    assert_eq!(st, 201, "{v}");
+    acked += 1000;
+    let mut seen = BTreeSet::new();
+    loop {
+        let got = s.receive("cqfull", "g", json!({"max_messages": 1000})).await;
+        if got.is_empty() {
+            break;
+        }
+        for m in &got {
+            assert!(seen.insert(m["body"].as_str().unwrap().to_string()), "duplicate {m}");
+        }
+    }
+    assert_eq!(seen.len(), acked, "every acknowledged message, once");
+    s.stop().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_under_the_timer_log_heals_when_space_returns() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
