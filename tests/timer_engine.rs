@@ -217,6 +217,8 @@ fn a_message_whose_topic_cannot_be_created_fires_once_it_can() {
     reservation.commit(&r).unwrap();
     fail::cfg(chime::store::fault::ALLOCATE, "return(ENOSPC:gone-topic)").unwrap();
     h.clock.set(at + 10);
+    // Evidence of a failed attempt: the topic's directories exist, the topic does not.
+    h.wait_for("an attempt to create the topic", |h| h.dir.join("consumequeue/gone-topic").is_dir());
     h.settle();
     assert!(h.store.topics().get("gone-topic").is_none(), "the topic could not be created");
     assert_eq!(h.timer.stats().pending_total, 1, "still pending, not dropped");

@@ -118,7 +118,10 @@ impl SpawnCmd {
 
 /// Sends SIGTERM to `child` and waits (up to [`STOP_TIMEOUT`]) for a clean exit.
 fn terminate(child: &mut Child, log: &std::path::Path) -> Result<(), String> {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    // Not a child that has exited already (a failed restart leaves one): its pid may be reused.
+    if child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    }
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
         match child.try_wait().map_err(|e| e.to_string())? {

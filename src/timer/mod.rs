@@ -345,10 +345,19 @@ fn count_pending(
             s = state::SCHEDULED;
         }
         if s == state::SCHEDULED {
+            let read = cq.get(off).and_then(|e| store.read(e.log_offset));
+            let rec = read.as_ref().and_then(|r| r.decode().ok());
+            let Some((rec, topic)) = rec.and_then(|rec| rec.property(PROP_TOPIC).map(|t| (rec, t))) else {
+                // Damaged: it can never fire. Final and not counted, so that dequeue-get-message,
+                // which uncounts such a record when it meets one it counted, never uncounts it.
+                tracing::error!(offset = off, "scheduled record unreadable; it can never fire");
+                states.set(off, state::CANCELLED).map_err(io("finish a state cell"))?;
+                if floor_moving {
+                    floor = off + 1;
+                }
+                continue;
+            };
             floor_moving = false;
-            let Some(r) = cq.get(off).and_then(|e| store.read(e.log_offset)) else { continue };
-            let Ok(rec) = r.decode() else { continue };
-            let Some(topic) = rec.property(PROP_TOPIC) else { continue };
             match per_topic.get_mut(topic) {
                 Some(c) => *c += 1,
                 None => drop(per_topic.insert(topic.to_string(), 1)),

@@ -71,7 +71,15 @@ const RELEASE_CHUNK: usize = 1000;
 fn disk_full(e: &TimerError) -> bool {
     match e {
         TimerError::Io { source, .. } => crate::store::fault::is_disk_full(source),
-        TimerError::Store(crate::store::StoreError::DiskFull { .. }) => true,
+        TimerError::Store(e) => store_disk_full(e),
+        _ => false,
+    }
+}
+
+fn store_disk_full(e: &crate::store::StoreError) -> bool {
+    match e {
+        crate::store::StoreError::DiskFull { .. } => true,
+        crate::store::StoreError::Io { source, .. } => crate::store::fault::is_disk_full(source),
         _ => false,
     }
 }
@@ -418,17 +426,23 @@ fn dequeue_get_message(core: &Core, rx: &queue::Receiver<FireReq>, tx: &queue::S
                 }
                 _ => {}
             }
-            let mut warned = false;
+            let mut warned: Option<std::time::Instant> = None;
             let out = loop {
                 match core.fired_message(&f.unit) {
                     Ok(out) => break out,
-                    // Not marked done: if the pipeline stops meanwhile, the restart fires it.
+                    // Its topic had to be created again and cannot be (a full disk, or a damaged
+                    // data directory). Dropping the message would break the promise of a 201, so
+                    // the fire path waits and retries, and says so every minute (the dequeue
+                    // lag shows it too). Not marked done: if the pipeline stops meanwhile, the
+                    // restart fires it.
                     Err(e) => {
                         if ctx.stopped() {
                             return;
                         }
-                        if !std::mem::replace(&mut warned, true) {
-                            tracing::warn!(error = %e, "cannot create the topic of a message to fire; retrying");
+                        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                            warned = Some(std::time::Instant::now());
+                            let disk_full = store_disk_full(&e);
+                            tracing::warn!(error = %e, disk_full, "cannot create the topic of a message to fire; firing waits and retries");
                         }
                         std::thread::sleep(POLL);
                     }
@@ -437,9 +451,18 @@ fn dequeue_get_message(core: &Core, rx: &queue::Receiver<FireReq>, tx: &queue::S
             match out {
                 Some(out) => Ready { fire: f, out: Some(out) },
                 None => {
-                    tracing::error!(log_offset = f.unit.log_offset, "scheduled record unreadable; cannot fire it");
-                    // No longer pending (its topic is unknown: only the totals can be corrected).
-                    core.uncount(None, [f.unit.deliver_at]);
+                    // Never fireable: final, and no longer pending (its topic is unknown, so
+                    // only the totals can be corrected). Start-up marks the ones it finds the
+                    // same way without counting them, so each is uncounted at most once.
+                    if core.states.transition(f.unit.sys_offset, state::SCHEDULED, state::CANCELLED).ok()
+                        == Some(state::SCHEDULED)
+                    {
+                        tracing::error!(
+                            log_offset = f.unit.log_offset,
+                            "scheduled record unreadable; it can never fire"
+                        );
+                        core.uncount(None, [f.unit.deliver_at]);
+                    }
                     core.done(&f);
                     continue;
                 }
