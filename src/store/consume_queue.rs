@@ -151,6 +151,19 @@ impl ConsumeQueue {
 
     /// Appends entry `index`, which must be `next()` (or beyond it in recovery), and publishes it.
     pub fn put(&self, index: u64, entry: CqEntry) -> io::Result<()> {
+        self.write(index, entry)?;
+        self.publish(index + 1);
+        Ok(())
+    }
+
+    /// Publishes the entries written below `upto`: readers see them from now on.
+    pub fn publish(&self, upto: u64) {
+        self.next.fetch_max(upto, Ordering::AcqRel);
+    }
+
+    /// Writes entry `index` without publishing it (readers see it once [`Self::publish`]
+    /// passes it), so a batch becomes visible whole.
+    pub fn write(&self, index: u64, entry: CqEntry) -> io::Result<()> {
         let pos = index * ENTRY_LEN as u64;
         let seg = match self.segs.find(pos) {
             Some(seg) => seg,
@@ -162,7 +175,6 @@ impl ConsumeQueue {
         if !seg.file.append_at((pos - seg.base) as usize, &entry.encode()) {
             return Err(io::Error::other(format!("consume queue {} refused entry {index}", self.segs.dir().display())));
         }
-        self.next.fetch_max(index + 1, Ordering::AcqRel);
         Ok(())
     }
 

@@ -279,9 +279,16 @@ impl Store {
         w.last_store_ms = store_ms;
         let mut results = Vec::with_capacity(parts.len());
         let mut bounds = bounds.iter();
+        // Index entries are published only after the whole batch (below), so a queue that two
+        // parts share continues from what the earlier part wrote, not from `next()`.
+        let mut written: Vec<(&consume_queue::ConsumeQueue, u64)> = Vec::new();
         for ((topic, n), &queue_id) in parts.iter().zip(queues) {
             let cq = &topic.queues[queue_id as usize];
-            let first_qo = cq.next();
+            let first_qo = written.iter().find(|(q, _)| std::ptr::eq(*q, cq)).map_or(cq.next(), |&(_, end)| end);
+            match written.iter_mut().find(|(q, _)| std::ptr::eq(*q, cq)) {
+                Some(e) => e.1 = first_qo + *n as u64,
+                None => written.push((cq, first_qo + *n as u64)),
+            }
             let mut out = Vec::with_capacity(*n);
             for i in 0..*n {
                 let r = bounds.next().expect("one range per message");
@@ -296,7 +303,7 @@ impl Store {
                     .log
                     .append(&mut w.log, rec)
                     .map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))?;
-                cq.put(qo, CqEntry { log_offset: offset, size: rec.len() as u32, tag_hash: tag })
+                cq.write(qo, CqEntry { log_offset: offset, size: rec.len() as u32, tag_hash: tag })
                     .map_err(|e| self.durability.poison(format!("consume-queue append failed: {e}")))?;
                 out.push(Appended {
                     id: MessageId { offset, crc },
@@ -308,7 +315,14 @@ impl Store {
             }
             results.push(out);
         }
+        // The batch becomes visible whole: its records, then its index entries. A reader (a
+        // consumer group, or the timer's enqueue-get) never sees part of a batch, which a crash
+        // before its last record would make recovery cut: the timer would have placed units
+        // for records whose offsets later records reuse.
         self.log.publish(&w.log);
+        for (cq, end) in written {
+            cq.publish(end);
+        }
         let end = w.log.pos();
         Ok(results.into_iter().map(|messages| AppendResult { messages, end }).collect())
     }

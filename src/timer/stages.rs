@@ -22,7 +22,7 @@ use chime_pipeline::{bounded, queue, ring, QueueStats, StageCtx, Supervisor};
 use super::slot::Placement;
 use super::state;
 use super::timerlog::{Unit, FLAG_ROLL};
-use super::{io, Core, TimerError, PROP_ID, PROP_TOPIC, SYSTEM_PROP_PREFIX};
+use super::{io, Core, TimerError, PROP_ID, PROP_TOPIC, SYSTEM_PROP_PREFIX, SYSTEM_TOPIC};
 use crate::store::topics::Topic;
 use crate::store::{record, MessageId};
 
@@ -60,6 +60,16 @@ struct Ready {
 
 /// A fired message's topic and its record, encoded but not yet sealed.
 type Fired = (Arc<Topic>, Vec<u8>);
+
+/// What dequeue-get-message finds for a unit to fire.
+enum Source {
+    /// The record to store.
+    Fire(Fired),
+    /// The scheduled record is damaged (or lacks its topic): it can never fire.
+    Damaged,
+    /// The unit names a record a crash recovery cut: not this message's unit any more.
+    Stale,
+}
 
 /// Longest a stage blocks before re-checking the stop flag (and a manual clock in tests).
 const POLL: Duration = Duration::from_millis(20);
@@ -390,12 +400,26 @@ impl Core {
 
     /// The record to store for its topic when `unit` fires, built from the original record's
     /// bytes (its system properties dropped, its id added) without decoding it into owned values.
-    /// `Ok(None)`: the original is unreadable (damaged) and can never fire. `Err`: its topic had
-    /// to be created again (the send created it) and could not be, for now.
-    fn fired_message(&self, unit: &Unit) -> Result<Option<Fired>, crate::store::StoreError> {
-        let Some(r) = self.store.read(unit.log_offset) else { return Ok(None) };
-        let Ok(rec) = r.decode() else { return Ok(None) };
-        let Some(topic) = rec.property(PROP_TOPIC) else { return Ok(None) };
+    /// `Err`: its topic had to be created again (the send created it) and could not be, for now.
+    fn fired_message(&self, unit: &Unit) -> Result<Source, crate::store::StoreError> {
+        // The unit must still name what the system topic holds at its queue offset. A crash in
+        // the middle of a batch can leave units for records that recovery then cut (enqueue-get
+        // reads a record as soon as its own bytes are published, before its batch is
+        // complete); their queue and log offsets are reused by later records, which have units
+        // of their own. Such a stale unit is skipped without touching the state cell, which
+        // now belongs to the later record.
+        match self.sys_topic.queues[0].get(unit.sys_offset) {
+            Some(e) if e.log_offset == unit.log_offset => {}
+            _ => return Ok(Source::Stale),
+        }
+        let Some(r) = self.store.read(unit.log_offset) else { return Ok(Source::Damaged) };
+        let Ok(rec) = r.decode() else { return Ok(Source::Damaged) };
+        // The same offsets for a later record (the first one after the cut) whose deliver time
+        // differs: firing it now could be early.
+        if rec.topic != SYSTEM_TOPIC || rec.queue_offset != unit.sys_offset || rec.deliver_at_ms != unit.deliver_at {
+            return Ok(Source::Stale);
+        }
+        let Some(topic) = rec.property(PROP_TOPIC) else { return Ok(Source::Damaged) };
         let t = match self.store.topics().get(topic) {
             Some(t) => t,
             None => self.store.topics().create(topic, self.opts.default_queues)?.0,
@@ -403,7 +427,7 @@ impl Core {
         let id = MessageId { offset: unit.log_offset, crc: rec.crc }.to_string();
         let mut out = Vec::new();
         record::encode_derived(&mut out, &rec, &t.name, unit.deliver_at, SYSTEM_PROP_PREFIX, (PROP_ID, &id));
-        Ok(Some((t, out)))
+        Ok(Source::Fire((t, out)))
     }
 }
 
@@ -449,8 +473,17 @@ fn dequeue_get_message(core: &Core, rx: &queue::Receiver<FireReq>, tx: &queue::S
                 }
             };
             match out {
-                Some(out) => Ready { fire: f, out: Some(out) },
-                None => {
+                Source::Fire(out) => Ready { fire: f, out: Some(out) },
+                Source::Stale => {
+                    tracing::warn!(
+                        sys_offset = f.unit.sys_offset,
+                        log_offset = f.unit.log_offset,
+                        "stale timer-log unit (its record was cut by crash recovery); skipping it"
+                    );
+                    core.done(&f);
+                    continue;
+                }
+                Source::Damaged => {
                     // Never fireable: final, and no longer pending (its topic is unknown, so
                     // only the totals can be corrected). Start-up marks the ones it finds the
                     // same way without counting them, so each is uncounted at most once.
