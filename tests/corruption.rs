@@ -281,16 +281,11 @@ async fn scheduled_record_damaged_while_running_is_skipped_and_no_longer_pending
     // the same damage as below, but under the running server (the log is mapped shared, so it
     // reads the flipped byte when it fires a). A record damaged before enqueue-get reads it
     // is skipped too, but stays counted: its deliver time is then unknown.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, st) = s.call("GET", "/v1/timer/stats", None).await;
+    s.wait_stats("both placed", 10, |st| {
         assert_eq!(st["pending_total"], 2, "{st}");
-        if st["enqueue_lag"] == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not placed: {st}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        st["enqueue_lag"] == 0
+    })
+    .await;
     let log = first_segment(dir.path(), "commitlog");
     let at = offset_of(&id_a);
     flip(&log, at + read_u64(&log, at) as u32 as u64 - 1, 0x01);
@@ -298,15 +293,7 @@ async fn scheduled_record_damaged_while_running_is_skipped_and_no_longer_pending
     let seen = wait_for(&s, "g", &want, 15).await;
     assert_eq!(seen, ["b"], "the damaged message is skipped (logged), the other fires");
     // a can never fire: it is no longer counted as pending.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, st) = s.call("GET", "/v1/timer/stats", None).await;
-        if st["pending_total"] == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "still pending: {st}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    s.wait_stats("a to stop counting as pending", 10, |st| st["pending_total"] == 0).await;
     s.stop().await;
 }
 

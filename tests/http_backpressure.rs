@@ -182,16 +182,8 @@ async fn scheduled_sends_are_refused_while_the_timer_lags_and_normal_ones_pass()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Refused sends stored nothing: the timer holds exactly what was accepted.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, v) = s.call("GET", "/v1/timer/stats", None).await;
-        if v["enqueue_lag"] == 0 {
-            assert_eq!(v["pending_total"].as_u64().unwrap(), accepted, "{v}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "timer still lagging: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let v = s.wait_stats("the timer to catch up", 30, |v| v["enqueue_lag"] == 0).await;
+    assert_eq!(v["pending_total"].as_u64().unwrap(), accepted, "{v}");
     s.stop().await;
     scenario.teardown();
 }

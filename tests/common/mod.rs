@@ -61,6 +61,21 @@ impl TestServer {
         (status, json)
     }
 
+    /// Polls `/v1/timer/stats` until `done` holds (it may assert on what it sees meanwhile);
+    /// returns the stats that satisfied it. Fails after `secs` seconds, showing the last stats.
+    #[allow(dead_code)] // not every test binary polls the timer
+    pub async fn wait_stats(&self, what: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let (_, st) = self.call("GET", "/v1/timer/stats", None).await;
+            if done(&st) {
+                return st;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}: {st}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn send(&self, topic: &str, body: Value) -> (u16, Value) {
         self.call("POST", &format!("/v1/topics/{topic}/messages"), Some(&body.to_string())).await
     }
