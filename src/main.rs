@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Test builds only (the `fail` crate's `failpoints` feature): failpoints from the
+    // `FAILPOINTS` variable, e.g. the power-cut simulation (`store::powercut`).
+    let _failpoints = fail::has_failpoints().then(fail::FailScenario::setup);
     let args = Args::parse();
     let loaded = match Config::load(&args, process_env()) {
         Ok(l) => l,

@@ -30,7 +30,7 @@ fn timer_log(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let open = || {
         let dir = tempfile::Builder::new().prefix("chime-criterion-timerlog-").tempdir().expect("temp dir");
-        let log = TimerLog::open(dir.path(), UNITS_PER_SEGMENT).expect("open timer log");
+        let (log, _) = TimerLog::open(dir.path(), UNITS_PER_SEGMENT).expect("open timer log");
         (log, dir)
     };
     let mut cur = open();

@@ -4,20 +4,17 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::segments::sync_dir;
+use super::fsio;
 
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     super::fault::inject(super::fault::REPLACE, path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
+    let tmp = fsio::tmp_path(path);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    fsio::sync_file(&f, &tmp)?;
     drop(f);
     std::fs::rename(&tmp, path)?;
-    sync_dir(dir)
+    fsio::sync_dir(fsio::parent(path))
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@
 //! Entry `i` lives at byte `i * 20`; a segment holds a whole number of entries. Entries are
 //! written in queue-offset order by the store's single appender, so the written entries form a
 //! prefix. A consume queue is an index, not a source of truth: it is not checksummed, recovery
-//! rebuilds any entry after the checkpoint from the commit log, and readers verify the record
-//! they reach (its CRC, topic, queue id and queue offset).
+//! rebuilds any entry after the checkpoint from the commit log (every entry, if a segment was
+//! found short, empty or missing), and readers verify the record they reach (its CRC, topic,
+//! queue id and queue offset).
 
 use std::io;
 use std::path::Path;
@@ -69,12 +70,21 @@ pub struct ConsumeQueue {
     next: AtomicU64,
     /// Entries below this are durable.
     flushed: AtomicU64,
+    /// Segments found short, empty or after a gap when opened, and removed (recovery rebuilds
+    /// their entries from the commit log).
+    removed: Vec<String>,
 }
 
 impl ConsumeQueue {
     pub fn open(dir: &Path, entries_per_segment: u32) -> io::Result<Self> {
         let seg_size = u64::from(entries_per_segment) * ENTRY_LEN as u64;
-        Ok(Self { segs: SegmentSet::open(dir, seg_size)?, next: AtomicU64::new(0), flushed: AtomicU64::new(0) })
+        let (segs, removed) = SegmentSet::open_rebuildable(dir, seg_size)?;
+        Ok(Self { segs, next: AtomicU64::new(0), flushed: AtomicU64::new(0), removed })
+    }
+
+    /// The damaged segments removed when the queue was opened (see [`SegmentSet::open_rebuildable`]).
+    pub fn removed_segments(&self) -> &[String] {
+        &self.removed
     }
 
     /// Number of entries (the queue offset the next message gets).

@@ -4,7 +4,7 @@
 //! The failpoints are compiled in only when the `fail` crate's `failpoints` feature is on, which
 //! the dev-dependency in `Cargo.toml` does for test builds; in a normal build [`inject`] is an
 //! empty function. A test turns one on with `fail::cfg(NAME, "return(ERRNO)")` or
-//! `"return(ERRNO:FILTER)"`, where `ERRNO` is `ENOSPC`, `EIO` or `EDQUOT` and `FILTER` restricts
+//! `"return(ERRNO:FILTER)"`, where `ERRNO` is `ENOSPC`, `EIO`, `EDQUOT` or `EOPNOTSUPP` and `FILTER` restricts
 //! the fault to paths containing that text (e.g. `commitlog`); `fail::remove(NAME)` ends it.
 //!
 //! | name                     | where                                            | models                        |
@@ -13,6 +13,7 @@
 //! | [`FSYNC`]                | `msync` of a segment range (commit log, consume queues, timer log) | a failed fsync (`EIO`) |
 //! | [`WRITE`]                | appending a record to the commit log             | a write that fails half-way   |
 //! | [`REPLACE`]              | writing a small file atomically (checkpoints, topics, groups) | a full disk or bad sector |
+//! | [`FALLOCATE`]            | `fallocate` of a new file (`store::fsio`)        | a file system without it (`EOPNOTSUPP`) |
 
 use std::io;
 use std::path::Path;
@@ -25,6 +26,8 @@ pub const FSYNC: &str = "store::fsync";
 pub const WRITE: &str = "store::write";
 /// Replacing a small file (`atomic_file::replace`): checkpoints, `topics.json`, group progress.
 pub const REPLACE: &str = "store::replace";
+/// The `fallocate` call of a new file (`store::fsio::create_allocated`).
+pub const FALLOCATE: &str = "store::fallocate";
 
 /// `Err` if failpoint `name` is configured (and its filter, if any, is part of `path`).
 pub fn inject(name: &str, path: &Path) -> io::Result<()> {
@@ -43,6 +46,7 @@ fn injected_error(name: &str, path: &Path, arg: Option<&str>) -> io::Result<()> 
     let code = match errno {
         "ENOSPC" => 28,
         "EDQUOT" => 122,
+        "EOPNOTSUPP" => 95,
         _ => 5, // EIO
     };
     let e = io::Error::from_raw_os_error(code);

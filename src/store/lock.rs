@@ -32,7 +32,7 @@ pub enum LockError {
 impl DirLock {
     pub fn acquire(dir: &Path) -> Result<Self, LockError> {
         let io = |source| LockError::Io { dir: dir.to_path_buf(), source };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        super::fsio::create_dir_all(dir).map_err(io)?;
         let path = dir.join("LOCK");
         let mut file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;

@@ -2,7 +2,8 @@
 //!
 //! Every segment of the commit log and of the consume queues is a `MappedFile`. The file is
 //! allocated to its full size when created (`fallocate`, so a full disk is an error at creation
-//! rather than a `SIGBUS` when a page is first touched) and mapped shared, read-write.
+//! rather than a `SIGBUS` when a page is first touched), durably (`fsio`), and mapped shared,
+//! read-write. Every flush is reported to `powercut`, the tests' power-cut simulation.
 //!
 //! # Invariants that make the `unsafe` blocks sound
 //! - `published` splits the map in two. Bytes below it are immutable while the file is shared
@@ -47,16 +48,10 @@ impl std::fmt::Debug for MappedFile {
     }
 }
 
-/// Creates `path` (failing if it exists) with `len` bytes allocated on disk.
+/// Creates `path` (failing if it exists) with `len` bytes allocated on disk, durably
+/// (`fsio::create_allocated`: after a power cut, no file or a complete one).
 fn create_allocated(path: &Path, len: usize) -> io::Result<File> {
-    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
-    if let Err(e) = fs4::FileExt::allocate(&file, len as u64) {
-        // Leave no half-made file behind: recovery would otherwise meet a short one.
-        drop(file);
-        let _ = std::fs::remove_file(path);
-        return Err(e);
-    }
-    Ok(file)
+    super::fsio::create_allocated(path, len as u64)
 }
 
 /// Opens an existing `path`, which must be exactly `len` bytes long.
@@ -186,7 +181,9 @@ impl MappedFile {
         if from >= to {
             return Ok(());
         }
-        self.map.flush_range(from, to - from)
+        self.map.flush_range(from, to - from)?;
+        super::powercut::synced_range(&self.path, from, to);
+        Ok(())
     }
 
     /// Faults `[from, to)` in, writable, without changing a byte (`MADV_POPULATE_WRITE`), so the
@@ -299,7 +296,9 @@ impl AtomicMap {
         if from >= to {
             return Ok(());
         }
-        self.map.flush_range(from, to - from)
+        self.map.flush_range(from, to - from)?;
+        super::powercut::synced_range(&self.path, from, to);
+        Ok(())
     }
 }
 

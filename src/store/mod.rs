@@ -21,8 +21,10 @@ pub mod checkpoint;
 pub mod commitlog;
 pub mod consume_queue;
 pub mod fault;
+pub mod fsio;
 pub mod lock;
 pub mod mmap;
+pub mod powercut;
 pub mod record;
 pub mod recovery;
 pub mod segments;
@@ -145,6 +147,7 @@ impl Store {
         opts: StoreOptions,
         clock: SharedClock,
     ) -> Result<Arc<Self>, StoreError> {
+        powercut::install(&opts.dir).map_err(StoreError::io("start the power-cut simulation"))?;
         let recovered = recovery::recover(&opts)?;
         let durability = Arc::new(Durability::new(opts.flush.clone(), recovered.log.write_pos()));
         let store = Arc::new(Self {
@@ -361,9 +364,9 @@ impl Store {
         self.flush_job(FlushJob::Checkpoint)
     }
 
-    /// Fsyncs the commit log now (a fired message under the sync policy).
-    pub fn flush_log(&self) -> Result<(), StoreError> {
-        self.flush_job(FlushJob::Log)
+    /// The commit log is durable below this offset.
+    pub fn durable_offset(&self) -> u64 {
+        self.log.flushed()
     }
 
     fn flush_job(&self, job: FlushJob) -> Result<(), StoreError> {

@@ -2,7 +2,9 @@
 //! queues up to the commit log.
 //!
 //! Steps, in order:
-//! 1. Read the checkpoint (invalid or missing: scan the whole log, and say so).
+//! 1. Read the checkpoint (invalid or missing: scan the whole log, and say so). Open the
+//!    consume queues; a segment of theirs that is short, empty or after a gap (a power cut on
+//!    a file system that lost its size) is removed, and the whole log is scanned to rebuild it.
 //! 2. Scan the commit log from the checkpoint's `indexed` offset, validating every record's
 //!    CRC; stop at the first invalid byte or at an incomplete batch, zero everything after that
 //!    point and delete later segments (`commitlog::CommitLog::recover`).
@@ -31,6 +33,9 @@ pub struct RecoveryReport {
     pub topics: usize,
     /// Consume-queue entries rewritten from the commit log.
     pub reindexed: u64,
+    /// Consume-queue segments found short, empty or after a gap, removed and rebuilt (the
+    /// whole log is then scanned).
+    pub removed_index_segments: Vec<String>,
     pub elapsed_ms: u64,
 }
 
@@ -52,6 +57,9 @@ impl std::fmt::Display for RecoveryReport {
         }
         if let Some(why) = &self.checkpoint_problem {
             write!(f, "; checkpoint ignored: {why}")?;
+        }
+        if !self.removed_index_segments.is_empty() {
+            write!(f, "; damaged index segments rebuilt: {}", self.removed_index_segments.join(", "))?;
         }
         Ok(())
     }
@@ -77,7 +85,10 @@ pub(super) fn recover(opts: &StoreOptions) -> Result<Recovered, StoreError> {
         }
     };
     report.checkpoint = checkpoint;
-    let from = checkpoint.map_or(0, |c| c.indexed);
+    let mut topics = RecoveringTopics::load(dir, opts.cq_segment_entries)?;
+    report.removed_index_segments = topics.removed_segments();
+    // A damaged consume-queue segment was removed: rebuild every entry from the whole log.
+    let from = if report.removed_index_segments.is_empty() { checkpoint.map_or(0, |c| c.indexed) } else { 0 };
 
     let log_dir = dir.join("commitlog");
     let mut log = CommitLog::open(&log_dir, opts.segment_size)
@@ -87,7 +98,6 @@ pub(super) fn recover(opts: &StoreOptions) -> Result<Recovered, StoreError> {
     let end = log_report.end;
     let scanned_from = log_report.scanned_from;
 
-    let mut topics = RecoveringTopics::load(dir, opts.cq_segment_entries)?;
     for t in topics.map.values_mut() {
         for q in &mut t.queues {
             q.recover(end).map_err(StoreError::io(format!("recover consume queue of {}", t.name)))?;

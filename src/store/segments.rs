@@ -5,6 +5,12 @@
 //! RocketMQ's `MappedFileQueue`. Offsets are therefore global and never reused; the segment of an
 //! offset is found by binary search. Files whose names are not 20 digits are ignored; a segment
 //! whose base is not a multiple of the segment size is an error (the size was changed).
+//!
+//! Invariants: segments are contiguous (each starts where the previous ends) and each is
+//! exactly `segment_size` bytes, because a segment is created whole (`fsio::create_allocated`:
+//! after a power cut, no file or a complete one) and only the tail is ever removed. A set that
+//! breaks them (a file left short by a file system that lost its size) is refused by
+//! [`SegmentSet::open`] and cut at the first bad segment by [`SegmentSet::open_rebuildable`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,6 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use super::fsio;
 use super::mmap::MappedFile;
 
 /// One segment: a mapped file and the global offset of its first byte.
@@ -41,9 +48,26 @@ pub fn segment_name(base: u64) -> String {
 }
 
 impl SegmentSet {
-    /// Opens every segment in `dir` (creating the directory if needed), in offset order.
+    /// Opens every segment in `dir` (creating the directory if needed), in offset order. A
+    /// segment of the wrong size, or a gap between segments, is an error naming the file:
+    /// for data that cannot be rebuilt (the commit log).
     pub fn open(dir: &Path, segment_size: u64) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        let (set, damaged) = Self::open_with(dir, segment_size, false)?;
+        debug_assert!(damaged.is_empty());
+        Ok(set)
+    }
+
+    /// Like [`SegmentSet::open`], for an index that can be rebuilt (consume queues, the timer
+    /// log): the first segment of the wrong size (a file a power cut left short or empty) or
+    /// after a gap, and every segment after it, are deleted. Returns what was deleted, one
+    /// line each; the caller rebuilds it.
+    pub fn open_rebuildable(dir: &Path, segment_size: u64) -> io::Result<(Self, Vec<String>)> {
+        Self::open_with(dir, segment_size, true)
+    }
+
+    fn open_with(dir: &Path, segment_size: u64, rebuildable: bool) -> io::Result<(Self, Vec<String>)> {
+        fsio::create_dir_all(dir)?;
+        fsio::remove_stale_tmp(dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -59,12 +83,38 @@ impl SegmentSet {
             bases.push(base);
         }
         bases.sort_unstable();
-        let mut segments = Vec::with_capacity(bases.len());
-        for base in bases {
-            let file = MappedFile::open(&dir.join(segment_name(base)), segment_size as usize)?;
-            segments.push(Arc::new(Segment { base, file }));
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
+        let mut damaged = Vec::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let path = dir.join(segment_name(base));
+            let problem = match segments.last() {
+                Some(prev) if base != prev.end() => {
+                    Some(format!("{}: a gap before it (the previous segment ends at {})", path.display(), prev.end()))
+                }
+                _ => None,
+            };
+            let opened = match problem {
+                Some(p) => Err(io::Error::new(io::ErrorKind::InvalidData, p)),
+                None => MappedFile::open(&path, segment_size as usize),
+            };
+            match opened {
+                Ok(file) => segments.push(Segment { base, file }),
+                Err(e) if rebuildable && e.kind() == io::ErrorKind::InvalidData => {
+                    for &b in &bases[i..] {
+                        let p = dir.join(segment_name(b));
+                        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                        damaged.push(format!("{} ({size} bytes)", p.display()));
+                        std::fs::remove_file(&p)?;
+                    }
+                    tracing::warn!(first = %e, removed = ?damaged, "index segments removed; they are rebuilt");
+                    fsio::sync_dir(dir)?;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(Self { dir: dir.to_path_buf(), segment_size, segments: RwLock::new(segments) })
+        let segments = segments.into_iter().map(Arc::new).collect();
+        Ok((Self { dir: dir.to_path_buf(), segment_size, segments: RwLock::new(segments) }, damaged))
     }
 
     pub fn dir(&self) -> &Path {
@@ -113,8 +163,8 @@ impl SegmentSet {
         }
         let path = self.dir.join(segment_name(base));
         super::fault::inject(super::fault::ALLOCATE, &path)?;
+        // Durable when it returns: after a power cut, no file or a complete one.
         let file = MappedFile::create(&path, self.segment_size as usize)?;
-        sync_dir(&self.dir)?;
         let seg = Arc::new(Segment { base, file });
         segs.push(seg.clone());
         Ok(seg)
@@ -154,7 +204,7 @@ impl SegmentSet {
             std::fs::remove_file(seg.file.path())?;
         }
         if !removed.is_empty() {
-            sync_dir(&self.dir)?;
+            fsio::sync_dir(&self.dir)?;
         }
         Ok(removed.len())
     }
@@ -162,11 +212,6 @@ impl SegmentSet {
 
 fn invalid(dir: &Path, name: &str, why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("{}/{name}: {why}", dir.display()))
-}
-
-/// Makes a directory's entries (created, renamed or removed files) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -193,5 +238,33 @@ mod tests {
         assert_eq!(set.remove_from(4096).unwrap(), 1);
         assert!(set.find(4096).is_none());
         assert!(SegmentSet::open(dir.path(), 1000).is_err());
+    }
+
+    #[test]
+    fn short_or_gapped_segments_are_refused_or_cut_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = SegmentSet::open(dir.path(), 4096).unwrap();
+        for base in [0, 4096, 8192] {
+            set.create(base).unwrap();
+        }
+        drop(set);
+        // A power cut on a file system that lost the size of the middle segment.
+        std::fs::OpenOptions::new().write(true).open(dir.path().join(segment_name(4096))).unwrap().set_len(0).unwrap();
+        let e = SegmentSet::open(dir.path(), 4096).unwrap_err();
+        assert!(e.to_string().contains("00000000000000004096 is 0 bytes"), "{e}");
+        let (set, damaged) = SegmentSet::open_rebuildable(dir.path(), 4096).unwrap();
+        assert_eq!(set.all().len(), 1, "the short segment and every later one are removed");
+        assert_eq!(damaged.len(), 2, "{damaged:?}");
+        assert!(damaged[0].contains("(0 bytes)"), "{damaged:?}");
+        drop(set);
+        // A gap (a segment missing in the middle) is cut the same way.
+        let set = SegmentSet::open(dir.path(), 4096).unwrap();
+        set.create(4096).unwrap();
+        set.create(8192).unwrap();
+        drop(set);
+        std::fs::remove_file(dir.path().join(segment_name(4096))).unwrap();
+        assert!(SegmentSet::open(dir.path(), 4096).unwrap_err().to_string().contains("a gap before it"));
+        let (set, damaged) = SegmentSet::open_rebuildable(dir.path(), 4096).unwrap();
+        assert_eq!((set.all().len(), damaged.len()), (1, 1));
     }
 }

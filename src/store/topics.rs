@@ -97,6 +97,11 @@ impl RecoveringTopics {
         Ok(Self { data_dir: data_dir.to_path_buf(), cq_entries, map })
     }
 
+    /// Consume-queue segments that were damaged (short, empty or after a gap) and removed.
+    pub fn removed_segments(&self) -> Vec<String> {
+        self.map.values().flat_map(|t| t.queues.iter().flat_map(|q| q.removed_segments().iter().cloned())).collect()
+    }
+
     /// The topic of a replayed record, created if the registry lost it (it is then given enough
     /// queues for `queue_id`).
     pub fn get_or_create(&mut self, name: &str, queue_id: u16) -> Result<&mut Topic, StoreError> {

@@ -98,9 +98,13 @@ pub struct TimerLog {
 }
 
 impl TimerLog {
-    pub fn open(dir: &Path, units_per_segment: u64) -> io::Result<Self> {
+    /// Opens the log. Segments found short, empty or after a gap (a power cut on a file system
+    /// that lost their size) are removed and listed in the second value: the caller re-places
+    /// what they held from the system topic.
+    pub fn open(dir: &Path, units_per_segment: u64) -> io::Result<(Self, Vec<String>)> {
         let seg = units_per_segment * UNIT_LEN as u64;
-        Ok(Self { segs: SegmentSet::open(dir, seg)?, write_pos: AtomicU64::new(0), flushed: AtomicU64::new(0) })
+        let (segs, removed) = SegmentSet::open_rebuildable(dir, seg)?;
+        Ok((Self { segs, write_pos: AtomicU64::new(0), flushed: AtomicU64::new(0) }, removed))
     }
 
     pub fn write_pos(&self) -> u64 {
@@ -254,7 +258,7 @@ mod tests {
     #[test]
     fn append_read_recover_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let log = TimerLog::open(dir.path(), 4).unwrap();
+        let (log, _) = TimerLog::open(dir.path(), 4).unwrap();
         for i in 0..10 {
             assert_eq!(log.append(&unit(i)).unwrap(), i * UNIT_LEN as u64);
         }
@@ -266,7 +270,7 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(dir.path().join(format!("{:020}", 512))).unwrap();
         f.write_all_at(&[0xFF; 3], 10).unwrap();
         drop(f);
-        let mut log = TimerLog::open(dir.path(), 4).unwrap();
+        let (mut log, _) = TimerLog::open(dir.path(), 4).unwrap();
         let mut seen = Vec::new();
         let end = log.recover(2 * 64, |pos, u| seen.push((pos, u.sys_offset))).unwrap();
         assert_eq!(end, 8 * 64, "cut at the torn unit");

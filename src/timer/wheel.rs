@@ -60,6 +60,8 @@ impl Wheel {
     /// from the timer log).
     pub fn open(path: &Path, geo: Geometry) -> io::Result<(Self, bool)> {
         let len = HEADER + geo.slots as usize * SLOT_WORDS * 8;
+        // A creation a crash interrupted (`fsio::create_allocated`): the wheel is rebuilt.
+        let _ = std::fs::remove_file(crate::store::fsio::tmp_path(path));
         let (map, mut fresh) = match AtomicMap::open_or_create(path, len) {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
