@@ -65,7 +65,6 @@ pub fn timer_options(config: &Config) -> TimerOptions {
         checkpoint_interval: config.store.flush_interval.0,
         queue_capacity: config.timer.queue_capacity as usize,
         default_queues: config.default_queues,
-        sync: config.store.flush == FlushMode::Sync,
         max_per_slot: (config.timer.max_per_slot > 0).then_some(config.timer.max_per_slot),
         progress_interval: Some(config.timer.progress_interval.0).filter(|d| !d.is_zero()),
         lag_warn_ms: config.timer.lag_warn.0.as_millis() as i64,

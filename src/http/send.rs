@@ -516,7 +516,13 @@ pub async fn cancel_message(
             Err(ApiError::new(Code::AlreadyDelivered, format!("message {mid} is already visible to consumers")))
         }
         Found::Scheduled(mid) => {
-            state.core()?.timer.cancel(&topic, mid).map_err(|e| timer_error(e, &id, &topic))?;
+            // The cancel fsyncs its state cell before it answers: off the async runtime.
+            let timer = state.core()?.timer.clone();
+            let t = topic.clone();
+            let cancelled = tokio::task::spawn_blocking(move || timer.cancel(&t, mid))
+                .await
+                .map_err(|e| ApiError::new(Code::Unavailable, format!("cancel task failed: {e}")))?;
+            cancelled.map_err(|e| timer_error(e, &id, &topic))?;
             Ok(Json(CancelResult { message_id: mid.to_string(), state: CancelledState::Cancelled }).into_response())
         }
     }

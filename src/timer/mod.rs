@@ -77,9 +77,6 @@ pub struct TimerOptions {
     pub queue_capacity: usize,
     /// Queues of a topic created when its first scheduled message fires.
     pub default_queues: u16,
-    /// Fire only after the fired copy is fsync'd, and fsync a cancel before answering (the
-    /// store's sync flush policy).
-    pub sync: bool,
     /// Most messages that may be due in one slot; a send that would pass it is refused
     /// (`None`: no limit).
     pub max_per_slot: Option<u64>,
@@ -170,6 +167,11 @@ pub(crate) struct Core {
     checkpoint_path: PathBuf,
     /// The last checkpoint written (to skip writing an unchanged one).
     last_checkpoint: Mutex<Option<TimerCheckpoint>>,
+    /// Fires stored for their topics but not yet known durable: (commit-log end of the append,
+    /// state cells). Their cells stay FIRING until the log is durable past that end, then
+    /// become DELIVERED ([`Core::settle`]), so a cell is never DELIVERED on disk before its
+    /// fired copy is: after a power cut such a message fires again, it is never lost.
+    unsettled: Mutex<Vec<(u64, Vec<u64>)>>,
 }
 
 pub struct TimerEngine {
@@ -261,10 +263,10 @@ fn recover_wheel(
     ckpt: Option<&TimerCheckpoint>,
 ) -> Result<(TimerLog, Wheel, u64, u64, u64), TimerError> {
     let geo = opts.geometry;
-    let mut log =
+    let (mut log, removed) =
         TimerLog::open(&opts.dir.join("timerlog"), opts.timer_log_segment_units).map_err(io("open the timer log"))?;
     let (wheel, fresh) = Wheel::open(&opts.dir.join("wheel"), geo).map_err(io("open the timer wheel"))?;
-    let full = fresh || ckpt.is_none();
+    let full = fresh || ckpt.is_none() || !removed.is_empty();
     let from = if full { 0 } else { ckpt.map_or(0, |c| c.timer_log_pos) };
     let mut relinked = 0u64;
     let end = log
@@ -279,7 +281,12 @@ fn recover_wheel(
     // crash while the wheel page was written back), at a damaged unit, or damaged itself —
     // makes the wheel untrustworthy: rebuild it from the log, and re-place every pending
     // message (from the pending floor) in case a damaged unit held one.
-    let mut bad = 0u64;
+    // Damaged timer-log segments were removed: what they held is re-placed from the system
+    // topic, as for a wheel that disagrees with the log.
+    let mut bad = removed.len() as u64;
+    if bad > 0 {
+        tracing::warn!(?removed, "timer-log segments were damaged and removed; re-placing pending messages");
+    }
     wheel.for_each_used(|i, s| {
         // Fired slots are only checked for a damaged time (which could hide a live one).
         let ok = if s.time >= read_time {
@@ -382,7 +389,7 @@ impl TimerEngine {
         let clock = store.clock().clone();
         let now = clock.now_ms();
         let geo = opts.geometry;
-        std::fs::create_dir_all(&opts.dir).map_err(io(format!("create {}", opts.dir.display())))?;
+        crate::store::fsio::create_dir_all(&opts.dir).map_err(io(format!("create {}", opts.dir.display())))?;
         let (sys_topic, _) = store.topics().create(SYSTEM_TOPIC, 1)?;
         let checkpoint_path = opts.dir.join("checkpoint");
         let ckpt = match TimerCheckpoint::load(&checkpoint_path) {
@@ -394,7 +401,15 @@ impl TimerEngine {
         };
         let read_time = ckpt.map_or(geo.slot_time(now), |c| c.read_time);
         let states = StateCells::open(&opts.dir.join("state")).map_err(io("open the state cells"))?;
-        let pending_floor = ckpt.map_or(0, |c| c.pending_floor);
+        // Cells past the end of the system topic belong to records a power cut took (a cancel
+        // of a message whose send was not yet durable): clear them before new messages get
+        // those offsets. The checkpoint's positions cannot be past that end either.
+        let sys_end = sys_topic.queues[0].next();
+        let cleared = states.clear_from(sys_end).map_err(io("clear the state cells past the system topic"))?;
+        if cleared > 0 {
+            tracing::warn!(from = sys_end, cells = cleared, "cleared state cells of messages a power cut took");
+        }
+        let pending_floor = ckpt.map_or(0, |c| c.pending_floor).min(sys_end);
         // Count what is pending on a second thread while this one recovers the timer log and
         // checks the wheel against it: both read every pending message once (10M pending:
         // several seconds each), and neither depends on the other.
@@ -410,7 +425,7 @@ impl TimerEngine {
             let counted = counting.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             Ok::<_, TimerError>((recovered?, counted?))
         })?;
-        let enqueue_offset = if bad > 0 { pending_floor } else { ckpt.map_or(0, |c| c.enqueue_offset) };
+        let enqueue_offset = if bad > 0 { pending_floor } else { ckpt.map_or(0, |c| c.enqueue_offset).min(sys_end) };
         let (doorbell, bell_rx) = crossbeam_channel::bounded(1);
         let core = Arc::new(Core {
             clock,
@@ -430,6 +445,7 @@ impl TimerEngine {
             started_ms: now,
             checkpoint_path,
             last_checkpoint: Mutex::new(ckpt),
+            unsettled: Mutex::new(Vec::new()),
             store,
             opts,
         });
@@ -500,20 +516,22 @@ impl TimerEngine {
         Ok((state_of(s), at))
     }
 
-    /// Cancels a scheduled message: O(1), one CAS. `Ok` guarantees it never becomes visible.
+    /// Cancels a scheduled message: O(1), one CAS, then an `msync` of its cell's page, so
+    /// `Ok` guarantees it never becomes visible, even after a power cut (under either flush
+    /// policy). Blocks for that fsync: call it off the async runtime.
     pub fn cancel(&self, topic: &str, id: MessageId) -> Result<i64, TimerError> {
         let (cell, at) = self.lookup(topic, id)?;
         let found = self.core.states.transition(cell, state::SCHEDULED, state::CANCELLED).map_err(io("cancel"))?;
         match found {
-            state::SCHEDULED => {
-                if self.core.opts.sync {
-                    self.core.states.flush_cell(cell).map_err(io("flush a state cell"))?;
+            state::SCHEDULED | state::CANCELLED => {
+                if found == state::SCHEDULED {
+                    self.core.uncount(Some(topic), [at]);
+                    self.core.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
-                self.core.uncount(Some(topic), [at]);
-                self.core.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                // Also for a repeated cancel: the first one's answer may not have been sent yet.
+                self.core.states.flush_cell(cell).map_err(io("flush a state cell"))?;
                 Ok(at)
             }
-            state::CANCELLED => Ok(at),
             _ => Err(TimerError::AlreadyDelivered),
         }
     }
@@ -643,7 +661,24 @@ impl Core {
         }
     }
 
-    /// Flushes everything the checkpoint will claim, then writes it.
+    /// Fires whose fired copies the commit log now holds durably become DELIVERED.
+    fn settle(&self) {
+        let durable = self.store.durable_offset();
+        let mut unsettled = self.unsettled.lock();
+        unsettled.retain(|(end, cells)| {
+            if *end > durable {
+                return true;
+            }
+            for &cell in cells {
+                let _ = self.states.transition(cell, state::FIRING, state::DELIVERED);
+            }
+            false
+        });
+    }
+
+    /// Flushes everything the checkpoint will claim, then writes it. The commit log is made
+    /// durable first: it holds the system-topic records below `enqueue_offset` and the fired
+    /// copies of everything before `read_time`, and only then may cells become DELIVERED.
     fn checkpoint(&self) -> Result<(), TimerError> {
         let (enqueue_offset, read_time) = {
             let cursor = self.cursor.lock();
@@ -651,11 +686,15 @@ impl Core {
             (p.committed_enqueue_offset(), p.committed_read_time(*cursor))
         };
         let timer_log_pos = self.log.write_pos();
-        self.store.flush_all()?;
+        // Read before the log flush, so every record below it is durable after it.
+        let sys_next = self.sys_topic.queues[0].next();
+        let flushed = self.store.flush_all();
+        // Even if the store checkpoint could not be written (a full disk): the log fsync ran.
+        self.settle();
+        flushed?;
         self.log.flush(timer_log_pos).map_err(io("flush the timer log"))?;
         self.wheel.flush().map_err(io("flush the timer wheel"))?;
         self.states.flush().map_err(io("flush the state cells"))?;
-        let sys_next = self.sys_topic.queues[0].next();
         let mut floor = self.pending_floor.load(Ordering::Relaxed);
         while floor < sys_next {
             match self.states.get(floor).map_err(io("read a state cell"))? {

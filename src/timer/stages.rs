@@ -647,18 +647,14 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
             if fires.is_empty() {
                 continue;
             }
-            let stored = core.store.append_encoded(&topic, &recs).and_then(|res| {
-                if core.opts.sync {
-                    core.store.flush_log()?;
-                }
-                Ok(res)
-            });
-            match stored {
+            match core.store.append_encoded(&topic, &recs) {
                 Ok(res) => {
+                    // The cells stay FIRING until the log is durable past `res.end` (`settle`).
+                    let cells = fires.iter().map(|f| f.unit.sys_offset).collect();
+                    core.unsettled.lock().push((res.end, cells));
                     let mut late = core.lateness.lock();
                     for (f, a) in fires.iter().zip(&res.messages) {
                         let u = &f.unit;
-                        let _ = core.states.set(u.sys_offset, state::DELIVERED);
                         let lateness = (a.store_ms - u.deliver_at).max(0) as u64;
                         let _ = late.record(lateness);
                         if u.deliver_at < core.started_ms && lateness > 1000 {

@@ -12,9 +12,15 @@
 //! ```
 //! So a 200 on cancel means dequeue-put's CAS will fail and the message is never stored for its
 //! topic. Only one fire of a message can win the SCHEDULED → FIRING CAS, so a message with two
-//! units (re-placed after a restart) is stored once. A crash between FIRING and DELIVERED is
-//! settled at start-up: such cells go back to SCHEDULED and fire again (at most a duplicate,
-//! never a loss).
+//! units (re-placed after a restart) is stored once. A cell becomes DELIVERED only once the
+//! commit log is durable past its fired copy (the timer checkpoint settles it), so a crash or a
+//! power cut between FIRING and DELIVERED is settled at start-up: such cells go back to
+//! SCHEDULED and fire again (at most a duplicate, never a loss).
+//!
+//! Durability: a cancel fsyncs its cell's page before it answers; the timer checkpoint fsyncs
+//! every file. Cells past the end of the system topic (a power cut took those records) are
+//! cleared at start-up ([`StateCells::clear_from`]), so a new message at a reused offset never
+//! inherits a state.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,7 +46,8 @@ pub struct StateCells {
 
 impl StateCells {
     pub fn open(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::store::fsio::create_dir_all(dir)?;
+        crate::store::fsio::remove_stale_tmp(dir)?;
         let mut files: Vec<Option<Arc<AtomicMap>>> = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
@@ -72,8 +79,8 @@ impl StateCells {
         }
         if files[idx].is_none() {
             let path = self.dir.join(format!("{:020}", idx as u64 * CELLS_PER_FILE));
+            // Durable when it returns (`fsio::create_allocated`).
             let (m, _) = AtomicMap::open_or_create(&path, CELLS_PER_FILE as usize)?;
-            crate::store::segments::sync_dir(&self.dir)?;
             files[idx] = Some(Arc::new(m));
         }
         Ok(files[idx].clone())
@@ -113,6 +120,33 @@ impl StateCells {
         Ok(())
     }
 
+    /// Resets every cell at or after `offset` to SCHEDULED (zero) and makes that durable:
+    /// start-up clearing the cells of messages past the end of the system topic, which a power
+    /// cut took, before new messages reuse their offsets. Returns how many cells were not zero.
+    pub fn clear_from(&self, offset: u64) -> io::Result<u64> {
+        let files: Vec<(usize, Arc<AtomicMap>)> =
+            self.files.read().iter().enumerate().filter_map(|(i, f)| Some((i, f.clone()?))).collect();
+        let mut cleared = 0;
+        for (idx, f) in files {
+            let base = idx as u64 * CELLS_PER_FILE;
+            if base + CELLS_PER_FILE <= offset {
+                continue;
+            }
+            let from = offset.saturating_sub(base) as usize;
+            let mut touched = false;
+            for c in &f.bytes()[from..] {
+                if c.swap(SCHEDULED, Ordering::AcqRel) != SCHEDULED {
+                    cleared += 1;
+                    touched = true;
+                }
+            }
+            if touched {
+                f.flush_range(from, f.len())?;
+            }
+        }
+        Ok(cleared)
+    }
+
     /// Makes every cell durable (the timer checkpoint).
     pub fn flush(&self) -> io::Result<()> {
         let files: Vec<_> = self.files.read().iter().flatten().cloned().collect();
@@ -146,5 +180,19 @@ mod tests {
         assert_eq!(s.get(far).unwrap(), CANCELLED);
         assert_eq!(s.get(7).unwrap(), DELIVERED);
         assert_eq!(s.get(8).unwrap(), SCHEDULED);
+    }
+
+    #[test]
+    fn clear_from_resets_cells_past_an_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateCells::open(dir.path()).unwrap();
+        for off in [3, 10, 11, CELLS_PER_FILE + 2] {
+            s.set(off, CANCELLED).unwrap();
+        }
+        assert_eq!(s.clear_from(10).unwrap(), 3);
+        assert_eq!(s.get(3).unwrap(), CANCELLED, "before the offset: kept");
+        assert_eq!(s.get(10).unwrap(), SCHEDULED);
+        assert_eq!(s.get(CELLS_PER_FILE + 2).unwrap(), SCHEDULED);
+        assert_eq!(s.clear_from(10).unwrap(), 0);
     }
 }
