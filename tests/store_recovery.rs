@@ -234,3 +234,82 @@ fn sync_policy_acknowledges_after_fsync_with_group_commit() {
     });
     assert_eq!(bodies(&store, "t").len(), 200);
 }
+
+/// A power cut on a file system that lost a consume-queue segment's size (it comes back 0
+/// bytes long, or not at all): recovery removes it and every later one of that queue, scans
+/// the whole log and rebuilds their entries, instead of refusing to start.
+#[test]
+fn short_or_missing_consume_queue_segments_are_rebuilt_from_the_log() {
+    for damage in ["empty", "missing"] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (t, _) = store.topics().create("t", 1).unwrap();
+        // 2,500 entries: three segments of 1,024.
+        let want: Vec<String> = (0..2500).map(|i| format!("m{i}")).collect();
+        for chunk in want.chunks(100) {
+            let batch: Vec<_> = chunk.iter().map(|b| msg(b)).collect();
+            store.append(&t, &batch).unwrap();
+        }
+        store.shutdown().unwrap();
+        drop((t, store));
+        let seg1 = dir.path().join("consumequeue/t/0").join(format!("{:020}", 1024 * 20));
+        match damage {
+            "empty" => std::fs::OpenOptions::new().write(true).open(&seg1).unwrap().set_len(0).unwrap(),
+            _ => std::fs::remove_file(&seg1).unwrap(),
+        }
+
+        let store = open(dir.path());
+        let rep = store.recovery_report().clone();
+        assert_eq!(rep.log.scanned_from, 0, "{damage}: the whole log is scanned: {rep}");
+        assert_eq!(rep.reindexed, 2500 - 1024, "{damage}: {rep}");
+        assert!(rep.to_string().contains("damaged index segments rebuilt"), "{rep}");
+        assert_eq!(bodies(&store, "t"), want, "{damage}");
+        store.shutdown().unwrap();
+    }
+}
+
+/// After a power cut under the async policy the consume queue can lose its tail while the
+/// group's progress file, written later, survived and says those messages were acked. The
+/// next messages get the same queue offsets: the group must receive them as new ones.
+#[test]
+fn a_group_ahead_of_its_queue_receives_the_messages_that_reuse_the_offsets() {
+    use chime::group::{GroupOptions, Groups, TagExpr};
+    let tmp = tempfile::tempdir().unwrap();
+    let group_opts = |dir: &Path| GroupOptions { dir: dir.join("groups"), persist_interval: Duration::from_secs(3600) };
+    let receive_all = |groups: &Groups, t: &chime::store::topics::Topic| -> Vec<String> {
+        let got = groups.receive("g", t, 100, 60_000, &TagExpr::All);
+        let handles: Vec<String> = got.messages.iter().map(|d| d.receipt_handle.clone()).collect();
+        groups.ack("g", t, &handles);
+        got.messages.iter().map(|d| String::from_utf8(d.record.decode().unwrap().body.to_vec()).unwrap()).collect()
+    };
+    // Before the cut: five messages, all received and acked, the progress persisted.
+    let before = tmp.path().join("before");
+    let store = open(&before);
+    let (t, _) = store.topics().create("t", 1).unwrap();
+    store.append(&t, &(0..5).map(|i| msg(&format!("old{i}"))).collect::<Vec<_>>()).unwrap();
+    let groups = Groups::open(store.clone(), group_opts(&before)).unwrap();
+    assert_eq!(receive_all(&groups, &t).len(), 5);
+    groups.shutdown().unwrap();
+    store.shutdown().unwrap();
+    drop((groups, t, store));
+
+    // The disk after the cut: only the first three messages, but the group file of five.
+    let after = tmp.path().join("after");
+    let store = open(&after);
+    let (t, _) = store.topics().create("t", 1).unwrap();
+    store.append(&t, &(0..3).map(|i| msg(&format!("old{i}"))).collect::<Vec<_>>()).unwrap();
+    store.shutdown().unwrap();
+    drop((t, store));
+    std::fs::create_dir_all(after.join("groups")).unwrap();
+    std::fs::copy(before.join("groups/g@t.json"), after.join("groups/g@t.json")).unwrap();
+
+    let store = open(&after);
+    let groups = Groups::open(store.clone(), group_opts(&after)).unwrap();
+    // New messages arrive before the group is first used: they take offsets 3, 4 and 5.
+    let t = store.topics().get("t").unwrap();
+    store.append(&t, &(0..3).map(|i| msg(&format!("new{i}"))).collect::<Vec<_>>()).unwrap();
+    let got = receive_all(&groups, &t);
+    assert_eq!(got, ["new0", "new1", "new2"], "the acked-before-the-cut offsets are not taken for the new messages");
+    groups.shutdown().unwrap();
+    store.shutdown().unwrap();
+}

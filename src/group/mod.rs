@@ -128,7 +128,7 @@ fn parse_receipt(s: &str) -> Option<(u16, u64, u32)> {
 
 impl Groups {
     pub fn open(store: Arc<Store>, opts: GroupOptions) -> Result<Arc<Self>, GroupError> {
-        std::fs::create_dir_all(&opts.dir)
+        crate::store::fsio::create_dir_all(&opts.dir)
             .map_err(|source| GroupError::Io { context: format!("create {}", opts.dir.display()), source })?;
         let groups = Arc::new(Self {
             store,
@@ -137,6 +137,7 @@ impl Groups {
             stop: Arc::new(StopSignal::default()),
             persister: Mutex::new(None),
         });
+        groups.load_existing()?;
         let weak = Arc::downgrade(&groups);
         let stop = groups.stop.clone();
         let interval = groups.opts.persist_interval;
@@ -154,6 +155,34 @@ impl Groups {
             .map_err(|source| GroupError::Io { context: "spawn the group persister".into(), source })?;
         *groups.persister.lock() = Some(handle);
         Ok(groups)
+    }
+
+    /// Loads every persisted group at start, before a new message can take a queue offset.
+    /// Progress ahead of its queue (after a power cut the queue lost its tail, while the group's
+    /// file, written later, survived) is cut back to what the queue holds ([`decode_progress`])
+    /// and written back at once, so the messages that get those offsets next are new to the
+    /// group rather than taken for acked. Returns how many groups were cut back.
+    fn load_existing(&self) -> Result<usize, GroupError> {
+        let io = |source| GroupError::Io { context: format!("read {}", self.opts.dir.display()), source };
+        let mut cut = 0;
+        for entry in std::fs::read_dir(&self.opts.dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let Some((group, topic)) = stem.rsplit_once('@') else { continue };
+            let Some(t) = self.store.topics().get(topic) else { continue };
+            let saved = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<GroupFile>(&b).ok());
+            let ahead = saved.is_some_and(|f| f.queues.iter().zip(&t.queues).any(|(s, q)| s.next > q.next()));
+            let gt = self.state(group, &t);
+            if ahead {
+                tracing::warn!(group, topic, "group progress is ahead of its queue (lost in a power cut); cut back");
+                gt.dirty.store(true, Ordering::Release);
+                cut += 1;
+            }
+        }
+        self.persist_all()?;
+        Ok(cut)
     }
 
     fn path(&self, group: &str, topic: &str) -> PathBuf {
