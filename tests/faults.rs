@@ -368,3 +368,37 @@ async fn failed_timer_log_fsync_stops_the_timer_and_a_restart_recovers() {
     s.stop().await;
     scenario.teardown();
 }
+
+/// A file system without `fallocate` (FUSE and some network file systems answer EOPNOTSUPP):
+/// chime allocates its files by writing zeros instead, and everything works: normal and
+/// scheduled messages are stored and delivered, every segment has its full size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fallocate_files_are_allocated_by_writing_zeros() {
+    let scenario = fail::FailScenario::setup();
+    fail::cfg(fault::FALLOCATE, "return(EOPNOTSUPP)").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let s = TestServer::start(&config).await;
+    let (st, v) = s.send(TOPIC, json!({"body": "now"})).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = s.send(TOPIC, json!({"body": "later", "delay_ms": 200})).await;
+    assert_eq!(st, 201, "the first scheduled send creates the timer's files: {v}");
+    assert_eq!(chime::store::fsio::allocation_method(), "zeros");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = BTreeSet::new();
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "not both delivered: {seen:?}");
+        for m in s.receive(TOPIC, "g", json!({"max_messages": 10, "wait_ms": 500})).await {
+            seen.insert(m["body"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen, BTreeSet::from(["now".to_string(), "later".to_string()]));
+    let seg = config.data_dir.join("commitlog/00000000000000000000");
+    let size = config.store.segment_size.as_u64();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), size);
+    use std::os::unix::fs::MetadataExt;
+    assert!(std::fs::metadata(&seg).unwrap().blocks() * 512 >= size, "allocated, not sparse");
+    s.stop().await;
+    fail::remove(fault::FALLOCATE);
+    scenario.teardown();
+}

@@ -104,9 +104,20 @@ impl Proc {
     /// Starts a ready server; the log is `logs/NAME.stderr`. Retries with another port if the
     /// picked one was taken between `free_port()` and the bind.
     pub async fn start(data: &Path, logs: &Path, name: &str, http: &reqwest::Client) -> Proc {
+        Proc::start_with(data, logs, name, http, &[]).await
+    }
+
+    /// [`Proc::start`] with `env` added.
+    pub async fn start_with(
+        data: &Path,
+        logs: &Path,
+        name: &str,
+        http: &reqwest::Client,
+        env: &[(&str, &str)],
+    ) -> Proc {
         for attempt in 1..=3 {
             let suffix = if attempt == 1 { String::new() } else { format!("-retry{attempt}") };
-            let mut p = Proc::spawn(data, logs.join(format!("{name}{suffix}.stderr")), &[]);
+            let mut p = Proc::spawn(data, logs.join(format!("{name}{suffix}.stderr")), env);
             if let Some(s) = p.wait_exit(Duration::from_millis(200)).await {
                 let log = p.log();
                 if log.contains("cannot listen") && attempt < 3 {
