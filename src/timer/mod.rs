@@ -323,8 +323,9 @@ struct PendingCount {
 
 /// Counts the messages still scheduled, per topic and in a fresh congestion index, from the
 /// pending floor `start` on (the cost is proportional to the messages scheduled since the
-/// oldest one still pending), and turns cells left FIRING by a crash back to SCHEDULED. Runs
-/// before the stages start, on a thread of its own while the timer log is recovered.
+/// oldest one still pending), and settles cells left FIRING by a crash or power cut: DELIVERED
+/// if the log holds the fired copy ([`fired_copies`]), else back to SCHEDULED, to fire again.
+/// Runs before the stages start, on a thread of its own while the timer log is recovered.
 fn count_pending(
     states: &StateCells,
     sys_topic: &Topic,
@@ -338,6 +339,7 @@ fn count_pending(
     let mut floor_moving = true;
     let mut per_topic: HashMap<String, i64> = HashMap::new();
     let mut times = Vec::new();
+    let mut firing = Vec::new();
     for off in start..cq.next() {
         let mut s = states.get(off).map_err(io("read a state cell"))?;
         if s > state::FIRING {
@@ -347,9 +349,10 @@ fn count_pending(
             s = state::SCHEDULED;
         }
         if s == state::FIRING {
-            // A fire the previous run did not finish: fire it again (at most a duplicate).
-            states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
-            s = state::SCHEDULED;
+            // A fire not yet settled when the previous run stopped: decided after this loop.
+            floor_moving = false;
+            firing.push(off);
+            continue;
         }
         if s == state::SCHEDULED {
             let read = cq.get(off).and_then(|e| store.read(e.log_offset));
@@ -375,12 +378,92 @@ fn count_pending(
             floor = off + 1;
         }
     }
+    // FIRING cells: the fired copy is in the log (stored, and this process crashed before the
+    // log was known durable), or not (a power cut took it, or the append never happened).
+    let mut scheduled_again = Vec::new();
+    if !firing.is_empty() {
+        let mut targets: Vec<(u64, String, i64, String)> = Vec::new(); // (cell, topic, due, id)
+        for &off in &firing {
+            let rec = cq.get(off).and_then(|e| store.read(e.log_offset).map(|r| (e.log_offset, r)));
+            let found = rec.as_ref().and_then(|(at, r)| {
+                let rec = r.decode().ok()?;
+                let topic = rec.property(PROP_TOPIC)?.to_string();
+                Some((topic, rec.deliver_at_ms, MessageId { offset: *at, crc: rec.crc }.to_string()))
+            });
+            match found {
+                Some((topic, due, id)) => targets.push((off, topic, due, id)),
+                None => scheduled_again.push(off), // unreadable: handled as scheduled below
+            }
+        }
+        let copies = fired_copies(store, &targets);
+        if targets.iter().any(|t| copies.contains(&t.3)) {
+            // DELIVERED only once the copies are durable (after a crash they may be in the
+            // page cache alone).
+            store.flush_all()?;
+        }
+        let mut delivered = 0u64;
+        for (off, _, _, id) in &targets {
+            if copies.contains(id) {
+                states.set(*off, state::DELIVERED).map_err(io("settle a state cell"))?;
+                delivered += 1;
+            } else {
+                scheduled_again.push(*off);
+            }
+        }
+        tracing::info!(
+            firing = firing.len(),
+            delivered,
+            fire_again = firing.len() as u64 - delivered,
+            "timer: fires the previous run had not settled"
+        );
+    }
+    for off in scheduled_again {
+        states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
+        let read = cq.get(off).and_then(|e| store.read(e.log_offset));
+        let rec = read.as_ref().and_then(|r| r.decode().ok());
+        let Some((rec, topic)) = rec.and_then(|rec| rec.property(PROP_TOPIC).map(|t| (rec, t))) else {
+            tracing::error!(offset = off, "scheduled record unreadable; it can never fire");
+            states.set(off, state::CANCELLED).map_err(io("finish a state cell"))?;
+            continue;
+        };
+        *per_topic.entry(topic.to_string()).or_insert(0) += 1;
+        times.push(rec.deliver_at_ms);
+        n += 1;
+    }
     // In time order the index's updates touch its memory in order: `TimerEngine::start` with
     // 1M pending at random times took 0.87 s in send order, 0.37 s sorted (`enqueue` bench).
     times.sort_unstable();
     let mut congestion = congestion;
     times.iter().for_each(|&t| congestion.add(t, 1));
     Ok(PendingCount { n, floor, per_topic, congestion })
+}
+
+/// The ids (`PROP_ID`) of fired copies stored in the topics of `targets` (cell, topic, deliver
+/// time, id) since the earliest of their deliver times: a copy is never stored before its time,
+/// and store times never go backwards, so each queue is read backwards from its end until a
+/// record stored earlier. Costs the messages stored since then.
+fn fired_copies(store: &Store, targets: &[(u64, String, i64, String)]) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let Some(since) = targets.iter().map(|t| t.2).min() else { return out };
+    let mut topics: Vec<&str> = targets.iter().map(|t| t.1.as_str()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    for name in topics {
+        let Some(topic) = store.topics().get(name) else { continue };
+        for q in &topic.queues {
+            for i in (0..q.next()).rev() {
+                let Some(r) = q.get(i).and_then(|e| store.read(e.log_offset)) else { continue };
+                let Ok(rec) = r.decode() else { continue };
+                if rec.store_ms < since {
+                    break;
+                }
+                if let Some(id) = rec.property(PROP_ID) {
+                    out.insert(id.to_string());
+                }
+            }
+        }
+    }
+    out
 }
 
 impl TimerEngine {
