@@ -181,6 +181,8 @@ struct WorkerLog {
     requests: usize,
     cancels: usize,
     stopped_by: String,
+    /// Far messages of the request the kill interrupted: stored or not, the client cannot know.
+    unacked_far: usize,
 }
 
 /// Sends scheduled messages to TOPIC in a loop, alternately one message and a batch of 1..=50,
@@ -229,6 +231,7 @@ async fn worker(
             Ok(r) => r,
             Err(e) => {
                 log.stopped_by = format!("send error: {e:?}");
+                log.unacked_far = msgs.iter().filter(|m| m.1 == Kind::Far).count();
                 break;
             }
         };
@@ -547,6 +550,7 @@ async fn run(rounds: usize, cut: Cut) {
     let mut sent: HashMap<String, Sent> = HashMap::new();
     let mut attempted: HashSet<String> = HashSet::new();
     let mut unexpected: Vec<String> = Vec::new();
+    let mut unacked_far = 0usize;
     // (kill time, ready time) per restart, client clock.
     let mut downtimes: Vec<(i64, i64)> = Vec::new();
 
@@ -600,6 +604,7 @@ async fn run(rounds: usize, cut: Cut) {
                 l.stopped_by
             );
             n_sent += l.sent.len();
+            unacked_far += l.unacked_far;
             n_cancels += l.cancels;
             attempted.extend(l.attempted);
             for s in l.sent {
@@ -844,8 +849,8 @@ async fn run(rounds: usize, cut: Cut) {
     // Still pending at the end: the far ones not cancelled (a cancel without answer may be either).
     let far_pending_min =
         sent.values().filter(|s| s.kind == Kind::Far && s.cancel == Cancel::No && !s.may_lose).count();
-    let far_pending_max =
-        sent.values().filter(|s| s.kind == Kind::Far && matches!(s.cancel, Cancel::No | Cancel::Unknown)).count();
+    let far_pending_max = unacked_far
+        + sent.values().filter(|s| s.kind == Kind::Far && matches!(s.cancel, Cancel::No | Cancel::Unknown)).count();
     let pending_total = stats.as_ref().ok().and_then(|(_, v)| v["pending_total"].as_u64());
     let duplicates = clog.got.len() - delivered;
     dup_list.sort();

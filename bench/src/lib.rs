@@ -3,6 +3,7 @@
 //! [`wheel_flush`], the seeded generator in [`rng`]).
 
 pub mod append;
+pub mod cancel;
 pub mod compare;
 pub mod dist;
 pub mod enqueue;

@@ -1,6 +1,6 @@
 //! `chime-bench`: throughput and latency of chime, in process (`append`, `wheel-flush`,
-//! `enqueue`) and over HTTP (`http-send`, `http-receive`, `ingest`, `same-timestamp`, `burst`,
-//! `spread`, `steady`, `pending`).
+//! `enqueue`) and over HTTP (`http-send`, `http-receive`, `ingest`, `cancel`, `same-timestamp`,
+//! `burst`, `spread`, `steady`, `pending`).
 //!
 //! The workloads are deterministic: fixed bodies of `x` bytes, requests handed out from one
 //! shared counter; the timer scenarios draw deliver times and wheel slots from a fixed seed
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chime_bench::{
-    append, compare, enqueue, http_receive, http_send, ingest, note, pending, progress, timer_http, wheel_flush,
+    append, cancel, compare, enqueue, http_receive, http_send, ingest, note, pending, progress, timer_http, wheel_flush,
 };
 use clap::{Parser, Subcommand};
 
@@ -51,6 +51,9 @@ enum Cmd {
     /// Normal and scheduled sends, single and in batches, on the default and durable profiles:
     /// messages/s accepted (and, for scheduled ones, placed in the wheel).
     Ingest(ingest::IngestArgs),
+    /// Scheduled messages cancelled one DELETE each, on the default and durable profiles:
+    /// cancels/s and latency (each cancel fsyncs its state cell before answering).
+    Cancel(cancel::CancelArgs),
     /// Scheduled messages all due at one millisecond, received by long-polling consumers:
     /// lateness on the client's clock and by the server's visible_at_ms.
     SameTimestamp(timer_http::SameTimestampArgs),
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Cmd::HttpSend(a) => http_send::run(a),
         Cmd::HttpReceive(a) => http_receive::run(a),
         Cmd::Ingest(a) => ingest::run(a),
+        Cmd::Cancel(a) => cancel::run(a),
         Cmd::SameTimestamp(a) => timer_http::run_same_timestamp(a),
         Cmd::Burst(a) => timer_http::run_burst(a),
         Cmd::Spread(a) => timer_http::run_spread(a),
@@ -169,6 +173,7 @@ fn scenario_name(cmd: &Cmd) -> &'static str {
         Cmd::HttpSend(_) => "http-send",
         Cmd::HttpReceive(_) => "http-receive",
         Cmd::Ingest(_) => "ingest",
+        Cmd::Cancel(_) => "cancel",
         Cmd::SameTimestamp(_) => "same-timestamp",
         Cmd::Burst(_) => "burst",
         Cmd::Spread(_) => "spread",

@@ -7,7 +7,10 @@
 //! `GET /v1/timer/stats` until `enqueue_lag` is 0 (every message placed in the wheel) and reads
 //! `/proc/PID/status` of the server: `RssAnon` (heap and other private memory: the figure of
 //! the goal), `RssFile` / `RssShmem` (mapped files: page cache the kernel can drop) and
-//! `VmHWM`. Memory is sampled again after `--settle-s` seconds.
+//! `VmHWM`. Memory is sampled again after `--settle-s` seconds. Then the server is restarted
+//! twice on its data, each time checking that `pending_total` and a day of congestion buckets
+//! come back identical: cleanly (SIGTERM), and after SIGKILL with the page cache emptied (when
+//! run as root), as after a crash or power cut.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,6 +187,23 @@ fn one_run(args: &PendingArgs, rt: &tokio::runtime::Runtime, target: &mut Target
     crate::note!(
         "pending: restart stopped in {:.1} s, ready after {:.1} s, counts unchanged",
         stop.as_secs_f64(),
+        ready.as_secs_f64()
+    );
+    // The restart after a crash or power cut: SIGKILL (no final checkpoint), the page cache
+    // dropped where this tool may (root), then ready again with the same counts.
+    let (ready, cold) = target.restart_after_kill(true)?;
+    f.add("killed_restart_ready_s", ready.as_secs_f64());
+    f.add("killed_restart_cold_cache", if cold { 1.0 } else { 0.0 });
+    let stats = rt.block_on(timer_stats(&client, &base))?;
+    if stats["pending_total"].as_u64() != Some(args.count) {
+        return Err(format!("after the kill pending_total is {}, expected {}", stats["pending_total"], args.count));
+    }
+    if day(rt)? != before {
+        return Err("after the kill the 24 h congestion buckets differ from before".into());
+    }
+    crate::note!(
+        "pending: after SIGKILL{} ready after {:.1} s, counts unchanged",
+        if cold { " and an emptied page cache" } else { "" },
         ready.as_secs_f64()
     );
     Ok(f)

@@ -250,6 +250,25 @@ impl Target {
         Ok((stopped, t1.elapsed()))
     }
 
+    /// Kills a spawned server (SIGKILL: a crash, no final flush or checkpoint), optionally
+    /// empties the page cache (what a power cut leaves: every read comes from the disk), and
+    /// starts it again on the same data directory and port. Returns how long until `/readyz`
+    /// answered 200 again, and whether the page cache could be dropped (needs root).
+    pub fn restart_after_kill(&mut self, drop_caches: bool) -> Result<(Duration, bool), String> {
+        let Target::Spawned { base, child, log, cmd, .. } = self else {
+            return Err("only a server this tool spawned can be killed and restarted".into());
+        };
+        child.kill().map_err(|e| format!("SIGKILL: {e}"))?;
+        child.wait().map_err(|e| format!("wait after SIGKILL: {e}"))?;
+        let dropped = drop_caches && {
+            let _ = Command::new("sync").status();
+            std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+        };
+        let t1 = Instant::now();
+        *child = cmd.spawn(base, log)?;
+        Ok((t1.elapsed(), dropped))
+    }
+
     /// Stops a server this tool started (SIGTERM for a child, then waits for a clean exit).
     pub fn stop(self) -> Result<(), String> {
         match self {
