@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::store::mmap::AtomicMap;
 
@@ -39,9 +39,35 @@ pub const FIRING: u8 = 3;
 /// Cells per file (1 MiB).
 pub const CELLS_PER_FILE: u64 = 1 << 20;
 
+/// Bytes a page holds: the unit `msync` writes.
+const PAGE: u64 = 4096;
+
 pub struct StateCells {
     dir: PathBuf,
     files: RwLock<Vec<Option<Arc<AtomicMap>>>>,
+    sync: GroupSync,
+}
+
+/// Group commit of the cells cancels wait for: a caller adds its page to the batch being
+/// collected, and one caller at a time (the leader) msyncs a whole batch while the next one
+/// collects, so concurrent cancels share their fsyncs.
+#[derive(Default)]
+struct GroupSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// The pages (file index, page index) of the batch being collected.
+    pending: std::collections::BTreeSet<(usize, u64)>,
+    /// The number of the batch being collected; batches below `synced` are durable.
+    batch: u64,
+    synced: u64,
+    leading: bool,
+    /// A failed msync: the kernel may have dropped the pages, so no later cancel is answered
+    /// as durable either (until a restart).
+    failed: Option<String>,
 }
 
 impl StateCells {
@@ -63,7 +89,7 @@ impl StateCells {
             let (m, _) = AtomicMap::open_or_create(&dir.join(name), CELLS_PER_FILE as usize)?;
             files[idx] = Some(Arc::new(m));
         }
-        Ok(Self { dir: dir.to_path_buf(), files: RwLock::new(files) })
+        Ok(Self { dir: dir.to_path_buf(), files: RwLock::new(files), sync: GroupSync::default() })
     }
 
     fn file(&self, idx: usize, create: bool) -> io::Result<Option<Arc<AtomicMap>>> {
@@ -111,11 +137,47 @@ impl StateCells {
         self.with_cell(offset, |c| c.store(v, Ordering::Release))
     }
 
-    /// Makes the cell of `offset` durable now (a cancel under the sync flush policy).
+    /// Makes the cell of `offset` durable before it returns (a cancel), sharing the msync
+    /// with concurrent callers (group commit).
     pub fn flush_cell(&self, offset: u64) -> io::Result<()> {
-        if let Some(f) = self.file((offset / CELLS_PER_FILE) as usize, false)? {
-            let at = (offset % CELLS_PER_FILE) as usize;
-            f.flush_range(at, at + 1)?;
+        let idx = (offset / CELLS_PER_FILE) as usize;
+        let page = (offset % CELLS_PER_FILE) / PAGE;
+        let sync = &self.sync;
+        let mut st = sync.state.lock();
+        st.pending.insert((idx, page));
+        let mine = st.batch;
+        loop {
+            if let Some(why) = &st.failed {
+                return Err(io::Error::other(format!("a state-cell fsync failed earlier: {why}")));
+            }
+            if st.synced > mine {
+                return Ok(());
+            }
+            if st.leading {
+                sync.done.wait(&mut st);
+                continue;
+            }
+            // Lead: take the batch being collected (it holds this page) and msync it.
+            st.leading = true;
+            let batch = std::mem::take(&mut st.pending);
+            let number = st.batch;
+            st.batch += 1;
+            let result = parking_lot::MutexGuard::unlocked(&mut st, || self.flush_pages(&batch));
+            st.leading = false;
+            match result {
+                Ok(()) => st.synced = number + 1,
+                Err(e) => st.failed = Some(e.to_string()),
+            }
+            sync.done.notify_all();
+        }
+    }
+
+    fn flush_pages(&self, pages: &std::collections::BTreeSet<(usize, u64)>) -> io::Result<()> {
+        for &(idx, page) in pages {
+            if let Some(f) = self.file(idx, false)? {
+                let at = (page * PAGE) as usize;
+                f.flush_range(at, at + PAGE as usize)?;
+            }
         }
         Ok(())
     }
@@ -135,7 +197,8 @@ impl StateCells {
             let from = offset.saturating_sub(base) as usize;
             let mut touched = false;
             for c in &f.bytes()[from..] {
-                if c.swap(SCHEDULED, Ordering::AcqRel) != SCHEDULED {
+                // Read first: writing zeros over zeros would dirty every page of the file.
+                if c.load(Ordering::Acquire) != SCHEDULED && c.swap(SCHEDULED, Ordering::AcqRel) != SCHEDULED {
                     cleared += 1;
                     touched = true;
                 }
@@ -194,5 +257,27 @@ mod tests {
         assert_eq!(s.get(10).unwrap(), SCHEDULED);
         assert_eq!(s.get(CELLS_PER_FILE + 2).unwrap(), SCHEDULED);
         assert_eq!(s.clear_from(10).unwrap(), 0);
+    }
+
+    #[test]
+    fn concurrent_cell_flushes_share_a_batch_and_all_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(StateCells::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let off = t * 10_000 + i;
+                        s.transition(off, SCHEDULED, CANCELLED).unwrap();
+                        s.flush_cell(off).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let st = s.sync.state.lock();
+        assert!(st.pending.is_empty() && !st.leading && st.synced == st.batch, "every batch synced");
+        assert!(st.batch <= 400, "at most one batch per call");
     }
 }
