@@ -300,8 +300,8 @@ fn a_group_ahead_of_its_queue_receives_the_messages_that_reuse_the_offsets() {
     store.append(&t, &(0..3).map(|i| msg(&format!("old{i}"))).collect::<Vec<_>>()).unwrap();
     store.shutdown().unwrap();
     drop((t, store));
-    std::fs::create_dir_all(after.join("groups")).unwrap();
-    std::fs::copy(before.join("groups/g@t.json"), after.join("groups/g@t.json")).unwrap();
+    std::fs::create_dir_all(after.join("groups/t")).unwrap();
+    std::fs::copy(before.join("groups/t/g.json"), after.join("groups/t/g.json")).unwrap();
 
     let store = open(&after);
     let groups = Groups::open(store.clone(), group_opts(&after)).unwrap();

@@ -1,9 +1,11 @@
 //! Consumer groups: each group receives every message of a topic once (at least once), with
 //! invisibility, redelivery and acks by receipt handle.
 //!
-//! On disk: `groups/{group}@{topic}.json` (both names are restricted to `[A-Za-z0-9_%|-]`, so
-//! `@` separates them unambiguously), replaced atomically by the `chime-groups` thread every
-//! `persist_interval` when changed, and on shutdown:
+//! On disk: `groups/{topic}/{group}.json` (both names are restricted to `[A-Za-z0-9_%|-]{1,127}`,
+//! so every path component stays within a file system's 255 bytes), replaced atomically by the
+//! `chime-groups` thread every `persist_interval` when changed, and on shutdown (a group that
+//! cannot be written is retried and never stops the others). Files of the earlier layout,
+//! `groups/{group}@{topic}.json`, are read and moved to the new one when next written:
 //! `{"version": 1, "queues": [{"floor", "next", "done": [..], "inflight": [[offset, attempt, visible_at]]}]}`.
 //!
 //! Guarantees: an unacked message is never lost (a restart redelivers it when its invisibility
@@ -164,17 +166,30 @@ impl Groups {
     /// group rather than taken for acked. Returns how many groups were cut back.
     fn load_existing(&self) -> Result<usize, GroupError> {
         let io = |source| GroupError::Io { context: format!("read {}", self.opts.dir.display()), source };
-        let mut cut = 0;
+        // (group, topic, file) of every saved group, in either layout.
+        let mut saved: Vec<(String, String, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(&self.opts.dir).map_err(io)? {
-            let path = entry.map_err(io)?.path();
-            let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            let Some((group, topic)) = stem.rsplit_once('@') else { continue };
-            let Some(t) = self.store.topics().get(topic) else { continue };
-            let saved = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<GroupFile>(&b).ok());
-            let ahead = saved.is_some_and(|f| f.queues.iter().zip(&t.queues).any(|(s, q)| s.next > q.next()));
-            let gt = self.state(group, &t);
+            let entry = entry.map_err(io)?;
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+            if entry.file_type().map_err(io)?.is_dir() {
+                for inner in std::fs::read_dir(&path).map_err(io)? {
+                    let file = inner.map_err(io)?.path();
+                    let group = file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json"));
+                    if let Some(group) = group {
+                        saved.push((group.to_owned(), name.clone(), file.clone()));
+                    }
+                }
+            } else if let Some((group, topic)) = name.strip_suffix(".json").and_then(|n| n.rsplit_once('@')) {
+                saved.push((group.to_owned(), topic.to_owned(), path.clone()));
+            }
+        }
+        let mut cut = 0;
+        for (group, topic, path) in saved {
+            let Some(t) = self.store.topics().get(&topic) else { continue };
+            let file = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<GroupFile>(&b).ok());
+            let ahead = file.is_some_and(|f| f.queues.iter().zip(&t.queues).any(|(s, q)| s.next > q.next()));
+            let gt = self.state(&group, &t);
             if ahead {
                 tracing::warn!(group, topic, "group progress is ahead of its queue (lost in a power cut); cut back");
                 gt.dirty.store(true, Ordering::Release);
@@ -186,6 +201,11 @@ impl Groups {
     }
 
     fn path(&self, group: &str, topic: &str) -> PathBuf {
+        self.opts.dir.join(topic).join(format!("{group}.json"))
+    }
+
+    /// Where earlier versions kept the progress (too long a name for two 127-character names).
+    fn legacy_path(&self, group: &str, topic: &str) -> PathBuf {
         self.opts.dir.join(format!("{group}@{topic}.json"))
     }
 
@@ -202,9 +222,12 @@ impl Groups {
     }
 
     fn load(&self, group: &str, topic: &Topic) -> Vec<QueueProgress> {
-        let path = self.path(group, topic.name.as_str());
+        let mut path = self.path(group, topic.name.as_str());
         let available: Vec<u64> = topic.queues.iter().map(|q| q.next()).collect();
-        let bytes = std::fs::read(&path).unwrap_or_default();
+        let bytes = std::fs::read(&path).unwrap_or_else(|_| {
+            path = self.legacy_path(group, topic.name.as_str());
+            std::fs::read(&path).unwrap_or_default()
+        });
         match decode_progress(&bytes, &available) {
             Ok(p) => p,
             Err(e) => {
@@ -340,8 +363,11 @@ impl Groups {
     }
 
     /// Writes the progress of every changed group durably.
+    /// Writes every changed group. One that cannot be written stays dirty (retried next time)
+    /// and does not stop the others; the first error is returned.
     pub fn persist_all(&self) -> Result<(), GroupError> {
         let all: Vec<(Key, Arc<GroupTopic>)> = self.states.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut first_err = None;
         for ((group, topic), gt) in all {
             if !gt.dirty.swap(false, Ordering::AcqRel) {
                 continue;
@@ -352,17 +378,24 @@ impl Groups {
             };
             if let Err(e) = self.write(&group, &topic, &file) {
                 gt.dirty.store(true, Ordering::Release);
-                return Err(e);
+                first_err.get_or_insert(e);
             }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     fn write(&self, group: &str, topic: &str, file: &GroupFile) -> Result<(), GroupError> {
         let path = self.path(group, topic);
+        let err = |source| GroupError::Io { context: format!("write {}", path.display()), source };
         let body = serde_json::to_vec(file).expect("serialisable");
-        crate::store::atomic_file::replace(&path, &body)
-            .map_err(|source| GroupError::Io { context: format!("write {}", path.display()), source })
+        crate::store::fsio::create_dir_all(crate::store::fsio::parent(&path)).map_err(err)?;
+        crate::store::atomic_file::replace(&path, &body).map_err(err)?;
+        // Moved from the earlier layout: the old file goes once the new one is durable.
+        let legacy = self.legacy_path(group, topic);
+        if legacy.exists() {
+            std::fs::remove_file(&legacy).and_then(|()| crate::store::fsio::sync_dir(&self.opts.dir)).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Stops the persister and writes the final progress.
