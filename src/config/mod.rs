@@ -63,6 +63,8 @@ pub const ENV_PREFIX: &str = "CHIME_";
 
 /// Environment variable selecting the profile when `--profile` is not given.
 pub const PROFILE_ENV: &str = "CHIME_PROFILE";
+/// The variable of `auth.token`: set but empty is an error, not "no token".
+const TOKEN_ENV: &str = "CHIME_AUTH_TOKEN";
 
 /// Profile used when neither `--profile` nor `CHIME_PROFILE` is given.
 pub const DEFAULT_PROFILE: &str = "default";
@@ -461,6 +463,15 @@ impl Config {
         // Sorted, so that of several bad variables the same one is reported
         // every time.
         let env: BTreeMap<String, String> = env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+        // Set but empty is a deployment whose secret did not arrive: refuse rather than serve
+        // without authentication (unset is the documented way to have none).
+        if env.get(TOKEN_ENV).is_some_and(|v| v.is_empty()) {
+            return Err(ConfigError::Env {
+                var: TOKEN_ENV.to_owned(),
+                key: "auth.token".to_owned(),
+                message: "set but empty; unset it to serve without a token, or give the token".to_owned(),
+            });
+        }
 
         let profile = args
             .profile
@@ -1310,6 +1321,14 @@ mod tests {
         assert!(shown.contains("<redacted>"), "{shown}");
         let c = Config::from_profile_str("[auth]\ntoken = \"abc\"\n").expect("profile token");
         assert_eq!(c.auth.token.expose(), "abc");
+    }
+
+    #[test]
+    fn an_empty_token_variable_is_an_error_not_an_open_server() {
+        let err = load(&Args::default(), &[("CHIME_AUTH_TOKEN", "")]).expect_err("empty token");
+        assert!(matches!(&err, ConfigError::Env { key, .. } if key == "auth.token"), "{err:?}");
+        assert!(err.to_string().contains("set but empty"), "{err}");
+        assert!(load(&Args::default(), &[]).expect("unset: no token").auth.token.is_empty());
     }
 
     #[test]
