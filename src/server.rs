@@ -106,16 +106,26 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
     let state = AppState::new(limits(config), config.auth.token.clone(), shutdown_rx.clone());
 
     let opts = store_options(config);
-    let group_opts =
-        GroupOptions { dir: config.data_dir.join("groups"), persist_interval: config.group.persist_interval.0 };
+    let group_opts = GroupOptions {
+        dir: config.data_dir.join("groups"),
+        persist_interval: config.group.persist_interval.0,
+        max_groups_per_topic: config.limits.max_groups_per_topic,
+    };
     let timer_opts = timer_options(config);
+    let max_topics = config.limits.max_topics;
     let ready_state = state.clone();
     let recovery = tokio::task::spawn_blocking(move || -> Result<Core, ServerError> {
         let store = Store::open_locked(lock, opts, clock)?;
+        store.topics().set_max_topics(max_topics);
         tracing::info!(recovery = %store.recovery_report(), "recovery finished");
+        // Groups first: they cut progress that is ahead of its queue back to what the queue
+        // holds (a power cut took the queue's tail), and the timer, once started, at once
+        // fires what fell due while the server was down into those very queue offsets.
+        // Tests delay here (`sleep(ms)`) to check that nothing fires before the groups are cut.
+        fail::fail_point!("server::before_groups");
+        let groups = Groups::open(store.clone(), group_opts)?;
         let timer = TimerEngine::start(store.clone(), timer_opts)?;
         tracing::info!(recovery = %timer.recovery_summary(), "timer started");
-        let groups = Groups::open(store.clone(), group_opts)?;
         Ok(Core { store, groups, timer })
     });
 
