@@ -777,6 +777,10 @@ impl Core {
         flushed?;
         self.log.flush(timer_log_pos).map_err(io("flush the timer log"))?;
         self.wheel.flush().map_err(io("flush the timer wheel"))?;
+        // The flushed wheel may link units appended since `timer_log_pos`: make them durable
+        // too, or after a power cut the wheel would point past the log and be rebuilt (a full
+        // re-placement from the pending floor: correct, but slow).
+        self.log.flush(self.log.write_pos()).map_err(io("flush the timer log"))?;
         self.states.flush().map_err(io("flush the state cells"))?;
         let mut floor = self.pending_floor.load(Ordering::Relaxed);
         while floor < sys_next {
