@@ -253,3 +253,22 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     }
     s.stop().await;
 }
+
+/// Every distinct method string used to add a permanent `chime_http_requests_total` series, even
+/// unauthenticated: a client could grow the server's memory and `/metrics` without bound.
+#[tokio::test]
+async fn invented_methods_add_no_metric_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(&test_config(dir.path())).await;
+    let series = |text: &str| text.lines().filter(|l| l.starts_with("chime_http_requests_total{")).count();
+    let before = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for i in 0..200 {
+        let m = reqwest::Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+        let _ = s.http.request(m, s.url("/v1/topics")).send().await.unwrap();
+    }
+    let after = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(series(&after) <= series(&before) + 2, "{} series before, {} after", series(&before), series(&after));
+    assert!(after.contains("method=\"other\""), "invented methods are counted as other");
+    assert!(!after.contains("method=\"X1\""));
+    s.stop().await;
+}

@@ -273,11 +273,15 @@ fn short_or_missing_consume_queue_segments_are_rebuilt_from_the_log() {
 /// next messages get the same queue offsets: the group must receive them as new ones.
 #[test]
 fn a_group_ahead_of_its_queue_receives_the_messages_that_reuse_the_offsets() {
-    use chime::group::{GroupOptions, Groups, TagExpr};
+    use chime::group::{Batch, GroupOptions, Groups, TagExpr};
     let tmp = tempfile::tempdir().unwrap();
-    let group_opts = |dir: &Path| GroupOptions { dir: dir.join("groups"), persist_interval: Duration::from_secs(3600) };
+    let group_opts = |dir: &Path| GroupOptions {
+        dir: dir.join("groups"),
+        persist_interval: Duration::from_secs(3600),
+        max_groups_per_topic: 1000,
+    };
     let receive_all = |groups: &Groups, t: &chime::store::topics::Topic| -> Vec<String> {
-        let got = groups.receive("g", t, 100, 60_000, &TagExpr::All);
+        let got = groups.receive("g", t, Batch { max: 100, max_bytes: 8 << 20 }, 60_000, &TagExpr::All).unwrap();
         let handles: Vec<String> = got.messages.iter().map(|d| d.receipt_handle.clone()).collect();
         groups.ack("g", t, &handles);
         got.messages.iter().map(|d| String::from_utf8(d.record.decode().unwrap().body.to_vec()).unwrap()).collect()

@@ -123,6 +123,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// When sends are refused with 429 BUSY. Default: see [`AdmissionConfig`]
     pub admission: AdmissionConfig,
+    /// Quotas on what clients may create. Default: see [`LimitsConfig`]
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -141,7 +143,26 @@ impl Default for Config {
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             admission: AdmissionConfig::default(),
+            limits: LimitsConfig::default(),
         }
+    }
+}
+
+/// Quotas (`[limits]`): creating a topic or a consumer group past one (explicitly, or by a first
+/// send or receive) is answered 403 LIMIT_EXCEEDED naming the limit, so no client can fill the
+/// disk or the memory by inventing names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most topics (1..=1000000). Default: 10000
+    pub max_topics: u64,
+    /// Most consumer groups of one topic (1..=1000000). Default: 1000
+    pub max_groups_per_topic: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_topics: 10_000, max_groups_per_topic: 1_000 }
     }
 }
 
@@ -600,6 +621,14 @@ impl Config {
                 "admission.max_inflight_bytes",
                 format!("must be between max_request_bytes ({max_request}) and 64GiB, got {inflight}"),
             );
+        }
+        for (key, v) in [
+            ("limits.max_topics", self.limits.max_topics),
+            ("limits.max_groups_per_topic", self.limits.max_groups_per_topic),
+        ] {
+            if !(1..=1_000_000).contains(&v) {
+                return invalid(key, format!("must be between 1 and 1000000, got {v}"));
+            }
         }
         if !(1..=100_000_000).contains(&self.admission.max_enqueue_lag) {
             return invalid(

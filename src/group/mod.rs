@@ -39,12 +39,18 @@ pub enum GroupError {
         #[source]
         source: std::io::Error,
     },
+    /// A new group would pass `limits.max_groups_per_topic`; nothing was created.
+    #[error("limits.max_groups_per_topic ({max}) reached: topic {topic:?} has as many groups; group {group:?} cannot be created")]
+    LimitExceeded { max: u64, topic: String, group: String },
 }
 
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
     pub dir: PathBuf,
     pub persist_interval: Duration,
+    /// Most groups of one topic (config `limits.max_groups_per_topic`); groups already saved
+    /// always load.
+    pub max_groups_per_topic: u64,
 }
 
 /// One message handed to a consumer.
@@ -56,6 +62,22 @@ pub struct Delivery {
     pub queue_offset: u64,
     pub attempt: u32,
     pub receipt_handle: String,
+}
+
+/// How much one receive may hand out: at most `max` messages, and no more payload bytes (keys,
+/// properties, bodies) than `max_bytes`, but always at least one message.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    pub max: usize,
+    pub max_bytes: usize,
+}
+
+impl Batch {
+    /// Whether `record` may join `out` (holding `bytes` payload bytes); if so, its payload size.
+    fn admits(&self, out: &[Delivery], bytes: usize, record: &RecordRef) -> Option<usize> {
+        let n = record.decode().map_or(0, |r| r.payload_len());
+        (out.is_empty() || bytes.saturating_add(n) <= self.max_bytes).then_some(n)
+    }
 }
 
 pub struct Received {
@@ -84,6 +106,13 @@ struct GroupFile {
 type Key = (String, String);
 
 #[derive(Default)]
+struct States {
+    map: HashMap<Key, Arc<GroupTopic>>,
+    /// Groups per topic, for the quota.
+    per_topic: HashMap<String, u64>,
+}
+
+#[derive(Default)]
 struct StopSignal {
     stopped: Mutex<bool>,
     cv: Condvar,
@@ -108,7 +137,7 @@ impl StopSignal {
 pub struct Groups {
     store: Arc<Store>,
     opts: GroupOptions,
-    states: Mutex<HashMap<Key, Arc<GroupTopic>>>,
+    states: Mutex<States>,
     stop: Arc<StopSignal>,
     persister: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -135,7 +164,7 @@ impl Groups {
         let groups = Arc::new(Self {
             store,
             opts,
-            states: Mutex::new(HashMap::new()),
+            states: Mutex::new(States::default()),
             stop: Arc::new(StopSignal::default()),
             persister: Mutex::new(None),
         });
@@ -189,7 +218,7 @@ impl Groups {
             let Some(t) = self.store.topics().get(&topic) else { continue };
             let file = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<GroupFile>(&b).ok());
             let ahead = file.is_some_and(|f| f.queues.iter().zip(&t.queues).any(|(s, q)| s.next > q.next()));
-            let gt = self.state(&group, &t);
+            let gt = self.state(&group, &t, false)?;
             if ahead {
                 tracing::warn!(group, topic, "group progress is ahead of its queue (lost in a power cut); cut back");
                 gt.dirty.store(true, Ordering::Release);
@@ -209,16 +238,29 @@ impl Groups {
         self.opts.dir.join(format!("{group}@{topic}.json"))
     }
 
-    fn state(&self, group: &str, topic: &Topic) -> Arc<GroupTopic> {
+    /// The group's state, loaded or created on first use; a new group past the quota is
+    /// refused when `limited` (groups saved on disk load at start whatever their number).
+    fn state(&self, group: &str, topic: &Topic, limited: bool) -> Result<Arc<GroupTopic>, GroupError> {
         let key = (group.to_string(), topic.name.clone());
         let mut states = self.states.lock();
-        if let Some(s) = states.get(&key) {
-            return s.clone();
+        if let Some(s) = states.map.get(&key) {
+            return Ok(s.clone());
+        }
+        let n = states.per_topic.get(&topic.name).copied().unwrap_or(0);
+        let max = self.opts.max_groups_per_topic;
+        if limited && n >= max {
+            return Err(GroupError::LimitExceeded { max, topic: topic.name.clone(), group: group.to_string() });
         }
         let queues = self.load(group, topic);
         let gt = Arc::new(GroupTopic { state: Mutex::new(State { queues, rr: 0 }), dirty: AtomicBool::new(false) });
-        states.insert(key, gt.clone());
-        gt
+        states.map.insert(key, gt.clone());
+        states.per_topic.insert(topic.name.clone(), n + 1);
+        Ok(gt)
+    }
+
+    /// The state of a group that exists, without creating one.
+    fn existing_state(&self, group: &str, topic: &Topic) -> Option<Arc<GroupTopic>> {
+        self.states.lock().map.get(&(group.to_string(), topic.name.clone())).cloned()
     }
 
     fn load(&self, group: &str, topic: &Topic) -> Vec<QueueProgress> {
@@ -240,9 +282,21 @@ impl Groups {
 
     /// Hands out up to `max` messages of `topic` to `group`: expired in-flight ones first, then
     /// new ones. Messages whose tag does not match `expr` are skipped for this group.
-    pub fn receive(&self, group: &str, topic: &Topic, max: usize, invisible_ms: i64, expr: &TagExpr) -> Received {
+    /// A group's first receive creates it: [`GroupError::LimitExceeded`] past the quota.
+    pub fn receive(
+        &self,
+        group: &str,
+        topic: &Topic,
+        batch: Batch,
+        invisible_ms: i64,
+        expr: &TagExpr,
+    ) -> Result<Received, GroupError> {
+        let max = batch.max;
+        let mut bytes = 0usize;
+        // Set once a message does not fit `max_bytes`: it stays for the next receive.
+        let mut full = false;
         let now = self.store.clock().now_ms();
-        let gt = self.state(group, topic);
+        let gt = self.state(group, topic, true)?;
         let mut st = gt.state.lock();
         let nq = st.queues.len();
         let start = st.rr % nq.max(1);
@@ -253,16 +307,21 @@ impl Groups {
 
         // 1. Redeliveries whose invisibility has ended.
         for qi in (0..nq).map(|i| (start + i) % nq) {
-            if out.len() >= max {
+            if out.len() >= max || full {
                 break;
             }
             let cq = &topic.queues[qi];
             for offset in st.queues[qi].expired(now, max - out.len()) {
-                changed = true;
                 let p = &mut st.queues[qi];
                 let entry = cq.get(offset);
                 match self.record_at(topic, qi as u16, offset, entry) {
                     Some(record) => {
+                        let Some(n) = batch.admits(&out, bytes, &record) else {
+                            full = true;
+                            break;
+                        };
+                        bytes += n;
+                        changed = true;
                         let nonce = rand::random::<u32>().max(1);
                         let attempt = p.deliver(offset, visible_at, nonce);
                         out.push(Delivery {
@@ -274,14 +333,17 @@ impl Groups {
                             receipt_handle: receipt(qi as u16, offset, nonce),
                         });
                     }
-                    None => p.drop_inflight(offset),
+                    None => {
+                        changed = true;
+                        p.drop_inflight(offset);
+                    }
                 }
             }
         }
         // 2. New messages.
         for qi in (0..nq).map(|i| (start + i) % nq) {
             let cq = &topic.queues[qi];
-            while out.len() < max {
+            while out.len() < max && !full {
                 let p = &mut st.queues[qi];
                 let offset = p.next;
                 let Some(entry) = cq.get(offset) else { break };
@@ -299,6 +361,11 @@ impl Groups {
                     p.skip_next();
                     continue;
                 }
+                let Some(n) = batch.admits(&out, bytes, &record) else {
+                    full = true;
+                    break;
+                };
+                bytes += n;
                 let nonce = rand::random::<u32>().max(1);
                 let attempt = p.deliver(offset, visible_at, nonce);
                 out.push(Delivery {
@@ -315,7 +382,7 @@ impl Groups {
             gt.dirty.store(true, Ordering::Release);
         }
         let wake_at_ms = st.queues.iter().filter_map(|q| q.next_deadline()).min();
-        Received { messages: out, wake_at_ms }
+        Ok(Received { messages: out, wake_at_ms })
     }
 
     /// Reads and checks the record a consume-queue entry points at.
@@ -343,7 +410,8 @@ impl Groups {
     /// Acks receipt handles; returns how many were acked and the handles that were not valid
     /// (malformed, unknown, already acked, or superseded by a redelivery).
     pub fn ack(&self, group: &str, topic: &Topic, handles: &[String]) -> (usize, Vec<String>) {
-        let gt = self.state(group, topic);
+        // A group that never received has nothing in flight: every handle is invalid.
+        let Some(gt) = self.existing_state(group, topic) else { return (0, handles.to_vec()) };
         let mut st = gt.state.lock();
         let mut acked = 0;
         let mut invalid = Vec::new();
@@ -366,7 +434,8 @@ impl Groups {
     /// Writes every changed group. One that cannot be written stays dirty (retried next time)
     /// and does not stop the others; the first error is returned.
     pub fn persist_all(&self) -> Result<(), GroupError> {
-        let all: Vec<(Key, Arc<GroupTopic>)> = self.states.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let all: Vec<(Key, Arc<GroupTopic>)> =
+            self.states.lock().map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut first_err = None;
         for ((group, topic), gt) in all {
             if !gt.dirty.swap(false, Ordering::AcqRel) {

@@ -15,11 +15,15 @@ use super::body::{parse_json, read_limited};
 use super::error::{ApiError, ErrorBody};
 use super::path::GroupPath;
 use super::AppState;
-use crate::group::{Delivery, TagExpr};
+use crate::group::{Batch, Delivery, TagExpr};
 use crate::timer::{PROP_ID, SYSTEM_PROP_PREFIX};
 
 const MAX_MESSAGES: i64 = 1000;
 const MAX_WAIT_MS: i64 = 30_000;
+/// `max_bytes` of a receive: 1 MiB..=64 MiB, default 8 MiB (API.md).
+const MIN_MAX_BYTES: i64 = 1 << 20;
+const MAX_MAX_BYTES: i64 = 64 << 20;
+const DEFAULT_MAX_BYTES: i64 = 8 << 20;
 const MIN_INVISIBLE_MS: i64 = 1_000;
 const MAX_INVISIBLE_MS: i64 = 43_200_000;
 /// Most receipt handles in one ack.
@@ -40,6 +44,10 @@ pub(crate) struct ReceiveIn {
     invisible_ms: Option<i64>,
     /// Tag expression: `*` or `A || B`. Default: `*`
     tag: Option<String>,
+    /// Most payload bytes (bodies, keys, properties) in the answer; it always holds at least
+    /// one message. Default: 8388608 (8 MiB)
+    #[schema(minimum = 1048576, maximum = 67108864)]
+    max_bytes: Option<i64>,
 }
 
 /// A received message. Exactly one of `body` and `body_base64`, in the form it was sent.
@@ -95,6 +103,7 @@ fn in_range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Resul
     responses(
         (status = 200, body = ReceiveOut),
         (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
+        (status = 403, description = "LIMIT_EXCEEDED: a new group past limits.max_groups_per_topic", body = ErrorBody),
     ))]
 pub async fn receive(
     State(state): State<AppState>,
@@ -108,22 +117,29 @@ pub async fn receive(
     let wait_ms = in_range("wait_ms", req.wait_ms, 0, 0, MAX_WAIT_MS)?;
     let invisible_ms = in_range("invisible_ms", req.invisible_ms, 30_000, MIN_INVISIBLE_MS, MAX_INVISIBLE_MS)?;
     let expr = TagExpr::parse(req.tag.as_deref().unwrap_or("*")).map_err(ApiError::invalid)?;
+    let max_bytes = in_range("max_bytes", req.max_bytes, DEFAULT_MAX_BYTES, MIN_MAX_BYTES, MAX_MAX_BYTES)? as usize;
 
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
-    let Some(topic) = core.store.topics().get(&topic_name) else {
-        // Not created by receiving; answer empty after the wait.
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = state.shutting_down() => {}
+    // A receive does not create the topic; it waits for a send to (then for its message).
+    let topic = loop {
+        let created = core.store.topics().created();
+        tokio::pin!(created);
+        created.as_mut().enable();
+        if let Some(t) = core.store.topics().get(&topic_name) {
+            break t;
         }
-        return Ok(render(&[]));
+        tokio::select! {
+            _ = &mut created => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(render(&[])),
+            _ = state.shutting_down() => return Ok(render(&[])),
+        }
     };
     loop {
         // Register for wake-ups before looking, so an append in between is not missed.
         let appended = topic.appended.notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
-        let got = core.groups.receive(&group, &topic, max, invisible_ms, &expr);
+        let got = core.groups.receive(&group, &topic, Batch { max, max_bytes }, invisible_ms, &expr)?;
         let now = tokio::time::Instant::now();
         if !got.messages.is_empty() || now >= deadline {
             return Ok(render(&got.messages));

@@ -22,6 +22,7 @@ pub enum Code {
     MethodNotAllowed,
     AlreadyDelivered,
     Unauthorized,
+    LimitExceeded,
     Busy,
     Unavailable,
 }
@@ -38,6 +39,7 @@ impl Code {
             Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Code::AlreadyDelivered => "ALREADY_DELIVERED",
             Code::Unauthorized => "UNAUTHORIZED",
+            Code::LimitExceeded => "LIMIT_EXCEEDED",
             Code::Busy => "BUSY",
             Code::Unavailable => "UNAVAILABLE",
         }
@@ -52,6 +54,7 @@ impl Code {
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::AlreadyDelivered => StatusCode::CONFLICT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::LimitExceeded => StatusCode::FORBIDDEN,
             Code::Busy => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -103,10 +106,24 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        // Every store error is the server's state, not the request's fault: 503, retry later.
-        // `StoreError::DiskFull` already reads "disk full: …".
-        let message = e.to_string();
-        ApiError::new(Code::Unavailable, message)
+        // A quota is the request's: 403, retrying does not help. Every other store error is the
+        // server's state, not the request's fault: 503, retry later. `StoreError::DiskFull`
+        // already reads "disk full: …".
+        let code = match e {
+            StoreError::LimitExceeded { .. } => Code::LimitExceeded,
+            _ => Code::Unavailable,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::group::GroupError> for ApiError {
+    fn from(e: crate::group::GroupError) -> Self {
+        let code = match e {
+            crate::group::GroupError::LimitExceeded { .. } => Code::LimitExceeded,
+            _ => Code::Unavailable,
+        };
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -143,6 +160,7 @@ mod tests {
             Code::MethodNotAllowed,
             Code::AlreadyDelivered,
             Code::Unauthorized,
+            Code::LimitExceeded,
             Code::Busy,
             Code::Unavailable,
         ] {

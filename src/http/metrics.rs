@@ -2,7 +2,7 @@
 //!
 //! Two kinds of figures:
 //! - HTTP figures, recorded by a middleware on every request: `chime_http_requests_total`
-//!   by route, method and status, `chime_http_request_duration_seconds` by route, and
+//!   by route, method (the standard ones, else `other`) and status, `chime_http_request_duration_seconds` by route, and
 //!   `chime_send_rejected_total` by error code (sends answered 4xx/5xx).
 //! - Store and timer figures, read when scraped (a [`Collector`]) from what the store and the
 //!   timer already keep: the hot path pays nothing for them. The lateness and fsync histograms
@@ -102,6 +102,24 @@ impl Metrics {
     }
 }
 
+/// The method as a label: the standard methods by name, any other as `other`, so a client
+/// inventing method names (authenticated or not) cannot add series without bound.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts and times every request.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -109,7 +127,7 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().replace('{', ":").replace('}', ""));
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method()).to_string();
     let resp = next.run(req).await;
     let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
     state.metrics().observe(&route, &method, resp.status().as_u16(), code, started.elapsed().as_secs_f64());

@@ -73,6 +73,7 @@ fn topic_info<'a>(t: &'a Topic, core: &super::Core) -> TopicInfo<'a> {
         (status = 201, description = "Created", body = TopicInfo),
         (status = 200, description = "Already exists (unchanged)", body = TopicInfo),
         (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
+        (status = 403, description = "LIMIT_EXCEEDED: limits.max_topics reached", body = ErrorBody),
     ))]
 pub async fn create_topic(
     State(state): State<AppState>,
@@ -277,6 +278,21 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     if let Some(k) = properties.keys().find(|k| k.starts_with("__")) {
         return Err(bad(format!("property name {k:?} is reserved (prefix \"__\")")));
     }
+    // The whole message as stored counts, not only its body (record layout: keys and
+    // properties with their length prefixes), so every accepted message fits a segment.
+    let stored = body.len()
+        + m.tag.as_ref().map_or(0, |t| t.len())
+        + keys.iter().map(|k| 2 + k.len()).sum::<usize>()
+        + properties.iter().map(|(k, v)| 2 + k.len() + 4 + v.len()).sum::<usize>();
+    if stored > limits.max_message_bytes {
+        return Err(ApiError::new(
+            Code::MessageTooLarge,
+            format!(
+                "{at}: the message is {stored} bytes with its tag, keys and properties, over max_message_bytes ({})",
+                limits.max_message_bytes
+            ),
+        ));
+    }
     let spec = DelaySpec {
         delay_ms: m.delay_ms,
         deliver_at_ms: m.deliver_at_ms,
@@ -309,6 +325,7 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     responses(
         (status = 201, description = "Stored: it will be delivered (at least once)", body = SendResponse),
         (status = 400, description = "INVALID_ARGUMENT, INVALID_TOPIC or DELAY_OUT_OF_RANGE", body = ErrorBody),
+        (status = 403, description = "LIMIT_EXCEEDED: the send would create a topic past limits.max_topics", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such topic and auto_create_topics is off", body = ErrorBody),
         (status = 413, description = "MESSAGE_TOO_LARGE", body = ErrorBody),
         (status = 429, description = "BUSY: the server is behind; retry after Retry-After seconds", body = ErrorBody,
@@ -326,12 +343,23 @@ pub async fn send(
     let limits = state.limits();
     // Held until the answer: the request's share of the memory budget (see `admission`).
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // A client that waits for `100 Continue` has not sent its body: a refusal is answered at
+    // once. Any other is sending it: read and drop it, so it sees the refusal, not a reset.
+    let waits_for_continue =
+        headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if let Some(n) = declared.filter(|&n| n > limits.max_request_bytes as u64) {
+        if !waits_for_continue {
+            super::body::discard(body).await;
+        }
+        return Err(ApiError::new(
+            Code::MessageTooLarge,
+            format!("request body of {n} bytes exceeds max_request_bytes ({} bytes)", limits.max_request_bytes),
+        ));
+    }
     let _reservation = match state.admission().reserve(declared, limits.max_request_bytes) {
         Ok(r) => r,
         Err(busy) => {
-            // A client that waits for `100 Continue` has not sent its body: answer at once.
-            // Any other is sending it: read and drop it, so it sees the 429, not a reset.
-            if !headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")) {
+            if !waits_for_continue {
                 super::body::discard(body).await;
             }
             return Err(busy);

@@ -25,6 +25,9 @@ pub enum StoreError {
     Corrupt { what: String, detail: String },
     #[error("the store is shutting down")]
     Closed,
+    /// A quota (config `[limits]`) would be passed; nothing was created.
+    #[error("{limit} ({max}) reached: {what}")]
+    LimitExceeded { limit: &'static str, max: u64, what: String },
 }
 
 impl StoreError {

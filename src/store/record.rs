@@ -95,6 +95,14 @@ pub struct Record<'a> {
     pub crc: u32,
 }
 
+impl Record<'_> {
+    /// The message's payload as stored: its keys, properties and body (with their length
+    /// prefixes), what a receive's `max_bytes` counts.
+    pub fn payload_len(&self) -> usize {
+        self.keys.len() + self.props.len() + self.body.len()
+    }
+}
+
 /// What lies at a position of the commit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded<'a> {

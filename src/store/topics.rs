@@ -123,6 +123,8 @@ impl RecoveringTopics {
             cq_entries: self.cq_entries,
             map: RwLock::new(self.map.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
             create_lock: Mutex::new(()),
+            max_topics: AtomicU64::new(u64::MAX),
+            created: tokio::sync::Notify::new(),
         }
     }
 }
@@ -132,6 +134,11 @@ pub struct Topics {
     cq_entries: u32,
     map: RwLock<HashMap<String, Arc<Topic>>>,
     create_lock: Mutex<()>,
+    /// Most topics [`Topics::create`] lets exist, not counting the system's own (names with a
+    /// reserved prefix, `crate::names`). Config `limits.max_topics`.
+    max_topics: AtomicU64,
+    /// Notified whenever a topic is created (wakes receives waiting for their topic).
+    created: tokio::sync::Notify,
 }
 
 impl Topics {
@@ -146,8 +153,20 @@ impl Topics {
         v
     }
 
+    /// Completes when a topic is created after this call (or after `enable` on the pinned
+    /// future): register, then look, so a creation in between is not missed.
+    pub fn created(&self) -> tokio::sync::futures::Notified<'_> {
+        self.created.notified()
+    }
+
+    /// Sets the quota of [`Topics::create`].
+    pub fn set_max_topics(&self, max: u64) {
+        self.max_topics.store(max, Ordering::Relaxed);
+    }
+
     /// Returns the topic and whether this call created it. The registry file is durable before
-    /// the topic is returned.
+    /// the topic is returned. Creating one past `limits.max_topics` fails with
+    /// [`StoreError::LimitExceeded`] (the system's own topics do not count and are not limited).
     pub fn create(&self, name: &str, queues: u16) -> Result<(Arc<Topic>, bool), StoreError> {
         if let Some(t) = self.get(name) {
             return Ok((t, false));
@@ -155,6 +174,15 @@ impl Topics {
         let _guard = self.create_lock.lock();
         if let Some(t) = self.get(name) {
             return Ok((t, false));
+        }
+        let system = |n: &str| crate::names::RESERVED_PREFIXES.iter().any(|p| n.starts_with(p));
+        let max = self.max_topics.load(Ordering::Relaxed);
+        if !system(name) && self.map.read().keys().filter(|n| !system(n)).count() as u64 >= max {
+            return Err(StoreError::LimitExceeded {
+                limit: "limits.max_topics",
+                max,
+                what: format!("topic {name:?} cannot be created"),
+            });
         }
         let topic = Arc::new(Topic::open(&self.data_dir, name, queues, self.cq_entries)?);
         // Create (and fault in) each queue's first index segment now, with the topic, rather
@@ -166,6 +194,7 @@ impl Topics {
         all.push(topic.clone());
         write_file(&self.data_dir, all.iter().map(|t| t.as_ref()))?;
         self.map.write().insert(name.to_string(), topic.clone());
+        self.created.notify_waiters();
         Ok((topic, true))
     }
 }
