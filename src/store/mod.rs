@@ -8,7 +8,7 @@
 //! topics.json                   the topics and their queue counts (`topics`)
 //! commitlog/{base:020}          record segments (`commitlog`, `record`)
 //! consumequeue/{topic}/{q}/{base:020}   20-byte index entries (`consume_queue`)
-//! groups/{group}.json           consumer-group progress (`crate::group`)
+//! groups/{topic}/{group}.json  consumer-group progress (`crate::group`)
 //! ```
 //!
 //! Every message is appended once to the commit log and indexed in the consume queue of its
