@@ -127,6 +127,7 @@ impl CommitLog {
 
         // Cut: publish whole segments before `end`, zero what follows `end` in its segment,
         // delete the segments after it.
+        let mut zeroed_to = end;
         for seg in self.segs.segments_mut()? {
             if seg.end() <= end {
                 let len = seg.file.len();
@@ -136,12 +137,17 @@ impl CommitLog {
                 let dirty_to = written_extent(seg.file.recovery_bytes(), at);
                 report.truncated_bytes += (dirty_to - at) as u64;
                 seg.file.truncate(at, dirty_to);
+                zeroed_to = seg.base + dirty_to as u64;
             } else {
                 report.truncated_bytes += written_extent(seg.file.recovery_bytes(), 0) as u64;
             }
         }
         report.removed_segments = self.segs.remove_from(end + 1)?;
         self.write_pos.store(end, Ordering::Release);
+        // What was scanned may have been in the page cache alone (the previous process crashed
+        // before its fsync), and the zeroing is a write too: make both durable before anything
+        // counts on them (a sync send's wait, the timer settling a fire found in the tail).
+        self.segs.flush_range(from, zeroed_to.max(end))?;
         self.flushed.store(end, Ordering::Release);
 
         let current = self.segs.find(end);

@@ -87,6 +87,12 @@ impl ConsumeQueue {
         &self.removed
     }
 
+    /// Whether the queue has any segment (a queue of an existing topic always has its first:
+    /// it is created with the topic).
+    pub fn has_segments(&self) -> bool {
+        self.segs.first().is_some()
+    }
+
     /// Number of entries (the queue offset the next message gets).
     pub fn next(&self) -> u64 {
         self.next.load(Ordering::Acquire)
@@ -118,7 +124,9 @@ impl ConsumeQueue {
             }
         }
         *self.next.get_mut() = next;
-        *self.flushed.get_mut() = next;
+        // Found in the page cache perhaps (after a crash) and rebuilt next: nothing is known
+        // durable, so the first flush covers every entry before the store checkpoint claims them.
+        *self.flushed.get_mut() = 0;
         Ok(next)
     }
 
