@@ -1262,10 +1262,12 @@ mod tests {
             "CHIME_ADMISSION_MAX_INFLIGHT_BYTES",
             "CHIME_ADMISSION_MAX_ENQUEUE_LAG",
             "CHIME_ADMISSION_RETRY_AFTER",
+            "CHIME_LIMITS_MAX_TOPICS",
+            "CHIME_LIMITS_MAX_GROUPS_PER_TOPIC",
         ] {
             assert!(vars.contains(var), "{var}");
         }
-        assert_eq!(vars.len(), 26);
+        assert_eq!(vars.len(), 28);
         assert!(!vars.contains(PROFILE_ENV));
     }
 
@@ -1350,6 +1352,16 @@ mod tests {
         assert!(shown.contains("<redacted>"), "{shown}");
         let c = Config::from_profile_str("[auth]\ntoken = \"abc\"\n").expect("profile token");
         assert_eq!(c.auth.token.expose(), "abc");
+    }
+
+    #[test]
+    fn quotas_have_ranges_and_env_vars() {
+        let c = load(&Args::default(), &[("CHIME_LIMITS_MAX_TOPICS", "5")]).expect("quota");
+        assert_eq!((c.limits.max_topics, c.limits.max_groups_per_topic), (5, 1000));
+        for (var, v) in [("CHIME_LIMITS_MAX_TOPICS", "0"), ("CHIME_LIMITS_MAX_GROUPS_PER_TOPIC", "1000001")] {
+            let err = load(&Args::default(), &[(var, v)]).expect_err("out of range");
+            assert!(err.to_string().contains("between 1 and 1000000"), "{err}");
+        }
     }
 
     #[test]

@@ -225,7 +225,12 @@ impl Groups {
                 cut += 1;
             }
         }
-        self.persist_all()?;
+        // Written at once, so a crash before the persister's first pass cannot bring the old
+        // progress back. A group that cannot be written (a full disk) does not stop the start:
+        // its cut-back state stays in memory and the persister retries it.
+        if let Err(e) = self.persist_all() {
+            tracing::error!(error = %e, "cannot write the cut-back progress of a group yet; retrying in the background");
+        }
         Ok(cut)
     }
 

@@ -76,8 +76,8 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     for d in missing.into_iter().rev() {
         match std::fs::create_dir(d) {
             Ok(()) => sync_dir(parent(d))?,
-            // Created meanwhile by another thread; it fsyncs the parent.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            // Created meanwhile by another thread, which may not have fsynced the parent yet.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => sync_dir(parent(d))?,
             Err(e) => return Err(e),
         }
     }

@@ -85,6 +85,18 @@ impl SegmentSet {
         bases.sort_unstable();
         let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
         let mut damaged = Vec::new();
+        // Nothing is ever removed from the front of an index yet: a first segment above 0
+        // means the ones before it were lost.
+        if rebuildable && bases.first().is_some_and(|&b| b != 0) {
+            for &b in &bases {
+                let p = dir.join(segment_name(b));
+                damaged.push(format!("{} (the segments before it are missing)", p.display()));
+                std::fs::remove_file(&p)?;
+            }
+            tracing::warn!(dir = %dir.display(), removed = ?damaged, "index segments missing at the start; rebuilt");
+            fsio::sync_dir(dir)?;
+            bases.clear();
+        }
         for (i, &base) in bases.iter().enumerate() {
             let path = dir.join(segment_name(base));
             let problem = match segments.last() {

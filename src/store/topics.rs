@@ -97,9 +97,19 @@ impl RecoveringTopics {
         Ok(Self { data_dir: data_dir.to_path_buf(), cq_entries, map })
     }
 
-    /// Consume-queue segments that were damaged (short, empty or after a gap) and removed.
+    /// Consume-queue segments that were damaged (short, empty, after a gap, or missing: every
+    /// queue of a topic in `topics.json` was created with its first segment) and removed.
     pub fn removed_segments(&self) -> Vec<String> {
-        self.map.values().flat_map(|t| t.queues.iter().flat_map(|q| q.removed_segments().iter().cloned())).collect()
+        let mut out = Vec::new();
+        for t in self.map.values() {
+            for (i, q) in t.queues.iter().enumerate() {
+                out.extend(q.removed_segments().iter().cloned());
+                if !q.has_segments() && q.removed_segments().is_empty() {
+                    out.push(format!("{} (no segment at all)", cq_dir(&self.data_dir, &t.name, i as u16).display()));
+                }
+            }
+        }
+        out
     }
 
     /// The topic of a replayed record, created if the registry lost it (it is then given enough
@@ -168,6 +178,17 @@ impl Topics {
     /// the topic is returned. Creating one past `limits.max_topics` fails with
     /// [`StoreError::LimitExceeded`] (the system's own topics do not count and are not limited).
     pub fn create(&self, name: &str, queues: u16) -> Result<(Arc<Topic>, bool), StoreError> {
+        self.create_with(name, queues, true)
+    }
+
+    /// [`Topics::create`] without the quota: the timer re-creating the topic of a message it
+    /// fires (the send created it; only a lost `topics.json` leads here), which a quota must
+    /// not stall.
+    pub fn create_unlimited(&self, name: &str, queues: u16) -> Result<(Arc<Topic>, bool), StoreError> {
+        self.create_with(name, queues, false)
+    }
+
+    fn create_with(&self, name: &str, queues: u16, limited: bool) -> Result<(Arc<Topic>, bool), StoreError> {
         if let Some(t) = self.get(name) {
             return Ok((t, false));
         }
@@ -177,7 +198,7 @@ impl Topics {
         }
         let system = |n: &str| crate::names::RESERVED_PREFIXES.iter().any(|p| n.starts_with(p));
         let max = self.max_topics.load(Ordering::Relaxed);
-        if !system(name) && self.map.read().keys().filter(|n| !system(n)).count() as u64 >= max {
+        if limited && !system(name) && self.map.read().keys().filter(|n| !system(n)).count() as u64 >= max {
             return Err(StoreError::LimitExceeded {
                 limit: "limits.max_topics",
                 max,

@@ -422,7 +422,7 @@ impl Core {
         let Some(topic) = rec.property(PROP_TOPIC) else { return Ok(Source::Damaged) };
         let t = match self.store.topics().get(topic) {
             Some(t) => t,
-            None => self.store.topics().create(topic, self.opts.default_queues)?.0,
+            None => self.store.topics().create_unlimited(topic, self.opts.default_queues)?.0,
         };
         let id = MessageId { offset: unit.log_offset, crc: rec.crc }.to_string();
         let mut out = Vec::new();
