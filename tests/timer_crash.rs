@@ -986,13 +986,15 @@ async fn run(rounds: usize, cut: Cut) {
         lost.len(),
         first_n(&lost_desc, 10)
     );
-    // Duplicates of what was in flight at a kill are allowed; the rest must stay under 1%.
-    // A power cut also refires what fired in its last checkpoint interval: reported above.
-    let not_in_flight = if cut == Cut::Kill { dup_refired + dup_old_ack } else { 0 };
+    // Duplicates of what was in flight at a kill are allowed; the rest must stay under 1% (3%
+    // for power cuts, which also fire again what fired since the last checkpoint and what the
+    // cut took from the log: 0.6% in the 100-cut run).
+    let not_in_flight = dup_refired + dup_old_ack;
+    let bound_pct = if cut == Cut::Kill { 1 } else { 3 };
     assert!(
-        not_in_flight * 100 <= n,
+        not_in_flight * 100 <= n * bound_pct,
         "{not_in_flight} duplicate deliveries ({dup_refired} stored twice by the timer, {dup_old_ack} redelivered by \
-         the group although acked over {PERSIST_WINDOW_MS} ms before the kill) exceed 1% of {n} messages, e.g. {:?}",
+         the group although acked over {PERSIST_WINDOW_MS} ms before the kill) exceed {bound_pct}% of {n} messages, e.g. {:?}",
         first_n(&dup_list, 10)
     );
     eprintln!("crash harness: {rounds} kill/restart rounds in {:?}", t_start.elapsed());

@@ -181,8 +181,9 @@ impl MappedFile {
         if from >= to {
             return Ok(());
         }
+        let snapshot = super::powercut::before_sync(&self.path, from, to);
         self.map.flush_range(from, to - from)?;
-        super::powercut::synced_range(&self.path, from, to);
+        super::powercut::synced_range(snapshot);
         Ok(())
     }
 
@@ -296,8 +297,9 @@ impl AtomicMap {
         if from >= to {
             return Ok(());
         }
+        let snapshot = super::powercut::before_sync(&self.path, from, to);
         self.map.flush_range(from, to - from)?;
-        super::powercut::synced_range(&self.path, from, to);
+        super::powercut::synced_range(snapshot);
         Ok(())
     }
 }

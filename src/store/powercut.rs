@@ -4,7 +4,8 @@
 //!
 //! A power cut keeps only what was fsync'd. The recorder models that per kind of sync, as a
 //! journaling file system does:
-//! - `msync` of a mapped range ([`synced_range`]): those bytes of that file (whole pages);
+//! - `msync` of a mapped range ([`before_sync`], [`synced_range`]): exactly those bytes of that
+//!   file, as they were when the msync began;
 //! - `fsync` of a file ([`synced_file`]): its whole content and its size;
 //! - `fsync` of a directory ([`synced_dir`]): its list of entries (name → inode), so a created,
 //!   renamed or removed file is durable only once its directory is synced.
@@ -71,10 +72,39 @@ pub fn install(data_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// `msync` of `[from, to)` of the file at `path` succeeded.
-pub fn synced_range(path: &Path, from: usize, to: usize) {
-    if let Some(r) = RECORDER.get() {
-        r.record(path, |r, live, ino| r.copy_range(live, ino, from, to));
+/// The bytes `[from, to)` of the file at `path`, read just before an `msync` of that range:
+/// what the msync is sure to make durable (a byte changed while it runs may or may not be).
+pub struct Snapshot {
+    path: PathBuf,
+    ino: u64,
+    from: u64,
+    bytes: Vec<u8>,
+}
+
+/// Call before `msync` of `[from, to)`; `None` (one atomic load) unless the recorder is on.
+pub fn before_sync(path: &Path, from: usize, to: usize) -> Option<Snapshot> {
+    RECORDER.get()?;
+    let read = || -> io::Result<Snapshot> {
+        let live = File::open(path)?;
+        let meta = live.metadata()?;
+        let to = (to as u64).min(meta.len());
+        let from = (from as u64).min(to);
+        let mut bytes = vec![0u8; (to - from) as usize];
+        live.read_exact_at(&mut bytes, from)?;
+        Ok(Snapshot { path: path.to_path_buf(), ino: meta.ino(), from, bytes })
+    };
+    read()
+        .map_err(|e| tracing::error!(path = %path.display(), error = %e, "power-cut simulation: cannot read a range"))
+        .ok()
+}
+
+/// The `msync` the snapshot was taken for succeeded: exactly those bytes are durable (not the
+/// rest of their pages, which a real msync also writes: chime must not count on that).
+pub fn synced_range(snapshot: Option<Snapshot>) {
+    let (Some(r), Some(snap)) = (RECORDER.get(), snapshot) else { return };
+    let _g = r.lock.lock();
+    if let Err(e) = r.inode(snap.ino).and_then(|f| f.write_all_at(&snap.bytes, snap.from)) {
+        tracing::error!(path = %snap.path.display(), error = %e, "power-cut simulation: cannot record a sync");
     }
 }
 
@@ -130,19 +160,6 @@ impl Recorder {
             .create(true)
             .truncate(false)
             .open(self.shadow.join("inodes").join(ino.to_string()))
-    }
-
-    fn copy_range(&self, live: &mut File, ino: u64, from: usize, to: usize) -> io::Result<()> {
-        const PAGE: u64 = 4096;
-        let len = live.metadata()?.len();
-        let from = (from as u64) / PAGE * PAGE;
-        let to = (to as u64).div_ceil(PAGE).saturating_mul(PAGE).min(len);
-        if from >= to {
-            return Ok(());
-        }
-        let mut buf = vec![0u8; (to - from) as usize];
-        live.read_exact_at(&mut buf, from)?;
-        self.inode(ino)?.write_all_at(&buf, from)
     }
 
     /// The whole file and its size. Runs of zeros stay holes in the shadow (a new segment is
@@ -277,7 +294,10 @@ mod tests {
         r.copy_dir(&root).unwrap();
         // After the directory sync: a renamed file and a page synced by range only.
         std::fs::write(root.join("a"), vec![2u8; 3 * 4096]).unwrap();
-        r.record(&root.join("a"), |r, f, ino| r.copy_range(f, ino, 4096, 4097));
+        let live = File::open(root.join("a")).unwrap();
+        let mut page = vec![0u8; 4096];
+        live.read_exact_at(&mut page, 4096).unwrap();
+        r.inode(live.metadata().unwrap().ino()).unwrap().write_all_at(&page, 4096).unwrap();
         std::fs::write(root.join("late"), b"x").unwrap();
 
         let m = materialize(&shadow, &out).unwrap();
