@@ -156,7 +156,7 @@ async fn spec_lists_every_served_route_and_nothing_else() {
     assert_eq!(props(&spec, "CreateTopic"), set(&["queues"]));
     assert_eq!(props(&spec, "MessageStatus"), set(&["message_id", "topic", "deliver_at_ms", "state"]));
     assert_eq!(props(&spec, "CancelResult"), set(&["message_id", "state"]));
-    assert_eq!(props(&spec, "ReceiveIn"), set(&["max_messages", "wait_ms", "invisible_ms", "tag"]));
+    assert_eq!(props(&spec, "ReceiveIn"), set(&["max_messages", "wait_ms", "invisible_ms", "tag", "max_bytes"]));
     assert_eq!(
         props(&spec, "MessageOut"),
         set(&[

@@ -76,6 +76,25 @@ enum Cut {
     /// SIGKILL with the power-cut simulation on; restart on what was fsync'd. `durable`: the
     /// durable profile's `store.flush = "sync"`, else the test profile's async flush.
     Power { durable: bool },
+    /// Async profile, the simulation on throughout: odd rounds a process crash (restart on the
+    /// same directory, the record of what is durable carried over), even rounds a power cut. A
+    /// power cut soon after a crash must not lose what the crashed process had acknowledged.
+    CrashThenPower,
+}
+
+impl Cut {
+    /// Whether round `round` ends with a power cut.
+    fn power(self, round: usize) -> bool {
+        match self {
+            Cut::Kill => false,
+            Cut::Power { .. } => true,
+            Cut::CrashThenPower => round.is_multiple_of(2),
+        }
+    }
+
+    fn durable(self) -> bool {
+        self == Cut::Power { durable: true }
+    }
 }
 
 /// The tests of this file share the machine's two cores: one at a time.
@@ -519,6 +538,11 @@ async fn power_cut_under_mixed_load_durable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cut_soon_after_a_crash() {
+    run(env_count("CHIME_POWER_CUTS", DEFAULT_CUTS) + 1, Cut::CrashThenPower).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: 100 power cuts, several minutes; run with --ignored"]
 async fn power_cut_100_times_async() {
     run(100, Cut::Power { durable: false }).await;
@@ -544,6 +568,7 @@ async fn start_gen(
         Cut::Kill => vec![],
         Cut::Power { durable: false } => vec![("FAILPOINTS", failpoints.as_str())],
         Cut::Power { durable: true } => vec![("FAILPOINTS", failpoints.as_str()), ("CHIME_STORE_FLUSH", "sync")],
+        Cut::CrashThenPower => vec![("FAILPOINTS", failpoints.as_str())],
     };
     Proc::start_with(data, logs, &format!("gen{gen}"), http, &env).await
 }
@@ -592,7 +617,7 @@ async fn run(rounds: usize, cut: Cut) {
         let kill_ms = now_ms();
         server.kill9().await;
         *current.lock().unwrap() = None;
-        if let Cut::Power { .. } = cut {
+        if cut.power(round) {
             // The machine comes back with what was fsync'd, nothing more.
             let next = tmp.path().join(format!("data-gen{round}"));
             let m = chime::store::powercut::materialize(&shadow, &next).expect("materialize the power cut");
@@ -652,7 +677,8 @@ async fn run(rounds: usize, cut: Cut) {
         downtimes.push((kill_ms, ready_ms));
         eprintln!("round {round} restart after {} ms down: {}", ready_ms - kill_ms, server.recovery_line());
         eprintln!("round {round} restart: {}", server.log_line("timer: read time"));
-        if let Cut::Power { durable } = cut {
+        if cut.power(round) {
+            let durable = cut.durable();
             // What the cut took is the log's tail: every message past the recovered end.
             let log_end = recovered_log_end(&server.recovery_line()).expect("the recovery line names the log end");
             for s in sent.values_mut().filter(|s| s.round == round) {

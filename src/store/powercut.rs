@@ -25,7 +25,8 @@
 //!
 //! The recorder is off unless the failpoint `store::powercut` is configured with the shadow
 //! directory (`FAILPOINTS=store::powercut=return(/path)`, test builds only, see `store::fault`);
-//! then [`install`] turns it on for one data directory. Each hook costs one atomic load when it
+//! then [`install`] turns it on for one data directory: a new shadow starts from what is on disk
+//! (all of it durable), an existing one (a restart after a process crash) carries on. Each hook costs one atomic load when it
 //! is off. The shadow is written as syncs happen, so a `SIGKILL` of the process at any moment
 //! is a power cut at that moment: the test kills the process and materializes the shadow.
 //! A sync the kill interrupts may be half recorded, as a real fsync interrupted by a power
@@ -66,8 +67,13 @@ pub fn install(data_dir: &Path) -> io::Result<()> {
     let root = data_dir.canonicalize()?;
     tracing::warn!(data_dir = %root.display(), shadow = %shadow.display(), "power-cut simulation: recording what is made durable");
     let r = Recorder { root, shadow, lock: Mutex::new(()) };
-    // What is on disk at start survived the last cut: durable as it is.
-    r.seed(&r.root.clone())?;
+    // A new shadow: what is on disk survived the last cut, durable as it is. An existing one
+    // (a process crash: the same directory, restarted) goes on: what the crashed process wrote
+    // and did not fsync is still not durable, though the files show it.
+    let fresh = std::fs::read_dir(r.shadow.join("dirs"))?.next().is_none();
+    if fresh {
+        r.seed(&r.root.clone())?;
+    }
     let _ = RECORDER.set(r);
     Ok(())
 }
