@@ -73,11 +73,20 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Whether `record` may join `out` (holding `bytes` payload bytes); if so, its payload size.
-    fn admits(&self, out: &[Delivery], bytes: usize, record: &RecordRef) -> Option<usize> {
-        let n = record.decode().map_or(0, |r| r.payload_len());
-        (out.is_empty() || bytes.saturating_add(n) <= self.max_bytes).then_some(n)
+    /// Whether a message of `n` payload bytes may join `out` (holding `bytes` of them).
+    fn admits(&self, out: &[Delivery], bytes: usize, n: usize) -> bool {
+        out.is_empty() || bytes.saturating_add(n) <= self.max_bytes
     }
+}
+
+/// A record a consume-queue entry really points at, read once (one CRC check) for everything a
+/// receive needs of it.
+struct Checked {
+    record: RecordRef,
+    /// Keys, properties and body, as `Batch::max_bytes` counts them.
+    payload: usize,
+    /// Whether its tag matches the receive's expression.
+    tag_matches: bool,
 }
 
 pub struct Received {
@@ -319,13 +328,13 @@ impl Groups {
             for offset in st.queues[qi].expired(now, max - out.len()) {
                 let p = &mut st.queues[qi];
                 let entry = cq.get(offset);
-                match self.record_at(topic, qi as u16, offset, entry) {
-                    Some(record) => {
-                        let Some(n) = batch.admits(&out, bytes, &record) else {
+                match self.record_at(topic, qi as u16, offset, entry, &TagExpr::All) {
+                    Some(Checked { record, payload, .. }) => {
+                        if !batch.admits(&out, bytes, payload) {
                             full = true;
                             break;
-                        };
-                        bytes += n;
+                        }
+                        bytes += payload;
                         changed = true;
                         let nonce = rand::random::<u32>().max(1);
                         let attempt = p.deliver(offset, visible_at, nonce);
@@ -357,20 +366,21 @@ impl Groups {
                     p.skip_next();
                     continue;
                 }
-                let Some(record) = self.record_at(topic, qi as u16, offset, Some(entry)) else {
+                let Some(Checked { record, payload, tag_matches }) =
+                    self.record_at(topic, qi as u16, offset, Some(entry), expr)
+                else {
                     p.skip_next();
                     continue;
                 };
-                let tag_ok = record.decode().map(|r| expr.matches(r.tag)).unwrap_or(false);
-                if !tag_ok {
+                if !tag_matches {
                     p.skip_next();
                     continue;
                 }
-                let Some(n) = batch.admits(&out, bytes, &record) else {
+                if !batch.admits(&out, bytes, payload) {
                     full = true;
                     break;
-                };
-                bytes += n;
+                }
+                bytes += payload;
                 let nonce = rand::random::<u32>().max(1);
                 let attempt = p.deliver(offset, visible_at, nonce);
                 out.push(Delivery {
@@ -397,19 +407,22 @@ impl Groups {
         queue_id: u16,
         offset: u64,
         entry: Option<crate::store::CqEntry>,
-    ) -> Option<RecordRef> {
+        expr: &TagExpr,
+    ) -> Option<Checked> {
         let entry = entry?;
         let r = self.store.read(entry.log_offset)?;
-        let ok = match r.decode() {
-            Ok(rec) => rec.topic == topic.name && rec.queue_id == queue_id && rec.queue_offset == offset,
-            Err(_) => false,
+        let checked = match r.decode() {
+            Ok(rec) if rec.topic == topic.name && rec.queue_id == queue_id && rec.queue_offset == offset => {
+                Some((rec.payload_len(), expr.matches(rec.tag)))
+            }
+            _ => None,
         };
-        if !ok {
+        let Some((payload, tag_matches)) = checked else {
             tracing::error!(topic = %topic.name, queue_id, offset, log_offset = entry.log_offset,
                 "consume-queue entry does not point at its record; skipping it");
             return None;
-        }
-        Some(r)
+        };
+        Some(Checked { record: r, payload, tag_matches })
     }
 
     /// Acks receipt handles; returns how many were acked and the handles that were not valid
