@@ -14,8 +14,9 @@
 //! topic. Only one fire of a message can win the SCHEDULED → FIRING CAS, so a message with two
 //! units (re-placed after a restart) is stored once. A cell becomes DELIVERED only once the
 //! commit log is durable past its fired copy (the timer checkpoint settles it), so a crash or a
-//! power cut between FIRING and DELIVERED is settled at start-up: such cells go back to
-//! SCHEDULED and fire again (at most a duplicate, never a loss).
+//! power cut between FIRING and DELIVERED is settled at start-up: a cell whose fired copy the
+//! recovered log holds becomes DELIVERED, any other goes back to SCHEDULED and fires again (at
+//! most a duplicate, never a loss).
 //!
 //! Durability: a cancel fsyncs its cell's page before it answers; the timer checkpoint fsyncs
 //! every file. Cells past the end of the system topic (a power cut took those records) are
