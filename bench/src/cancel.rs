@@ -17,7 +17,7 @@ use crate::http::{self, now_ms};
 use crate::http_send::client_runtime;
 use crate::report::{new_histogram, record_us, Figures, Report};
 use crate::rng::{self, SEED};
-use crate::target::{Mode, Target, TargetArgs};
+use crate::target::{ProfileRuns, Target};
 
 const HOUR_MS: i64 = 3_600_000;
 const TOPIC: &str = "cancel-bench";
@@ -31,44 +31,22 @@ pub struct CancelArgs {
     /// Concurrent cancelling tasks.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Built-in profiles to run, comma-separated (ignored with --url).
-    #[arg(long, value_delimiter = ',', default_value = "default,durable")]
-    pub profiles: Vec<String>,
-    /// Runs, each against fresh servers; the median of each figure is reported.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Worker threads of the load generator's runtime. Default: the number of cores.
-    #[arg(long)]
-    pub client_threads: Option<usize>,
-    /// The server (its --profile is replaced by each of --profiles).
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub each: ProfileRuns,
 }
 
 pub fn run(args: &CancelArgs) -> Result<Report, String> {
-    if args.count == 0 || args.concurrency == 0 || args.runs == 0 || args.profiles.is_empty() {
-        return Err("--count, --concurrency and --runs must be at least 1, and --profiles not empty".into());
+    if args.count == 0 || args.concurrency == 0 {
+        return Err("--count and --concurrency must be at least 1".into());
     }
-    let mode = args.target.mode()?;
-    let profiles: Vec<String> = if mode == Mode::Url { vec!["url".into()] } else { args.profiles.clone() };
-    let rt = client_runtime(args.client_threads)?;
+    let profiles = args.each.profiles()?;
+    let rt = client_runtime(args.each.client_threads)?;
     let mut report = Report::new(
         "cancel",
-        json!({"count": args.count, "concurrency": args.concurrency, "profiles": profiles, "runs": args.runs,
-               "server": mode.name(), "url": args.target.url, "seed": SEED}),
+        json!({"count": args.count, "concurrency": args.concurrency, "profiles": profiles, "runs": args.each.runs,
+               "server": args.each.target.mode()?.name(), "url": args.each.target.url, "seed": SEED}),
     );
-    for i in 0..args.runs {
-        let mut f = Figures::default();
-        for profile in &profiles {
-            crate::note!("cancel: run {}/{}, profile {profile} ({})", i + 1, args.runs, mode.name());
-            let mut t = args.target.clone();
-            if mode != Mode::Url {
-                t.profile = profile.clone();
-            }
-            Target::run(&t, |target| rt.block_on(profile_run(args, profile, target, &mut f)))?;
-        }
-        report.runs.push(f);
-    }
+    report.runs = args.each.each("cancel", |profile, target, f| rt.block_on(profile_run(args, profile, target, f)))?;
     let m = report.median();
     let mut text = format!("cancel: {} scheduled messages, {} concurrent DELETEs\n", args.count, args.concurrency);
     for p in &profiles {

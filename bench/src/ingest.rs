@@ -27,7 +27,7 @@ use crate::http::{self, now_ms, Schedule, SendPlan};
 use crate::http_send::{client_runtime, CpuMeter};
 use crate::report::{cpu_seconds, Figures, Report};
 use crate::rng::{self, SEED};
-use crate::target::{Mode, Target, TargetArgs};
+use crate::target::{Mode, ProfileRuns, Target};
 
 const QUEUES: u16 = 8;
 const HOUR_MS: i64 = 3_600_000;
@@ -53,18 +53,8 @@ pub struct IngestArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     pub bodies: usize,
-    /// Built-in profiles to run, comma-separated (ignored with --url).
-    #[arg(long, value_delimiter = ',', default_value = "default,durable")]
-    pub profiles: Vec<String>,
-    /// Runs, each against fresh servers; the median of each figure is reported.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Worker threads of the load generator's runtime. Default: the number of cores.
-    #[arg(long)]
-    pub client_threads: Option<usize>,
-    /// The server (its --profile is replaced by each of --profiles).
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub each: ProfileRuns,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,35 +109,22 @@ pub fn run(args: &IngestArgs) -> Result<Report, String> {
         || !(2..=1000).contains(&args.batch)
         || args.single_concurrency == 0
         || args.batch_concurrency == 0
-        || args.runs == 0
-        || args.profiles.is_empty()
     {
-        return Err("--single-count, --batch-count, the concurrencies and --runs must be at least 1, --batch 2..=1000, and --profiles not empty".into());
+        return Err("--single-count, --batch-count and the concurrencies must be at least 1, --batch 2..=1000".into());
     }
-    let mode = args.target.mode()?;
-    let profiles: Vec<String> = if mode == Mode::Url { vec!["url".into()] } else { args.profiles.clone() };
-    let rt = client_runtime(args.client_threads)?;
+    let profiles = args.each.profiles()?;
+    let rt = client_runtime(args.each.client_threads)?;
     let mut report = Report::new(
         "ingest",
         json!({
             "single_count": args.single_count, "batch_count": args.batch_count, "batch": args.batch,
             "single_concurrency": args.single_concurrency, "batch_concurrency": args.batch_concurrency,
-            "bodies": args.bodies, "profiles": profiles, "runs": args.runs, "server": mode.name(),
-            "url": args.target.url, "seed": SEED, "deliver_within_ms": [HOUR_MS, 2 * HOUR_MS],
+            "bodies": args.bodies, "profiles": profiles, "runs": args.each.runs,
+            "server": args.each.target.mode()?.name(), "url": args.each.target.url, "seed": SEED,
+            "deliver_within_ms": [HOUR_MS, 2 * HOUR_MS],
         }),
     );
-    for i in 0..args.runs {
-        let mut f = Figures::default();
-        for profile in &profiles {
-            crate::note!("ingest: run {}/{}, profile {profile} ({})", i + 1, args.runs, mode.name());
-            let mut t = args.target.clone();
-            if mode != Mode::Url {
-                t.profile = profile.clone();
-            }
-            Target::run(&t, |target| profile_run(args, profile, &rt, target, &mut f))?;
-        }
-        report.runs.push(f);
-    }
+    report.runs = args.each.each("ingest", |profile, target, f| profile_run(args, profile, &rt, target, f))?;
     let m = report.median();
     report.text.push(table(args, &profiles, &m));
     Ok(report)
@@ -303,7 +280,7 @@ mod tests {
     #[test]
     fn four_cases_per_profile_with_distinct_names() {
         let a = T::parse_from(["t"]).a;
-        assert_eq!(a.profiles, vec!["default".to_owned(), "durable".to_owned()]);
+        assert_eq!(a.each.profiles, vec!["default".to_owned(), "durable".to_owned()]);
         let names: Vec<String> = cases(&a).iter().map(|c| c.name("durable")).collect();
         assert_eq!(
             names,

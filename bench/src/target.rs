@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chime::clock::SystemClock;
+
+use crate::report::Figures;
 use chime::config::{Config, BUILTIN_PROFILES};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,6 +36,57 @@ pub struct TargetArgs {
     /// Parent directory for the server's temporary data directory. Default: the system temp dir.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+/// Runs against a fresh server of each of several built-in profiles (`ingest`, `cancel`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProfileRuns {
+    /// Built-in profiles to run, comma-separated (ignored with --url).
+    #[arg(long, value_delimiter = ',', default_value = "default,durable")]
+    pub profiles: Vec<String>,
+    /// Runs, each against fresh servers; the median of each figure is reported.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Worker threads of the load generator's runtime. Default: the number of cores.
+    #[arg(long)]
+    pub client_threads: Option<usize>,
+    /// The server (its --profile is replaced by each of --profiles).
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+impl ProfileRuns {
+    /// The profiles to run (`url` alone with --url: that server, whatever its profile).
+    pub fn profiles(&self) -> Result<Vec<String>, String> {
+        if self.runs == 0 || self.profiles.is_empty() {
+            return Err("--runs must be at least 1 and --profiles not empty".into());
+        }
+        Ok(if self.target.mode()? == Mode::Url { vec!["url".into()] } else { self.profiles.clone() })
+    }
+
+    /// Calls `f(profile, target, figures)` against a fresh server of each profile, `runs`
+    /// times; returns each run's figures.
+    pub fn each(
+        &self,
+        scenario: &str,
+        mut f: impl FnMut(&str, &Target, &mut Figures) -> Result<(), String>,
+    ) -> Result<Vec<Figures>, String> {
+        let mode = self.target.mode()?;
+        let mut runs = Vec::new();
+        for i in 0..self.runs {
+            let mut figures = Figures::default();
+            for profile in self.profiles()? {
+                crate::note!("{scenario}: run {}/{}, profile {profile} ({})", i + 1, self.runs, mode.name());
+                let mut t = self.target.clone();
+                if mode != Mode::Url {
+                    t.profile = profile.clone();
+                }
+                Target::run(&t, |target| f(&profile, target, &mut figures))?;
+            }
+            runs.push(figures);
+        }
+        Ok(runs)
+    }
 }
 
 /// How the server was started, for the report.
