@@ -75,7 +75,19 @@ pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -
 /// Most bytes read and discarded after a body passes its limit, before giving up on it.
 const DRAIN_LIMIT: usize = 1 << 30;
 
+/// Reads a whole body of at most `limit` bytes (413 `MESSAGE_TOO_LARGE` past it).
 pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    read_charged(body, limit, |_| Ok(())).await
+}
+
+/// [`read_limited`], calling `charge` with the bytes arrived so far before buffering each
+/// piece. When `charge` refuses, the rest of the body is read and dropped (see [`discard`]) and
+/// its error is the answer.
+pub async fn read_charged(
+    body: Body,
+    limit: usize,
+    mut charge: impl FnMut(u64) -> Result<(), ApiError>,
+) -> Result<Bytes, ApiError> {
     let mut body = body;
     let mut buf = BytesMut::new();
     let mut seen = 0usize;
@@ -92,6 +104,11 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
                 break;
             }
             continue;
+        }
+        if let Err(refused) = charge(seen as u64) {
+            drop(buf);
+            discard(body).await;
+            return Err(refused);
         }
         buf.extend_from_slice(&data);
     }

@@ -28,6 +28,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::admission::Admission;
 use super::error::ErrorCode;
 use super::{AppState, Core};
 
@@ -66,7 +67,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Metrics whose store and timer figures come from `core` once it is set (after recovery).
-    pub fn new(core: Arc<OnceLock<Core>>) -> Self {
+    pub fn new(core: Arc<OnceLock<Core>>, admission: Arc<Admission>) -> Self {
         let mut registry = Registry::with_prefix("chime");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests answered, by route, method and status", requests.clone());
@@ -81,7 +82,7 @@ impl Metrics {
             "Sends refused, by error code (BUSY, MESSAGE_TOO_LARGE, ...)",
             rejected.clone(),
         );
-        registry.register_collector(Box::new(ServiceCollector { core }));
+        registry.register_collector(Box::new(ServiceCollector { core, admission }));
         Self { registry, requests, latency, rejected }
     }
 
@@ -147,6 +148,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// Reads the store's and the timer's figures at scrape time.
 struct ServiceCollector {
     core: Arc<OnceLock<Core>>,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for ServiceCollector {
@@ -187,6 +189,25 @@ fn histogram(
 
 impl Collector for ServiceCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let held = self.admission.held();
+        gauge(
+            &mut e,
+            "http_inflight_request_bytes",
+            "Request-body bytes the sends in progress hold (admission.max_inflight_bytes bounds it)",
+            held.arrived as i64,
+        )?;
+        gauge(
+            &mut e,
+            "http_promised_request_bytes",
+            "Request-body bytes declared by sends in progress and not yet arrived",
+            held.promised as i64,
+        )?;
+        counter(
+            &mut e,
+            "http_request_promises_revoked",
+            "Sends whose declared body stopped counting because they were slow and room was needed",
+            held.revoked,
+        )?;
         let Some(core) = self.core.get() else {
             return gauge(&mut e, "ready", "1 once recovery has finished and the timer runs", 0);
         };

@@ -59,7 +59,7 @@ pub struct Shared {
     pub limits: Limits,
     /// The bearer token `/v1` routes require, if any (see [`auth`]).
     auth_token: Option<Secret>,
-    admission: admission::Admission,
+    admission: Arc<admission::Admission>,
     core: Arc<OnceLock<Core>>,
     metrics: metrics::Metrics,
     shutdown: watch::Receiver<bool>,
@@ -73,9 +73,9 @@ impl AppState {
     /// `auth_token`: the bearer token `/v1` routes require (none when empty).
     pub fn new(limits: Limits, auth_token: Secret, shutdown: watch::Receiver<bool>) -> Self {
         let auth_token = (!auth_token.is_empty()).then_some(auth_token);
-        let admission = admission::Admission::new(limits.admission);
+        let admission = Arc::new(admission::Admission::new(limits.admission));
         let core = Arc::new(OnceLock::new());
-        let metrics = metrics::Metrics::new(core.clone());
+        let metrics = metrics::Metrics::new(core.clone(), admission.clone());
         Self(Arc::new(Shared { limits, auth_token, admission, core, metrics, shutdown }))
     }
 

@@ -12,7 +12,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::body::{parse_json, read_limited};
+use super::body::{parse_json, read_charged, read_limited};
 use super::error::{ApiError, Code, ErrorBody};
 use super::path::{check_topic, MessagePath, TopicPath};
 use super::{created_or_ok, AppState};
@@ -341,7 +341,6 @@ pub async fn send(
 ) -> Result<Response, ApiError> {
     let core = state.core()?;
     let limits = state.limits();
-    // Held until the answer: the request's share of the memory budget (see `admission`).
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     // A client that waits for `100 Continue` has not sent its body: a refusal is answered at
     // once. Any other is sending it: read and drop it, so it sees the refusal, not a reset.
@@ -356,7 +355,9 @@ pub async fn send(
             format!("request body of {n} bytes exceeds max_request_bytes ({} bytes)", limits.max_request_bytes),
         ));
     }
-    let _reservation = match state.admission().reserve(declared, limits.max_request_bytes) {
+    // Held until the answer: the request's share of the memory budget, charged as the body
+    // arrives (see `admission`).
+    let memory = match state.admission().admit(declared, limits.max_request_bytes) {
         Ok(r) => r,
         Err(busy) => {
             if !waits_for_continue {
@@ -365,7 +366,8 @@ pub async fn send(
             return Err(busy);
         }
     };
-    let bytes = read_limited(body, limits.max_request_bytes).await?;
+    let admission = state.admission();
+    let bytes = read_charged(body, limits.max_request_bytes, |arrived| admission.charge(&memory, arrived)).await?;
     let now = core.store.clock().now_ms();
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let (msgs, batch) = match first {
