@@ -14,10 +14,15 @@
 //!   each of them must have been acknowledged within `LOSS_BOUND_MS` of the cut (the test
 //!   profile fsyncs every 50 ms; the bound leaves room for slow fsyncs on a loaded machine);
 //! - a 200 on DELETE means the message never becomes visible, after a power cut too;
-//! - far (rolled) messages are still scheduled after every restart;
+//! - the wheel is tiny here (1024 slots of 5 ms: a turn every 5.12 s), so messages due in 10-20 s
+//!   roll once or more, across kills, and must be delivered on time like the others; far ones
+//!   (2-3 h) roll every turn and are still scheduled after every restart, and `pending_total`
+//!   counts them exactly at the end;
 //! - the server starts again after every cut;
-//! - at most what was in flight at a kill is delivered twice (reported; fails above 1% for
-//!   process crashes; reported only for power cuts, which redeliver more: fires not yet settled).
+//! - at most what was in flight at a kill is delivered twice: after a process crash, no ack
+//!   older than `PERSIST_WINDOW_MS` is redelivered and the timer stores at most 1% twice; a
+//!   power cut may redeliver more (fires not yet settled, some older acks: up to 3%); an ack
+//!   answered 200 is never redelivered by the server that answered it.
 //!
 //! `sigkill_under_mixed_load` (CI) kills `CHIME_CRASH_KILLS` times (default 5);
 //! `sigkill_100_times` (`cargo test --test timer_crash -- --ignored`) kills 100 times and
@@ -28,8 +33,8 @@
 //! The load is driven by a fixed-seed PRNG (delays, batch sizes, cancels, kill times), so runs
 //! are reproducible up to scheduling (TIMER_CRASH_SEED=<u64> tries another schedule).
 //!
-//! Not tested here: downtime longer than a wheel turn (2 h in the test profile) needs a manual
-//! clock, which the real binary does not have.
+//! Not tested here: downtime longer than a wheel turn (downtimes here are 0.3-2 s; the engine
+//! tests in tests/timer_engine.rs cover it on a simulated clock).
 //!
 //! The process harness (Rng, Proc, DumpLogsOnPanic, ...) is shared with tests/crash.rs, which
 //! keeps the commit-log-only scenarios (padded bodies rolling segments, group progress).
@@ -102,16 +107,21 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// After each restart, the states of far/cancelled messages of this many latest rounds are
 /// checked (all of them at the end), so a long run does not re-check everything every time.
 const RECHECK_ROUNDS: usize = 5;
+/// The wheel the server runs with here: 1024 slots of 5 ms, one turn every 5.12 s, so that
+/// messages due after a turn roll (go round the wheel again) during the test, across kills.
+const WHEEL_ENV: [(&str, &str); 2] = [("CHIME_TIMER_SLOTS", "1024"), ("CHIME_TIMER_PRECISION", "5ms")];
+const WHEEL_TURN_MS: u64 = 1024 * 5;
 /// Delays up to this are expected to be delivered within the test.
-const NEAR_MAX_MS: i64 = 8_000;
+const NEAR_MAX_MS: i64 = 4 * WHEEL_TURN_MS as i64;
 /// How long after the last near message's time the test still waits before the final drain.
 const GRACE_MS: i64 = 5_000;
-/// Far delays: past the 2 h wheel of the test profile, so they roll.
+/// Far delays: they roll every turn and are never due within the test.
 const FAR_MIN_MS: u64 = 2 * 3_600_000;
 const FAR_MAX_MS: u64 = 3 * 3_600_000;
 /// A group redelivery after a kill counts as "in flight" if the ack came at most this long
-/// before the kill (the test profile persists group progress every 100 ms).
-const PERSIST_WINDOW_MS: i64 = 1_000;
+/// before the kill: the test profile persists group progress every 100 ms, and a persist pass
+/// (write, fsync, rename) on a loaded 2-core machine has been seen to take tens of ms.
+const PERSIST_WINDOW_MS: i64 = 300;
 
 // ---------------------------------------------------------------------------------------------
 // Client helpers
@@ -151,9 +161,11 @@ enum Kind {
     Now,
     /// 20..=3000 ms: fires during the round
     Soon,
-    /// 3..=8 s: fires after the restart
+    /// 3..=8 s: fires after the restart (past 5.12 s: after one roll)
     Later,
-    /// 2..=3 h: rolls, never delivered within the test
+    /// 2..=4 wheel turns (10..=20 s): rolls once or more, across kills, and must be delivered
+    Rolled,
+    /// 2..=3 h: rolls every turn, never delivered within the test
     Far,
 }
 
@@ -163,7 +175,8 @@ impl Kind {
             0..=19 => (Kind::Normal, 0),
             20..=24 => (Kind::Now, rng.range(0, 20)),
             25..=59 => (Kind::Soon, rng.range(20, 3_000)),
-            60..=89 => (Kind::Later, rng.range(3_000, NEAR_MAX_MS as u64)),
+            60..=84 => (Kind::Later, rng.range(3_000, 8_000)),
+            85..=89 => (Kind::Rolled, rng.range(2 * WHEEL_TURN_MS, NEAR_MAX_MS as u64)),
             _ => (Kind::Far, rng.range(FAR_MIN_MS, FAR_MAX_MS)),
         }
     }
@@ -564,12 +577,13 @@ async fn start_gen(
     http: &reqwest::Client,
 ) -> Proc {
     let failpoints = format!("{}=return({})", chime::store::powercut::FAILPOINT, shadow.display());
-    let env: Vec<(&str, &str)> = match cut {
+    let mut env: Vec<(&str, &str)> = match cut {
         Cut::Kill => vec![],
         Cut::Power { durable: false } => vec![("FAILPOINTS", failpoints.as_str())],
         Cut::Power { durable: true } => vec![("FAILPOINTS", failpoints.as_str()), ("CHIME_STORE_FLUSH", "sync")],
         Cut::CrashThenPower => vec![("FAILPOINTS", failpoints.as_str())],
     };
+    env.extend(WHEEL_ENV);
     Proc::start_with(data, logs, &format!("gen{gen}"), http, &env).await
 }
 
@@ -763,6 +777,8 @@ async fn run(rounds: usize, cut: Cut) {
     // failed or came within PERSIST_WINDOW_MS before the kill (group progress is persisted every
     // 100 ms in the test profile; src/group/mod.rs promises no redelivery of older acks).
     let (mut dup_refired, mut dup_unacked, mut dup_recent_ack, mut dup_old_ack) = (0usize, 0usize, 0usize, 0usize);
+    // Redelivered by the server that had answered its ack 200: the ack did not hold.
+    let mut dup_same_gen_acked = 0usize;
     let mut max_redelivered_ack_age = i64::MIN;
     let kill_of = |gen: usize| downtimes.get(gen).map_or(i64::MAX, |d| d.0);
     for r in &clog.got {
@@ -803,23 +819,32 @@ async fn run(rounds: usize, cut: Cut) {
             far_received.push(format!("{body} (delay {} ms)", s.delay_ms));
         }
         if rs.len() > 1 {
-            let first = rs[0];
-            for (k, r) in rs.iter().enumerate().skip(1) {
-                let prev = rs[k - 1];
-                if r.visible_at_ms != first.visible_at_ms {
-                    dup_refired += 1;
-                } else if r.gen == prev.gen {
-                    dup_old_ack += 1; // redelivered by the same server: the ack did not hold
-                } else if let Some(acked) = prev.acked_ms {
-                    let age = kill_of(prev.gen) - acked;
-                    max_redelivered_ack_age = max_redelivered_ack_age.max(age);
-                    if age <= PERSIST_WINDOW_MS {
-                        dup_recent_ack += 1;
+            // Each stored copy (its visible_at) past the first was stored again by the timer;
+            // each receipt of one copy past its first was redelivered by the group.
+            let mut copies: Vec<i64> = rs.iter().map(|r| r.visible_at_ms).collect();
+            copies.sort_unstable();
+            copies.dedup();
+            dup_refired += copies.len() - 1;
+            for copy in copies {
+                let of_copy: Vec<&&Received> = rs.iter().filter(|r| r.visible_at_ms == copy).collect();
+                for pair in of_copy.windows(2) {
+                    let (prev, r) = (pair[0], pair[1]);
+                    if r.gen == prev.gen {
+                        match prev.acked_ms {
+                            Some(_) => dup_same_gen_acked += 1,
+                            None => dup_unacked += 1, // its ack failed: visible again after invisible_ms
+                        }
+                    } else if let Some(acked) = prev.acked_ms {
+                        let age = kill_of(prev.gen) - acked;
+                        max_redelivered_ack_age = max_redelivered_ack_age.max(age);
+                        if age <= PERSIST_WINDOW_MS {
+                            dup_recent_ack += 1;
+                        } else {
+                            dup_old_ack += 1;
+                        }
                     } else {
-                        dup_old_ack += 1;
+                        dup_unacked += 1;
                     }
-                } else {
-                    dup_unacked += 1;
                 }
             }
             dup_list.push(format!(
@@ -929,7 +954,7 @@ async fn run(rounds: usize, cut: Cut) {
          {cunk} (no answer), delivered {delivered} distinct in {} receipts, duplicates {duplicates} \
          (stored twice by the timer {dup_refired}; redelivered by the group after a restart: {dup_recent_ack} \
          acked <= {PERSIST_WINDOW_MS} ms before the kill (max {max_redelivered_ack_age} ms), {dup_unacked} whose ack \
-         failed, {dup_old_ack} acked earlier), lost {}, \
+         failed, {dup_old_ack} acked earlier; by the server that acked it: {dup_same_gen_acked}), lost {}, \
          early {}, cancelled-but-received {}, far-received {}, phantom {}",
         attempted.len(),
         clog.got.len(),
@@ -952,7 +977,7 @@ async fn run(rounds: usize, cut: Cut) {
         clog.receive_errors,
         clog.ack_errors,
         clog.ack_invalid,
-        stats.map(|(_, v)| v.to_string())
+        stats.as_ref().map(|(_, v)| v.to_string())
     );
     if !dup_list.is_empty() {
         eprintln!("duplicates, e.g. {:?}", first_n(&dup_list, 10));
@@ -999,6 +1024,12 @@ async fn run(rounds: usize, cut: Cut) {
         cancelled_received.len(),
         first_n(&cancelled_received, 10)
     );
+    // The rolls really happened, and rolled messages came out of them.
+    let rolled = stats.as_ref().ok().and_then(|(_, v)| v["rolled"].as_u64()).unwrap_or(0);
+    let rolled_delivered =
+        sent.values().filter(|s| s.kind == Kind::Rolled && by_body.contains_key(s.body.as_str())).count();
+    assert!(rolled > 0, "the last server rolled nothing: far messages did not go round the wheel");
+    assert!(rolled_delivered > 0, "no message due after two wheel turns was delivered: the test checks no roll");
     assert!(
         far_received.is_empty(),
         "{} far (2-3 h, rolled) messages were received, e.g. {:?}",
@@ -1012,16 +1043,40 @@ async fn run(rounds: usize, cut: Cut) {
         lost.len(),
         first_n(&lost_desc, 10)
     );
-    // Duplicates of what was in flight at a kill are allowed; the rest must stay under 1% (3%
-    // for power cuts, which also fire again what fired since the last checkpoint and what the
-    // cut took from the log: 0.6% in the 100-cut run).
-    let not_in_flight = dup_refired + dup_old_ack;
-    let bound_pct = if cut == Cut::Kill { 1 } else { 3 };
-    assert!(
-        not_in_flight * 100 <= n * bound_pct,
-        "{not_in_flight} duplicate deliveries ({dup_refired} stored twice by the timer, {dup_old_ack} redelivered by \
-         the group although acked over {PERSIST_WINDOW_MS} ms before the kill) exceed {bound_pct}% of {n} messages, e.g. {:?}",
+    // An ack answered 200 holds while its server runs, and handles stay valid across acks.
+    assert_eq!(
+        dup_same_gen_acked,
+        0,
+        "redelivered by the server that had acked them, e.g. {:?}",
         first_n(&dup_list, 10)
     );
+    assert_eq!(clog.ack_invalid, 0, "acks of handles just received were answered invalid");
+    // Duplicates of what was in flight at a kill are allowed: fires not yet recorded, acks not
+    // yet persisted (within PERSIST_WINDOW_MS). After a process crash an older ack is never
+    // redelivered, and the timer stores a message twice only for a fire in flight (under 1%).
+    // Power cuts also fire again what fired since the last checkpoint, and what the cut took
+    // from the log, and (README, known issue) redeliver some older acks: 3% in all (0.6% in
+    // the 100-cut run).
+    if cut == Cut::Kill {
+        assert_eq!(
+            dup_old_ack,
+            0,
+            "redelivered after a crash although acked over {PERSIST_WINDOW_MS} ms before it, e.g. {:?}",
+            first_n(&dup_list, 10)
+        );
+        assert!(
+            dup_refired * 100 <= n,
+            "{dup_refired} messages stored twice by the timer exceed 1% of {n}, e.g. {:?}",
+            first_n(&dup_list, 10)
+        );
+    } else {
+        let not_in_flight = dup_refired + dup_old_ack;
+        assert!(
+            not_in_flight * 100 <= n * 3,
+            "{not_in_flight} duplicate deliveries ({dup_refired} stored twice by the timer, {dup_old_ack} redelivered by \
+             the group although acked over {PERSIST_WINDOW_MS} ms before the cut) exceed 3% of {n} messages, e.g. {:?}",
+            first_n(&dup_list, 10)
+        );
+    }
     eprintln!("crash harness: {rounds} kill/restart rounds in {:?}", t_start.elapsed());
 }
