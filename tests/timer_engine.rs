@@ -87,6 +87,57 @@ impl Harness {
         r.messages[0].id.to_string()
     }
 
+    /// Schedules a batch in one append (all-or-nothing, as a batch send); returns the ids.
+    fn schedule_batch(&self, msgs: &[(String, i64)]) -> Vec<String> {
+        self.store.topics().create(TOPIC, 2).unwrap();
+        let recs: Vec<NewMessage> = msgs
+            .iter()
+            .map(|(body, at)| {
+                let mut m = NewMessage {
+                    body: body.as_bytes().to_vec(),
+                    born_ms: self.clock.now(),
+                    deliver_at_ms: Some(*at),
+                    ..Default::default()
+                };
+                m.properties.insert(PROP_TOPIC.into(), TOPIC.into());
+                m
+            })
+            .collect();
+        let reservation = self.timer.reserve(TOPIC, msgs.iter().map(|m| m.1).collect()).unwrap();
+        let r = self.store.append(self.timer.system_topic(), &recs).unwrap();
+        reservation.commit(&r).unwrap();
+        r.messages.iter().map(|m| m.id.to_string()).collect()
+    }
+
+    /// How many copies of each id are visible in the topic (a fire repeated after a crash
+    /// stores a second one).
+    fn copies(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        let Some(t) = self.store.topics().get(TOPIC) else { return out };
+        for q in &t.queues {
+            for i in 0..q.next() {
+                let r = self.store.read(q.get(i).unwrap().log_offset).unwrap();
+                let rec = r.decode().unwrap();
+                let id = rec.properties().iter().find(|(k, _)| *k == PROP_ID).map(|(_, v)| v.to_string()).unwrap();
+                *out.entry(id).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// The figures of one stage.
+    fn stage(&self, name: &str) -> chime::timer::StageStats {
+        self.timer.stats().stages.into_iter().find(|(n, _)| *n == name).expect("stage").1
+    }
+
+    /// Waits until no stage has anything queued in front of it.
+    fn wait_idle(&self) {
+        self.wait_for("the stages to be idle", |h| {
+            let s = h.timer.stats();
+            s.enqueue_lag == 0 && s.stages.iter().all(|(_, st)| st.queue_depth == 0)
+        });
+    }
+
     /// Everything visible in the topic: id → (body, deliver_at, store_ms).
     fn visible(&self) -> BTreeMap<String, (String, i64, i64)> {
         let mut out = BTreeMap::new();
@@ -251,30 +302,71 @@ fn cancel_before_fire_is_final_and_after_fire_conflicts() {
     assert_eq!(h.timer.stats().cancelled, 1);
 }
 
+/// A cancel holds wherever the message is in the pipeline, each place reached for certain
+/// before the cancel: stored but not yet read by enqueue-get (held there by a failpoint),
+/// placed in the wheel, rolled (gone round the wheel at least once), and read out of the wheel
+/// and held in dequeue-put for its millisecond.
 #[test]
 fn cancel_reaches_messages_in_every_place() {
+    let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::new(dir.path(), 1024); // span 1024 s: later messages roll
-    let in_wheel = h.schedule("wheel", T0 + 30_000);
-    let rolled = h.schedule("rolled", T0 + 5 * 86_400_000);
-    h.settle();
-    // Not yet read by enqueue-get: cancel right after scheduling.
+    let id = |s: &String| s.parse().unwrap();
+
+    // 1. Not yet read: enqueue-get is held; the message is stored, and the lag says unread.
+    let hold = format!("return({})", h.dir.join("timer").display());
+    fail::cfg(chime::timer::HOLD_ENQUEUE_GET, &hold).unwrap();
     let fresh = h.schedule("fresh", T0 + 2_000);
-    for id in [&fresh, &in_wheel, &rolled] {
-        h.timer.cancel(TOPIC, id.parse().unwrap()).unwrap();
-    }
+    h.settle();
+    assert_eq!(h.timer.stats().enqueue_lag, 1, "held before enqueue-get");
+    assert_eq!(h.timer.cancel(TOPIC, id(&fresh)).unwrap(), T0 + 2_000);
+    fail::remove(chime::timer::HOLD_ENQUEUE_GET);
+
+    // 2. In the wheel: placed (nothing waiting before the wheel), due long after now.
+    let in_wheel = h.schedule("wheel", T0 + 30_000);
+    h.wait_idle();
+    assert_eq!(h.stage("dequeue_get_message").processed, 0, "nothing read out of the wheel yet");
+    assert_eq!(h.timer.cancel(TOPIC, id(&in_wheel)).unwrap(), T0 + 30_000);
+
+    // 3. Rolled: due in 5 days; step the clock until it has gone round the wheel.
+    let rolled = h.schedule("rolled", T0 + 5 * 86_400_000);
     let keep = h.schedule("keep", T0 + 5 * 86_400_000 + 1);
-    for step in 1..=(5 * 86_400 / 500) {
-        h.clock.set(T0 + step * 500_000);
-        std::thread::sleep(Duration::from_millis(3));
+    h.wait_idle();
+    let mut t = T0;
+    while h.timer.stats().rolled < 2 {
+        t += 500_000;
+        h.clock.set(t);
+        h.wait_idle();
     }
-    h.clock.set(T0 + 5 * 86_400_000 + 10);
+    assert_eq!(h.timer.cancel(TOPIC, id(&rolled)).unwrap(), T0 + 5 * 86_400_000);
+
+    // 4. Held in dequeue-put: within the lookahead (1 s) of its time, read out of the wheel
+    //    (dequeue-get-message has taken it), not yet visible.
+    let near = t + 600_000;
+    let held = h.schedule("held", near);
+    h.wait_idle();
+    let taken = h.stage("dequeue_get_message").processed;
+    h.clock.set(near - 500);
+    h.wait_for("dequeue-get-message to take it", |h| h.stage("dequeue_get_message").processed > taken);
+    h.settle();
+    assert_eq!(h.visible_count(), 0);
+    assert_eq!(h.timer.cancel(TOPIC, id(&held)).unwrap(), near);
+
+    // Run past every time: only `keep` arrives; the others stay cancelled.
+    while t < T0 + 5 * 86_400_000 + 10 {
+        t = (t + 500_000).min(T0 + 5 * 86_400_000 + 10);
+        h.clock.set(t);
+        h.wait_idle();
+    }
     h.wait_for("keep to fire", |h| h.visible_count() == 1);
     h.settle();
     let v = h.visible();
-    assert_eq!(v.len(), 1, "{v:?}");
-    assert!(v.contains_key(&keep));
-    assert!(h.timer.stats().rolled > 0, "the far message rolled");
+    assert_eq!(v.keys().collect::<Vec<_>>(), vec![&keep], "{v:?}");
+    for c in [&fresh, &in_wheel, &rolled, &held] {
+        assert_eq!(h.timer.status(TOPIC, id(c)).unwrap().0, MessageState::Cancelled, "{c}");
+    }
+    assert_eq!(h.timer.stats().cancelled, 4);
+    scenario.teardown();
 }
 
 #[test]
@@ -364,70 +456,137 @@ impl XorShift {
     }
 }
 
-/// Model-based test: random sends (near, far, rolled, past-the-read-pointer), cancels, clock
-/// jumps and restarts against a BTreeMap model. Invariants: never early, nothing lost,
-/// cancelled never visible, statuses agree with the model.
+/// Model-based test: random sends (single and batches; near, far, rolled, past the read
+/// pointer), cancels of any message at any time (pending, due, delivered, already cancelled)
+/// with the answer the model expects, clock jumps, clean restarts and crashes (stages stopped
+/// mid-flight, no checkpoint), against a BTreeMap model. Checked at every step: never early,
+/// cancelled never visible, every status and every cancel answer as the model says, the
+/// congestion index bucket by bucket; at the end nothing lost, each message visible once (at
+/// most twice once a crash has happened).
+///
+/// CI runs 3 seeds of 60 steps; `TIMER_MODEL_SEEDS=N TIMER_MODEL_STEPS=M cargo test --test
+/// timer_engine model_long_run -- --ignored` runs N seeds of M steps (default 40 × 200).
 #[test]
 fn model_random_schedules_cancels_jumps_and_restarts() {
     for seed in [0x5EED_0001u64, 0x5EED_0002, 0x5EED_0003] {
-        run_model(seed);
+        run_model(seed, 60);
     }
 }
 
-fn run_model(seed: u64) {
+#[test]
+#[ignore = "long: many seeds of the model test; TIMER_MODEL_SEEDS / TIMER_MODEL_STEPS"]
+fn model_long_run() {
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (seeds, steps) = (env("TIMER_MODEL_SEEDS", 40), env("TIMER_MODEL_STEPS", 200));
+    for i in 0..seeds {
+        run_model(0x5EED_1000 + i, steps as usize);
+    }
+}
+
+/// The model's view of one message.
+#[derive(Debug, Clone, Copy)]
+struct Modelled {
+    at: i64,
+    cancelled: bool,
+}
+
+fn run_model(seed: u64, steps: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = XorShift(seed);
     let mut buckets_rng = XorShift(seed ^ 0xB0C4);
     let mut h = Harness::new(dir.path(), 1024);
-    // id → (deliver_at, cancelled)
-    let mut model: BTreeMap<String, (i64, bool)> = BTreeMap::new();
-    for step in 0..60 {
+    let mut model: BTreeMap<String, Modelled> = BTreeMap::new();
+    let mut crashed = false;
+    let mut body_seq = 0u64;
+    for step in 0..steps {
         let now = h.clock.now();
-        match rng.below(10) {
-            0..=4 => {
-                let n = 1 + rng.below(20);
-                for _ in 0..n {
-                    let delay = match rng.below(4) {
-                        0 => rng.below(3_000) as i64,
-                        1 => rng.below(120_000) as i64,
-                        2 => rng.below(4 * 1024 * 1000) as i64, // beyond the span: rolls
-                        _ => 1 + rng.below(999) as i64,
-                    };
-                    let at = now + delay.max(1);
-                    let id = h.schedule(&format!("s{seed}-{step}-{at}"), at);
-                    model.insert(id, (at, false));
+        let mut draw_at = |rng: &mut XorShift| {
+            let delay = match rng.below(5) {
+                0 => rng.below(3_000) as i64,
+                1 => rng.below(120_000) as i64,
+                2 => rng.below(4 * 1024 * 1000) as i64, // beyond the span: rolls
+                3 => 1 + rng.below(3) as i64,           // at the next millisecond or two
+                _ => 1 + rng.below(999) as i64,
+            };
+            body_seq += 1;
+            (format!("s{seed}-{step}-{body_seq}"), now + delay.max(1))
+        };
+        let what = rng.below(12);
+        match what {
+            0..=2 => {
+                let (body, at) = draw_at(&mut rng);
+                let id = h.schedule(&body, at);
+                model.insert(id, Modelled { at, cancelled: false });
+            }
+            3..=4 => {
+                let n = 1 + rng.below(40) as usize;
+                let batch: Vec<(String, i64)> = (0..n).map(|_| draw_at(&mut rng)).collect();
+                let ids = h.schedule_batch(&batch);
+                assert_eq!(ids.len(), n);
+                for (id, (_, at)) in ids.into_iter().zip(batch) {
+                    model.insert(id, Modelled { at, cancelled: false });
                 }
             }
-            5 | 6 => {
-                let pending: Vec<_> =
-                    model.iter().filter(|(_, (at, c))| !c && *at > now + 2_000).map(|(k, _)| k.clone()).collect();
-                if !pending.is_empty() {
-                    let id = pending[rng.below(pending.len() as u64) as usize].clone();
-                    h.timer.cancel(TOPIC, id.parse().unwrap()).unwrap();
-                    model.get_mut(&id).unwrap().1 = true;
+            5..=7 if !model.is_empty() => {
+                // Any message: the model says what the answer must be. Everything due at the
+                // start of a step has fired (the previous step waited for it).
+                let ids: Vec<&String> = model.keys().collect();
+                let id = ids[rng.below(ids.len() as u64) as usize].clone();
+                let m = model[&id];
+                let got = h.timer.cancel(TOPIC, id.parse().unwrap());
+                if m.cancelled || m.at > now {
+                    assert_eq!(got.ok(), Some(m.at), "seed {seed:#x} step {step}: cancel of {m:?} at {now}");
+                    model.get_mut(&id).unwrap().cancelled = true;
+                } else {
+                    assert!(
+                        matches!(got, Err(TimerError::AlreadyDelivered)),
+                        "seed {seed:#x} step {step}: cancel of delivered {m:?} at {now}: {got:?}"
+                    );
                 }
             }
-            7 | 8 => {
+            8..=9 => {
                 let jump = if rng.below(3) == 0 { rng.below(2_000_000) } else { rng.below(5_000) } as i64;
                 h.clock.advance(jump);
-                std::thread::sleep(Duration::from_millis(30));
+                std::thread::sleep(Duration::from_millis(rng.below(30)));
             }
-            _ => h = h.restart(),
+            10 => h = h.restart(),
+            _ => {
+                // A crash: stop the stages wherever they are, drop everything, no checkpoint.
+                std::thread::sleep(Duration::from_millis(rng.below(20)));
+                let hung = h.timer.halt_like_a_crash();
+                assert!(hung.is_empty(), "seed {seed:#x} step {step}: stages hung: {hung:?}");
+                let (clock, d, slots) = (h.clock.clone(), h.dir.clone(), h.slots);
+                drop(h);
+                h = open(&d, clock, slots);
+                crashed = true;
+            }
         }
         // Invariants at every step.
         let now = h.clock.now();
         for (id, (_, at, stored)) in h.visible() {
-            let (m_at, m_cancelled) = model[&id];
-            assert_eq!(at, m_at, "seed {seed:#x} step {step}: deliver time of {id}");
+            let m = model[&id];
+            assert_eq!(at, m.at, "seed {seed:#x} step {step}: deliver time of {id}");
             assert!(stored >= at, "seed {seed:#x} step {step}: {id} early ({stored} < {at})");
-            assert!(!m_cancelled, "seed {seed:#x} step {step}: cancelled {id} became visible");
+            assert!(!m.cancelled, "seed {seed:#x} step {step}: cancelled {id} became visible");
             assert!(at <= now, "seed {seed:#x} step {step}: {id} visible before now");
         }
-        // Once everything due has fired, the congestion index counts exactly the model's pending
-        // messages, bucket by bucket (after sends, cancels, fires, rolls and restarts alike).
-        let due = model.values().filter(|(at, c)| !c && *at <= now).count();
+        let due = model.values().filter(|m| !m.cancelled && m.at <= now).count();
         h.wait_for("everything due fired", |h| h.visible().len() == due);
-        let pending: Vec<i64> = model.values().filter(|(at, c)| !c && *at > now).map(|(at, _)| *at).collect();
+        // Every status as the model says.
+        for (id, m) in &model {
+            let want = if m.cancelled {
+                MessageState::Cancelled
+            } else if m.at <= now {
+                MessageState::Delivered
+            } else {
+                MessageState::Scheduled
+            };
+            let (got, at) = h.timer.status(TOPIC, id.parse().unwrap()).unwrap();
+            assert_eq!((got, at), (want, m.at), "seed {seed:#x} step {step} (after action {what}): status of {id}");
+        }
+        // The congestion index counts exactly the model's pending messages, bucket by bucket
+        // (after sends, cancels, fires, rolls, restarts and crashes alike).
+        let pending: Vec<i64> = model.values().filter(|m| !m.cancelled && m.at > now).map(|m| m.at).collect();
         // Wide buckets over the whole model, or narrow ones (edges inside slots) near now.
         let (from, bucket, to) = if buckets_rng.below(2) == 0 {
             let (from, bucket) = (now - 1 - buckets_rng.below(5_000) as i64, 1 + buckets_rng.below(300_000) as i64);
@@ -447,15 +606,15 @@ fn run_model(seed: u64) {
         }
         assert_eq!(start, to, "seed {seed:#x} step {step}: buckets cover the window");
     }
-    // Finally run past every deliver time: everything not cancelled arrives, exactly once.
-    let last = model.values().map(|(at, _)| *at).max().unwrap_or(0);
+    // Finally run past every deliver time: everything not cancelled arrives.
+    let last = model.values().map(|m| m.at).max().unwrap_or(0);
     let mut t = h.clock.now();
     while t < last + 2_000 {
         t = (t + 300_000).min(last + 2_000);
         h.clock.set(t);
         h.wait_for("catch up", |h| h.timer.stats().dequeue_lag_ms < 2_000);
     }
-    let want: usize = model.values().filter(|(_, c)| !c).count();
+    let want: usize = model.values().filter(|m| !m.cancelled).count();
     let deadline = Instant::now() + Duration::from_secs(20);
     while h.visible().len() != want && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -463,8 +622,8 @@ fn run_model(seed: u64) {
     let v = h.visible();
     let missing: Vec<_> = model
         .iter()
-        .filter(|(id, (_, c))| !c && !v.contains_key(*id))
-        .map(|(id, (at, _))| (id.clone(), *at, h.timer.status(TOPIC, id.parse().unwrap()).unwrap().0))
+        .filter(|(id, m)| !m.cancelled && !v.contains_key(*id))
+        .map(|(id, m)| (id.clone(), m.at, h.timer.status(TOPIC, id.parse().unwrap()).unwrap().0))
         .collect();
     assert!(
         missing.is_empty(),
@@ -475,15 +634,18 @@ fn run_model(seed: u64) {
     h.settle();
     let v = h.visible();
     assert_eq!(v.len(), want, "seed {seed:#x}");
-    assert_eq!(h.visible_count() as usize, want, "seed {seed:#x}: duplicates");
-    for (id, (at, cancelled)) in &model {
+    // Exactly once without crashes; a crash may repeat a fire that was in flight, once.
+    let most = if crashed { 2 } else { 1 };
+    let over: Vec<_> = h.copies().into_iter().filter(|&(_, n)| n > most).collect();
+    assert!(over.is_empty(), "seed {seed:#x}: fired more than {most} times (crashed: {crashed}): {over:?}");
+    for (id, m) in &model {
         let st = h.timer.status(TOPIC, id.parse().unwrap()).unwrap().0;
-        if *cancelled {
+        if m.cancelled {
             assert_eq!(st, MessageState::Cancelled);
             assert!(!v.contains_key(id));
         } else {
             assert_eq!(st, MessageState::Delivered, "seed {seed:#x}: {id}");
-            assert!(v[id].2 >= *at);
+            assert!(v[id].2 >= m.at);
         }
     }
     assert_eq!(h.timer.stats().pending_total, 0);
@@ -531,9 +693,13 @@ fn crashes_between_stages_lose_nothing() {
     for (id, at) in &model {
         assert_eq!(v[id].1, *at);
     }
+    let copies = h.copies();
     let total = h.visible_count() as usize;
+    assert_eq!(copies.values().sum::<usize>(), total);
     let dups = total - model.len();
     println!("crash rounds: {} messages, {dups} duplicates", model.len());
+    let thrice: Vec<_> = copies.iter().filter(|(_, &n)| n > 2).collect();
+    assert!(thrice.is_empty(), "fired more than twice: {thrice:?}");
     assert!(dups * 20 <= model.len(), "too many duplicates: {dups} of {}", model.len());
 }
 

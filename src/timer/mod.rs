@@ -33,6 +33,7 @@ pub mod progress;
 mod report;
 pub mod slot;
 mod stages;
+pub use stages::HOLD_ENQUEUE_GET;
 pub mod state;
 pub mod timerlog;
 pub mod wheel;

@@ -74,6 +74,16 @@ enum Source {
 /// Longest a stage blocks before re-checking the stop flag (and a manual clock in tests).
 const POLL: Duration = Duration::from_millis(20);
 
+/// Failpoint `timer::hold_enqueue_get=return(DIR)`: the enqueue-get stage of the timer whose
+/// directory is DIR reads nothing from the system topic while it is set, so a test can act on
+/// messages stored but not yet read (other engines in the same test process go on).
+pub const HOLD_ENQUEUE_GET: &str = "timer::hold_enqueue_get";
+
+fn held_by_test(dir: &std::path::Path) -> bool {
+    fail::fail_point!(HOLD_ENQUEUE_GET, |arg: Option<String>| arg.is_some_and(|d| std::path::Path::new(&d) == dir));
+    false
+}
+
 /// Most messages stored by one append when firing: large enough to amortise the writer lock,
 /// small enough that the first of a burst are visible within a millisecond or two.
 const RELEASE_CHUNK: usize = 1000;
@@ -200,7 +210,7 @@ fn enqueue_get(
             busy = true;
         }
         let mut n = 0;
-        while next < cq.next() && n < 4096 {
+        while next < cq.next() && n < 4096 && !held_by_test(&core.opts.dir) {
             let Some(e) = cq.get(next) else { break };
             let Some(r) = core.store.read(e.log_offset) else { break }; // not readable yet: retry
             match r.decode().ok().map(|rec| rec.deliver_at_ms) {
