@@ -209,32 +209,6 @@ fn records_larger_than_a_segment_are_refused_without_damage() {
     assert_eq!(bodies(&store, "t"), ["ok", "still ok"]);
 }
 
-#[test]
-fn sync_policy_acknowledges_after_fsync_with_group_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut o = opts(dir.path());
-    o.flush = FlushPolicy::Sync;
-    let store = Store::open(o, Arc::new(SystemClock)).unwrap();
-    let (t, _) = store.topics().create("t", 4).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for w in 0..8 {
-            let (store, t) = (store.clone(), t.clone());
-            tasks.push(tokio::spawn(async move {
-                for i in 0..25 {
-                    let r = store.append(&t, &[msg(&format!("w{w}-{i}"))]).unwrap();
-                    store.wait_durable(r.end).await.unwrap();
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-    });
-    assert_eq!(bodies(&store, "t").len(), 200);
-}
-
 /// A power cut on a file system that lost a consume-queue segment's size (it comes back 0
 /// bytes long, or not at all): recovery removes it and every later one of that queue, scans
 /// the whole log and rebuilds their entries, instead of refusing to start.
