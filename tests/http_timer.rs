@@ -134,6 +134,9 @@ async fn ten_thousand_with_one_timestamp_all_arrive_none_early() {
         panic!("received {} of {N}; stats {stats}; topics {topics}", seen.len());
     }
     println!("10k same-timestamp: server-side max lateness {max_late} ms");
+    // All 10k visible within half a second of their millisecond, in a debug build on two
+    // noisy cores (74-96 ms seen); the release figures are in bench/RESULTS.md (`burst`).
+    assert!(max_late < 500, "the last of the burst became visible {max_late} ms after its time");
     let (_, stats) = s.call("GET", "/v1/timer/stats", None).await;
     assert_eq!(stats["lateness_ms"]["count"], N as u64, "{stats}");
     assert_eq!(stats["pending_total"], 0, "{stats}");

@@ -51,7 +51,7 @@ async fn push(addr: String) -> u16 {
 }
 
 /// Runs the load against a fresh server with `budget`; returns (peak RssAnon growth in KiB,
-/// 201s, 429s).
+/// 201s, 429s). Every client must get one of the two.
 async fn run(budget: &str, name: &str) -> (u64, usize, usize) {
     let dir = tempfile::tempdir().unwrap();
     let _dump = DumpLogsOnPanic(dir.path().to_path_buf());
@@ -73,14 +73,15 @@ async fn run(budget: &str, name: &str) -> (u64, usize, usize) {
         assert!(start.elapsed() < Duration::from_secs(120), "load did not finish");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (mut ok, mut busy) = (0, 0);
+    let (mut ok, mut busy, mut other) = (0, 0, Vec::new());
     for c in clients {
         match c.await.unwrap() {
             201 => ok += 1,
             429 => busy += 1,
-            _ => {}
+            s => other.push(s),
         }
     }
+    assert!(other.is_empty(), "{name}: answers neither 201 nor 429 (0: none read): {other:?}");
     p.terminate().await;
     let growth = peak.saturating_sub(baseline);
     println!(
@@ -93,9 +94,11 @@ async fn run(budget: &str, name: &str) -> (u64, usize, usize) {
 #[tokio::test]
 async fn anonymous_memory_stays_bounded_under_overload() {
     let (bounded, ok, busy) = run("16MiB", "bounded").await;
-    assert!(busy > 0 && ok > 0, "{ok} stored, {busy} refused");
-    let (unbounded, ok_all, _) = run("64GiB", "unbounded").await;
-    assert!(ok_all > CLIENTS / 2, "{ok_all} of {CLIENTS} stored without admission");
+    // About what fits in the budget at once is stored (16 x 1 MiB; some finish and make room
+    // for others), the rest refused before their bodies.
+    assert!((8..=48).contains(&ok), "{ok} stored, {busy} refused with a 16 MiB budget for 1 MiB bodies");
+    let (unbounded, ok_all, busy_all) = run("64GiB", "unbounded").await;
+    assert_eq!((ok_all, busy_all), (CLIENTS, 0), "without admission every send is stored");
     // The bound: the budget (16 MiB) times the copies a send makes, plus allocator slack.
     assert!(bounded < 80 * 1024, "RssAnon grew {bounded} KiB with a 16 MiB budget");
     // And the contrast, so the bound is admission's doing and not the load's size.
