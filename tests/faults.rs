@@ -191,13 +191,29 @@ async fn full_disk_answers_503_disk_full_and_heals_when_space_returns() {
     assert_error(st, &v, 503, "UNAVAILABLE");
     let msg = v["error"]["message"].as_str().unwrap().to_string();
     assert!(msg.contains("disk full") && !msg.contains("poisoned"), "{msg}");
-    // Small sends that still fit the current segment go on; a big one keeps being refused.
-    let (st, v) = s.send(TOPIC, json!({ "body": format!("again-{pad}") })).await;
-    assert_error(st, &v, 503, "UNAVAILABLE");
+    // Small sends that still fit the current segment go on; a big one keeps being refused,
+    // with Retry-After (README "Durability and recovery").
+    let url = s.url(&format!("/v1/topics/{TOPIC}/messages"));
+    let r = s.http.post(url).json(&json!({ "body": format!("again-{pad}") })).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()), Some("1".into()));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_error(503, &v, 503, "UNAVAILABLE");
     assert!(v["error"]["message"].as_str().unwrap().contains("disk full"), "{v}");
 
     // Nor can a checkpoint, topics.json or group progress be written: that must not poison.
+    // Each of them is written while the fault is on, and shown not to have been.
+    let files = ["checkpoint", "timer/checkpoint", "topics.json", "groups/orders/before.json"];
+    let (st, v) = s.call("PUT", "/v1/topics/orders", Some(r#"{"queues": 1}"#)).await;
+    assert_eq!(st, 201, "{v}");
+    s.send("orders", json!({"body": "o1"})).await;
+    let got = s.receive("orders", "before", json!({})).await;
+    s.ack("orders", "before", &got).await;
+    let read_all = || files.map(|f| std::fs::read(dir.path().join(f)).unwrap_or_default());
+    tokio::time::sleep(Duration::from_millis(300)).await; // persisted: group every 100 ms
     fail::cfg(fault::REPLACE, "return(ENOSPC)").unwrap();
+    let before = read_all();
+    assert!(before.iter().all(|b| !b.is_empty()), "all four files exist before the fault");
     for body in ["small while full 1", "small while full 2", "small while full 3"] {
         let (st, v) = s.send(TOPIC, json!({ "body": body })).await;
         assert_eq!(st, 201, "a full disk must not poison: {v}");
@@ -205,6 +221,15 @@ async fn full_disk_answers_503_disk_full_and_heals_when_space_returns() {
         // Several flusher rounds, each trying to write a checkpoint of the new message.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A new topic cannot be recorded in topics.json: refused as disk full, not poisoned.
+    let (st, v) = s.call("PUT", "/v1/topics/while-full", Some(r#"{"queues": 1}"#)).await;
+    assert_error(st, &v, 503, "UNAVAILABLE");
+    assert!(v["error"]["message"].as_str().unwrap().contains("disk full"), "{v}");
+    // An ack cannot be persisted (the group's file stays as it was).
+    s.send("orders", json!({"body": "o2"})).await;
+    let got = s.receive("orders", "before", json!({})).await;
+    assert_eq!(got.len(), 1);
+    s.ack("orders", "before", &got).await;
 
     // The timer checkpoints (every 50 ms here) fail the same way: it must keep running.
     let (st, v) = s.send(TOPIC, json!({"body": "scheduled while full", "delay_ms": 300})).await;
@@ -213,6 +238,11 @@ async fn full_disk_answers_503_disk_full_and_heals_when_space_returns() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (st, v) = s.call("GET", "/readyz", None).await;
     assert_eq!(st, 200, "the timer pipeline survives failed checkpoints: {v}");
+    // None of the four files changed: each write was tried (new data, several rounds) and failed.
+    let during = read_all();
+    for (f, (a, b)) in files.iter().zip(before.iter().zip(&during)) {
+        assert_eq!(a, b, "{f} was replaced while replacing files fails");
+    }
 
     // Space returns: the service heals by itself.
     fail::remove(fault::ALLOCATE);
@@ -222,6 +252,15 @@ async fn full_disk_answers_503_disk_full_and_heals_when_space_returns() {
     assert_eq!(st, 201, "sends succeed again once space returns: {v}");
     acked.insert(body);
     tokio::time::sleep(Duration::from_millis(500)).await; // the scheduled one fires
+                                                          // Each of the four files is written again (the checkpoints, the group's ack, and the topic
+                                                          // refused before can now be created).
+    let (st, v) = s.call("PUT", "/v1/topics/while-full", Some(r#"{"queues": 1}"#)).await;
+    assert_eq!(st, 201, "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = read_all();
+    for (f, (a, b)) in files.iter().zip(during.iter().zip(&after)) {
+        assert_ne!(a, b, "{f} is written again once space returns");
+    }
     let seen = all_bodies(&s, "g1").await;
     assert_eq!(seen, acked, "exactly the acknowledged messages");
     s.stop().await;
@@ -308,6 +347,10 @@ async fn full_disk_under_the_timer_log_heals_when_space_returns() {
         sent.insert(body);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The fault fired: the five are stored but not placed (had the timer log's segment been
+    // allocated before the fault, they would be in the wheel by now).
+    let (_, stats) = s.call("GET", "/v1/timer/stats", None).await;
+    assert_eq!(stats["enqueue_lag"], 5, "{stats}");
     fail::remove(fault::ALLOCATE);
 
     // Space returns: the timer places and fires them, and takes new ones.

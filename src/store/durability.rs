@@ -107,11 +107,7 @@ impl Durability {
     /// An I/O error that happened before anything was written (allocating a segment): the
     /// store stays healthy; a full disk is reported as such.
     pub(super) fn io_error(&self, context: &str, e: std::io::Error) -> StoreError {
-        if super::fault::is_disk_full(&e) {
-            StoreError::DiskFull { context: format!("{context}: {e}") }
-        } else {
-            StoreError::Io { context: context.to_string(), source: e }
-        }
+        StoreError::io(context)(e)
     }
 
     pub(super) fn flushed(&self, upto: u64) {

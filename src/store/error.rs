@@ -31,9 +31,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Wraps an I/O error with what was being done.
+    /// Wraps an I/O error with what was being done; a full disk (or quota) becomes
+    /// [`StoreError::DiskFull`], the one place where that is worked out from an `io::Error`.
     pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
         let context = context.into();
-        move |source| StoreError::Io { context, source }
+        move |source| {
+            if super::fault::is_disk_full(&source) {
+                StoreError::DiskFull { context: format!("{context}: {source}") }
+            } else {
+                StoreError::Io { context, source }
+            }
+        }
+    }
+
+    /// Whether this is a full disk: nothing was written, retrying once space returns succeeds.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
     }
 }

@@ -79,8 +79,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// messages stored but not yet read (other engines in the same test process go on).
 pub const HOLD_ENQUEUE_GET: &str = "timer::hold_enqueue_get";
 
-fn held_by_test(dir: &std::path::Path) -> bool {
-    fail::fail_point!(HOLD_ENQUEUE_GET, |arg: Option<String>| arg.is_some_and(|d| std::path::Path::new(&d) == dir));
+fn held_by_test(_dir: &std::path::Path) -> bool {
+    fail::fail_point!(HOLD_ENQUEUE_GET, |arg: Option<String>| arg.is_some_and(|d| std::path::Path::new(&d) == _dir));
     false
 }
 
@@ -91,15 +91,7 @@ const RELEASE_CHUNK: usize = 1000;
 fn disk_full(e: &TimerError) -> bool {
     match e {
         TimerError::Io { source, .. } => crate::store::fault::is_disk_full(source),
-        TimerError::Store(e) => store_disk_full(e),
-        _ => false,
-    }
-}
-
-fn store_disk_full(e: &crate::store::StoreError) -> bool {
-    match e {
-        crate::store::StoreError::DiskFull { .. } => true,
-        crate::store::StoreError::Io { source, .. } => crate::store::fault::is_disk_full(source),
+        TimerError::Store(e) => e.is_disk_full(),
         _ => false,
     }
 }
@@ -475,7 +467,7 @@ fn dequeue_get_message(core: &Core, rx: &queue::Receiver<FireReq>, tx: &queue::S
                         }
                         if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
                             warned = Some(std::time::Instant::now());
-                            let disk_full = store_disk_full(&e);
+                            let disk_full = e.is_disk_full();
                             tracing::warn!(error = %e, disk_full, "cannot create the topic of a message to fire; firing waits and retries");
                         }
                         std::thread::sleep(POLL);
