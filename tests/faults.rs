@@ -412,6 +412,64 @@ async fn failed_timer_log_fsync_stops_the_timer_and_a_restart_recovers() {
     scenario.teardown();
 }
 
+/// A failed msync of the timer wheel or of the state cells stops the timer pipeline like a
+/// failed timer-log fsync: its checkpoint must not claim them durable. A cancel whose cell
+/// cannot be made durable is not answered 200. The restart fires every pending message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_wheel_or_state_cell_fsync_stops_the_timer_and_a_restart_recovers() {
+    for (filter, why) in [("timer/wheel", "flush the timer wheel"), ("timer/state", "flush the state cells")] {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(dir.path());
+        let s = TestServer::start(&config).await;
+        let mut acked = BTreeSet::new();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let body = format!("later-{i}");
+            let (st, v) = s.send(TOPIC, json!({ "body": body, "delay_ms": 3000 })).await;
+            assert_eq!(st, 201, "{v}");
+            acked.insert(body);
+            ids.push(v["message_id"].as_str().unwrap().to_string());
+        }
+        fail::cfg(fault::FSYNC, &format!("return(EIO:{filter})")).unwrap();
+        if filter == "timer/state" {
+            // The cancel's own msync fails: no 200, the message may or may not fire.
+            let (st, v) = s.call("DELETE", &format!("/v1/topics/{TOPIC}/messages/{}", ids[4]), None).await;
+            assert_error(st, &v, 503, "UNAVAILABLE");
+            acked.remove("later-4");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let v = loop {
+            let (st, v) = s.call("GET", "/readyz", None).await;
+            if st == 503 {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "a failed {filter} fsync went unnoticed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{filter}: {v}");
+        fail::remove(fault::FSYNC);
+        stop_poisoned(s).await;
+
+        let s = TestServer::start(&config).await;
+        let (st, v) = s.call("GET", "/readyz", None).await;
+        assert_eq!(st, 200, "{v}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut seen = BTreeSet::new();
+        while !acked.is_subset(&seen) && Instant::now() < deadline {
+            seen.extend(all_bodies(&s, "g").await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(acked.is_subset(&seen), "{filter}: every pending message fires after the restart: {seen:?}");
+        if filter == "timer/state" {
+            seen.remove("later-4"); // its cancel was not answered: either way
+        }
+        assert_eq!(seen, acked, "{filter}: nothing else");
+        s.stop().await;
+        scenario.teardown();
+    }
+}
+
 /// A file system without `fallocate` (FUSE and some network file systems answer EOPNOTSUPP):
 /// chime allocates its files by writing zeros instead, and everything works: normal and
 /// scheduled messages are stored and delivered, every segment has its full size.

@@ -178,3 +178,47 @@ async fn an_oversized_upload_that_expects_100_continue_gets_413_before_sending()
     assert!(text.contains("MESSAGE_TOO_LARGE"), "{text}");
     s.stop().await;
 }
+
+/// README "Behaviour the contract leaves open": per message at most 64 keys of at most 1 KiB
+/// and 128 properties with names of at most 1 KiB; per ack at most 10,000 handles. At each limit
+/// the request passes; one past it is 400 INVALID_ARGUMENT and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_message_and_per_ack_limits_hold_at_their_edges() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(&test_config(dir.path())).await;
+    let keys = |n: usize, len: usize| -> Vec<String> { (0..n).map(|i| format!("{i:0>len$}")).collect() };
+    let props = |n: usize, len: usize| -> serde_json::Map<String, serde_json::Value> {
+        (0..n).map(|i| (format!("{i:0>len$}"), json!("v"))).collect()
+    };
+    let ok = [
+        json!({"body": "k", "keys": keys(64, 4)}),
+        json!({"body": "k", "keys": [ "x".repeat(1024) ]}),
+        json!({"body": "p", "properties": props(128, 4)}),
+        json!({"body": "p", "properties": { "y".repeat(1024): "v" }}),
+    ];
+    for m in &ok {
+        let (st, v) = s.send("edges", m.clone()).await;
+        assert_eq!(st, 201, "at the limit: {v}");
+    }
+    let over = [
+        json!({"body": "k", "keys": keys(65, 4)}),
+        json!({"body": "k", "keys": [ "x".repeat(1025) ]}),
+        json!({"body": "p", "properties": props(129, 4)}),
+        json!({"body": "p", "properties": { "y".repeat(1025): "v" }}),
+    ];
+    for m in &over {
+        let (st, v) = s.send("edges", m.clone()).await;
+        assert_error(st, &v, 400, "INVALID_ARGUMENT");
+    }
+    let (_, v) = s.call("GET", "/v1/topics", None).await;
+    let edges = v["topics"].as_array().unwrap().iter().find(|t| t["name"] == "edges").cloned();
+    assert_eq!(edges.map(|t| t["messages"].clone()), Some(json!(ok.len())), "nothing past a limit was stored: {v}");
+
+    let handles = |n: usize| json!({ "receipt_handles": vec!["0-0-0"; n] }).to_string();
+    let (st, v) = s.call("POST", "/v1/topics/edges/groups/g/ack", Some(&handles(10_000))).await;
+    assert_eq!(st, 200, "10,000 handles: {v}");
+    assert_eq!(v["invalid"].as_array().map(|a| a.len()), Some(10_000), "{v}");
+    let (st, v) = s.call("POST", "/v1/topics/edges/groups/g/ack", Some(&handles(10_001))).await;
+    assert_error(st, &v, 400, "INVALID_ARGUMENT");
+    s.stop().await;
+}

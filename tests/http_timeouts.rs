@@ -128,3 +128,33 @@ async fn a_trickled_body_gets_408_and_nothing_is_stored() {
     assert_eq!(&buf, b"HTTP/1.1 201");
     s.stop().await;
 }
+
+/// README: `http.header_read_timeout` is also the keep-alive idle limit. A connection that has
+/// been answered and then sends nothing is closed by the server after that long (here 600 ms),
+/// not the 20 s default; one that sends its next request in time is served on it.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.http.header_read_timeout = HumanDuration::from_millis(600);
+    let s = TestServer::start(&config).await;
+    let addr = s.running.as_ref().unwrap().addr;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut answer = async |c: &mut TcpStream| {
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    };
+    answer(&mut c).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    answer(&mut c).await; // within the limit: the connection is still open
+    let idle = Instant::now();
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf)).await.expect("closed within 30 s");
+    assert!(matches!(r, Ok(0) | Err(_)), "the server sent {r:?} instead of closing");
+    let took = idle.elapsed();
+    assert!(took >= Duration::from_millis(500), "closed after {took:?} idle, before the 600 ms limit");
+    assert!(took < Duration::from_secs(5), "closed after {took:?} idle: not by the configured 600 ms");
+    s.stop().await;
+}

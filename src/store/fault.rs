@@ -10,7 +10,7 @@
 //! | name                     | where                                            | models                        |
 //! |--------------------------|--------------------------------------------------|-------------------------------|
 //! | [`ALLOCATE`]             | creating and `fallocate`-ing a segment file      | a full disk (`ENOSPC`)        |
-//! | [`FSYNC`]                | `msync` of a segment range (commit log, consume queues, timer log) | a failed fsync (`EIO`) |
+//! | [`FSYNC`]                | `msync` of a segment range (commit log, consume queues, timer log), of the timer wheel or of the state cells | a failed fsync (`EIO`) |
 //! | [`WRITE`]                | appending a record to the commit log             | a write that fails half-way   |
 //! | [`REPLACE`]              | writing a small file atomically (checkpoints, topics, groups) | a full disk or bad sector |
 //! | [`FALLOCATE`]            | `fallocate` of a new file (`store::fsio`)        | a file system without it (`EOPNOTSUPP`) |

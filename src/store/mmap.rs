@@ -291,12 +291,14 @@ impl AtomicMap {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr() as *const std::sync::atomic::AtomicU8, self.len) }
     }
 
-    /// Flushes `[from, to)` (bytes) to disk.
+    /// Flushes `[from, to)` (bytes) to disk. Failpoint [`FSYNC`](super::fault::FSYNC), filtered
+    /// by this file's path (the timer wheel, the state cells).
     pub fn flush_range(&self, from: usize, to: usize) -> io::Result<()> {
         let to = to.min(self.len);
         if from >= to {
             return Ok(());
         }
+        super::fault::inject(super::fault::FSYNC, &self.path)?;
         let snapshot = super::powercut::before_sync(&self.path, from, to);
         self.map.flush_range(from, to - from)?;
         super::powercut::synced_range(snapshot);
