@@ -140,7 +140,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     let s = TestServer::start(&config).await;
     let addr = s.running.as_ref().unwrap().addr;
     let mut c = TcpStream::connect(addr).await.unwrap();
-    let mut answer = async |c: &mut TcpStream| {
+    let answer = async |c: &mut TcpStream| {
         c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 1024];
         let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await.unwrap().unwrap();
