@@ -13,5 +13,6 @@ pub mod http;
 pub mod names;
 pub mod schedule;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod timer;

@@ -113,6 +113,10 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
     };
     let timer_opts = timer_options(config);
     let max_topics = config.limits.max_topics;
+    let broker_opts = crate::service::BrokerOptions {
+        auto_create_topics: config.auto_create_topics,
+        default_queues: config.default_queues,
+    };
     let ready_state = state.clone();
     let recovery = tokio::task::spawn_blocking(move || -> Result<Core, ServerError> {
         let store = Store::open_locked(lock, opts, clock)?;
@@ -126,7 +130,8 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         let groups = Groups::open(store.clone(), group_opts)?;
         let timer = TimerEngine::start(store.clone(), timer_opts)?;
         tracing::info!(recovery = %timer.recovery_summary(), "timer started");
-        Ok(Core { store, groups, timer })
+        let broker = crate::service::Broker::new(store.clone(), timer.clone(), broker_opts);
+        Ok(Core { store, groups, timer, broker })
     });
 
     let app = http::router(state.clone());

@@ -3,9 +3,9 @@
 //! Each run opens a fresh `Store` (the default profile's options: 1 GiB segments, async flush
 //! every 200 ms) and starts a `TimerEngine` with the options the server derives from the default
 //! profile (`chime::server::timer_options`: 1,209,600 slots of 1 s, queue capacity 65536). One
-//! thread then schedules `count` messages the way the HTTP send path does (`src/http/send.rs`):
-//! batches of `--batch` appended to `timer.system_topic()` with the `__chime.topic` property,
-//! counted first with `timer.reserve(topic, deliver_times)` and committed after the append. Deliver times are drawn from a fixed seed over
+//! thread then schedules `count` messages through the use case the HTTP send path calls
+//! (`service::Broker::append`, without waiting for the fsync): batches of `--batch`, counted by
+//! the timer, appended to its system topic and committed. Deliver times are drawn from a fixed seed over
 //! `[now + 1 min, now + 1 min + 1 h)`, so nothing falls due during the run.
 //!
 //! The clock runs from the first append until `timer.stats().enqueue_lag == 0` (every message
@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use chime::clock::{Clock, SystemClock};
 use chime::config::{Config, BUILTIN_PROFILES};
+use chime::service::{Broker, BrokerOptions};
 use chime::store::{NewMessage, Store};
-use chime::timer::{TimerEngine, PROP_TOPIC};
+use chime::timer::TimerEngine;
 use serde_json::json;
 
 use crate::report::{cpu_seconds, machine_busy_seconds, Figures, Report};
@@ -35,7 +36,7 @@ pub struct EnqueueArgs {
     /// Messages per run.
     #[arg(long, default_value_t = 1_000_000)]
     pub count: u64,
-    /// Messages per append (and per `scheduled` call).
+    /// Messages per append.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
     /// Body size in bytes.
@@ -104,9 +105,7 @@ fn message(template: &NewMessage, first: i64, k: u64) -> NewMessage {
 }
 
 fn template(bodies: usize, now: i64) -> NewMessage {
-    let mut m = NewMessage { body: vec![b'x'; bodies], born_ms: now, ..Default::default() };
-    m.properties.insert(PROP_TOPIC.to_string(), TOPIC.to_string());
-    m
+    NewMessage { body: vec![b'x'; bodies], born_ms: now, ..Default::default() }
 }
 
 fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, String> {
@@ -121,7 +120,11 @@ fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, Stri
     let now = SystemClock.now_ms();
     let first = now + MINUTE_MS;
     let template = template(args.bodies, now);
-    let sys = timer.system_topic().clone();
+    let broker = Broker::new(
+        store.clone(),
+        timer.clone(),
+        BrokerOptions { auto_create_topics: true, default_queues: config.default_queues },
+    );
     let mut batch: Vec<NewMessage> = Vec::with_capacity(args.batch);
     let cpu0 = cpu_seconds(None);
     let machine0 = machine_busy_seconds();
@@ -132,13 +135,9 @@ fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, Stri
     let mut i = 0u64;
     let mut batches = 0u64;
     while i < args.count {
-        batch.clear();
         let n = (args.count - i).min(args.batch as u64);
         batch.extend((i..i + n).map(|k| message(&template, first, k)));
-        let at = batch.iter().map(|m| m.deliver_at_ms.unwrap_or(0)).collect();
-        let reservation = timer.reserve(TOPIC, at).map_err(|e| format!("reserve: {e}"))?;
-        let r = store.append(&sys, &batch).map_err(|e| format!("append: {e}"))?;
-        reservation.commit(&r).map_err(|e| format!("commit: {e}"))?;
+        broker.append(TOPIC, std::mem::take(&mut batch)).map_err(|e| format!("append: {e}"))?;
         i += n;
         done.store(i, std::sync::atomic::Ordering::Relaxed);
         batches += 1;
@@ -201,7 +200,7 @@ fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, Stri
 }
 
 /// The pipeline alone: the same messages appended to the system topic before the engine
-/// starts (no `scheduled` calls: start-up counts them), then the time from the end of
+/// starts (`timer::append_before_start`: start-up counts them), then the time from the end of
 /// `TimerEngine::start` until `enqueue_lag` is 0. Adds `pipeline_only_*` figures.
 fn preloaded_run(args: &EnqueueArgs, parent: &std::path::Path, f: &mut Figures) -> Result<(), String> {
     let dir = tempfile::Builder::new().prefix("chime-bench-enqueue-").tempdir_in(parent).map_err(|e| e.to_string())?;
@@ -209,7 +208,6 @@ fn preloaded_run(args: &EnqueueArgs, parent: &std::path::Path, f: &mut Figures) 
     let store = Store::open(chime::server::store_options(&config), Arc::new(SystemClock))
         .map_err(|e| format!("open store: {e}"))?;
     store.topics().create(TOPIC, config.default_queues).map_err(|e| format!("create topic: {e}"))?;
-    let (sys, _) = store.topics().create(chime::timer::SYSTEM_TOPIC, 1).map_err(|e| format!("create topic: {e}"))?;
     let now = SystemClock.now_ms();
     let first = now + MINUTE_MS;
     let template = template(args.bodies, now);
@@ -219,7 +217,7 @@ fn preloaded_run(args: &EnqueueArgs, parent: &std::path::Path, f: &mut Figures) 
         batch.clear();
         let n = (args.count - i).min(args.batch as u64);
         batch.extend((i..i + n).map(|k| message(&template, first, k)));
-        store.append(&sys, &batch).map_err(|e| format!("append: {e}"))?;
+        chime::timer::append_before_start(&store, TOPIC, &mut batch).map_err(|e| format!("append: {e}"))?;
         i += n;
     }
     let t = Instant::now();

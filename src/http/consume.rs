@@ -16,7 +16,6 @@ use super::error::{ApiError, ErrorBody};
 use super::path::GroupPath;
 use super::AppState;
 use crate::group::{Batch, Delivery, TagExpr};
-use crate::timer::{PROP_ID, SYSTEM_PROP_PREFIX};
 
 const MAX_MESSAGES: i64 = 1000;
 const MAX_WAIT_MS: i64 = 30_000;
@@ -162,32 +161,27 @@ fn render(deliveries: &[Delivery]) -> Response {
     let mut out = Vec::with_capacity(deliveries.len());
     for d in deliveries {
         let Ok(rec) = d.record.decode() else { continue };
-        let (body, body_base64) = if rec.binary() {
-            (None, Some(base64::engine::general_purpose::STANDARD.encode(rec.body)))
+        let m = crate::service::deliver(&rec, d.log_offset);
+        let (body, body_base64) = if m.binary {
+            (None, Some(base64::engine::general_purpose::STANDARD.encode(m.body)))
         } else {
             // Stored from a JSON string, so valid UTF-8; fall back to base64 if not.
-            match std::str::from_utf8(rec.body) {
+            match std::str::from_utf8(m.body) {
                 Ok(s) => (Some(s), None),
-                Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(rec.body))),
+                Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(m.body))),
             }
         };
-        let props = rec.properties();
-        // A fired message carries the id the client got when it scheduled it.
-        let message_id = match props.iter().find(|(k, _)| *k == PROP_ID) {
-            Some((_, id)) => id.to_string(),
-            None => crate::store::MessageId { offset: d.log_offset, crc: rec.crc }.to_string(),
-        };
         out.push(MessageOut {
-            message_id,
-            topic: rec.topic,
-            tag: rec.tag,
-            keys: rec.keys(),
-            properties: props.into_iter().filter(|(k, _)| !k.starts_with(SYSTEM_PROP_PREFIX)).collect(),
+            message_id: m.id,
+            topic: m.topic,
+            tag: m.tag,
+            keys: m.keys,
+            properties: m.properties.into_iter().collect(),
             body,
             body_base64,
-            born_at_ms: rec.born_ms,
-            deliver_at_ms: rec.deliver_at_ms,
-            visible_at_ms: rec.store_ms,
+            born_at_ms: m.born_ms,
+            deliver_at_ms: m.deliver_at_ms,
+            visible_at_ms: m.visible_at_ms,
             delivery_attempt: d.attempt,
             receipt_handle: &d.receipt_handle,
         });

@@ -117,6 +117,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::service::ServiceError> for ApiError {
+    fn from(e: crate::service::ServiceError) -> Self {
+        use crate::service::ServiceError as E;
+        match e {
+            E::NotFound(m) => ApiError::not_found(m),
+            e @ E::AlreadyDelivered(_) => ApiError::new(Code::AlreadyDelivered, e.to_string()),
+            E::Busy(m) => ApiError::new(Code::Busy, m),
+            E::Store(e) => e.into(),
+            E::Unavailable(m) => ApiError::new(Code::Unavailable, m),
+        }
+    }
+}
+
 impl From<crate::group::GroupError> for ApiError {
     fn from(e: crate::group::GroupError) -> Self {
         let code = match e {

@@ -53,6 +53,8 @@ pub struct Core {
     pub store: Arc<Store>,
     pub groups: Arc<Groups>,
     pub timer: Arc<TimerEngine>,
+    /// The use cases (send, status, cancel) over the store and the timer.
+    pub broker: crate::service::Broker,
 }
 
 pub struct Shared {

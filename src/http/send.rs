@@ -1,7 +1,6 @@
 //! Topics and the send path: `PUT/GET /v1/topics`, `POST .../messages`, `GET/DELETE .../{id}`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -20,8 +19,7 @@ use crate::group::tag::check_tag;
 use crate::names::check_name;
 use crate::schedule::{self, DelaySpec, ScheduleError};
 use crate::store::topics::{Topic, MAX_QUEUES};
-use crate::store::{MessageId, NewMessage};
-use crate::timer::{TimerError, PROP_TOPIC, SYSTEM_TOPIC};
+use crate::store::NewMessage;
 
 /// Most messages in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -395,55 +393,14 @@ pub async fn send(
     if msgs.iter().any(|m| m.deliver_at_ms.is_some()) {
         state.admission().check_timer(&core.timer)?;
     }
-    let topic = get_topic_for_send(&state, &name)?;
-    // Scheduled messages go to the timer's system topic, the others straight to the topic; a
-    // batch mixing both is still one all-or-nothing append.
-    let sys = core.timer.system_topic();
-    let (mut normal, mut scheduled) = (Vec::new(), Vec::new());
-    let mut order = Vec::with_capacity(msgs.len());
-    for mut m in msgs {
-        if m.deliver_at_ms.is_some() {
-            m.properties.insert(PROP_TOPIC.to_string(), name.clone());
-            order.push(true);
-            scheduled.push(m);
-        } else {
-            order.push(false);
-            normal.push(m);
-        }
-    }
-    let parts: Vec<(&Topic, &[NewMessage])> =
-        [(topic.as_ref(), normal.as_slice()), (sys.as_ref(), scheduled.as_slice())]
-            .into_iter()
-            .filter(|(_, m)| !m.is_empty())
-            .collect();
-    // Counted (and checked against `timer.max_per_slot`) before the append, so a full slot
-    // refuses the whole batch and a failed append takes its counts back.
-    let reservation = if scheduled.is_empty() {
-        None
-    } else {
-        let at = scheduled.iter().map(|m| m.deliver_at_ms.expect("scheduled")).collect();
-        Some(core.timer.reserve(&name, at).map_err(|e| timer_error(e, "", &name))?)
-    };
-    let mut results = core.store.append_parts(&parts)?.into_iter();
-    let normal_res = if normal.is_empty() { None } else { results.next() };
-    let sched_res = if scheduled.is_empty() { None } else { results.next() };
-    if let (Some(r), Some(res)) = (reservation, &sched_res) {
-        r.commit(res).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
-    }
-    let end = normal_res.iter().chain(sched_res.iter()).map(|r| r.end).max().unwrap_or(0);
-    core.store.wait_durable(end).await?;
-    let (mut n_it, mut s_it) =
-        (normal_res.iter().flat_map(|r| r.messages.iter()), sched_res.iter().flat_map(|r| r.messages.iter()));
-    let out: Vec<SendResult> = order
-        .iter()
-        .map(|&is_sched| {
-            let a = if is_sched { s_it.next() } else { n_it.next() }.expect("one result per message");
-            SendResult {
-                message_id: a.id.to_string(),
-                topic: name.clone(),
-                deliver_at_ms: a.deliver_at_ms,
-                state: if is_sched { SendState::Scheduled } else { SendState::Delivered },
-            }
+    let sent = core.broker.send(&name, msgs).await?;
+    let out: Vec<SendResult> = sent
+        .into_iter()
+        .map(|a| SendResult {
+            message_id: a.id.to_string(),
+            topic: name.clone(),
+            deliver_at_ms: a.deliver_at_ms,
+            state: if a.scheduled { SendState::Scheduled } else { SendState::Delivered },
         })
         .collect();
     let resp = if batch {
@@ -452,52 +409,6 @@ pub async fn send(
         SendResponse::One(out.into_iter().next().expect("one message"))
     };
     Ok((StatusCode::CREATED, Json(resp)).into_response())
-}
-
-fn get_topic_for_send(state: &AppState, name: &str) -> Result<Arc<Topic>, ApiError> {
-    let core = state.core()?;
-    if let Some(t) = core.store.topics().get(name) {
-        return Ok(t);
-    }
-    if !state.limits().auto_create_topics {
-        return Err(ApiError::not_found(format!("topic {name:?} does not exist (auto_create_topics is off)")));
-    }
-    Ok(core.store.topics().create(name, state.limits().default_queues)?.0)
-}
-
-/// What a message id names: a scheduled message (through the timer) or a normal one.
-enum Found {
-    Scheduled(MessageId),
-    Normal(MessageId, i64),
-}
-
-/// Resolves `{topic}/messages/{id}`, or 404.
-fn find_message(state: &AppState, topic: &str, id: &str) -> Result<Found, ApiError> {
-    check_topic(topic)?;
-    let core = state.core()?;
-    let unknown = || ApiError::not_found(format!("no message {id:?} in topic {topic:?}"));
-    let mid: MessageId = id.parse().map_err(|_| unknown())?;
-    let r = core.store.read_id(mid).ok_or_else(unknown)?;
-    let rec = r.decode().map_err(|_| unknown())?;
-    if rec.topic == SYSTEM_TOPIC {
-        return Ok(Found::Scheduled(mid));
-    }
-    if rec.topic != topic {
-        return Err(unknown());
-    }
-    Ok(Found::Normal(mid, rec.deliver_at_ms))
-}
-
-fn timer_error(e: TimerError, id: &str, topic: &str) -> ApiError {
-    match e {
-        TimerError::NotFound => ApiError::not_found(format!("no message {id:?} in topic {topic:?}")),
-        TimerError::AlreadyDelivered => {
-            ApiError::new(Code::AlreadyDelivered, format!("message {id} is already visible to consumers"))
-        }
-        TimerError::Store(e) => e.into(),
-        e @ TimerError::SlotFull { .. } => ApiError::new(Code::Busy, e.to_string()),
-        e => ApiError::new(Code::Unavailable, e.to_string()),
-    }
 }
 
 /// A message's state.
@@ -515,14 +426,9 @@ pub async fn get_message(
     State(state): State<AppState>,
     MessagePath { topic, id }: MessagePath,
 ) -> Result<Response, ApiError> {
-    let (mid, deliver_at_ms, st) = match find_message(&state, &topic, &id)? {
-        Found::Normal(mid, at) => (mid, at, StateOut::Delivered),
-        Found::Scheduled(mid) => {
-            let (st, at) = state.core()?.timer.status(&topic, mid).map_err(|e| timer_error(e, &id, &topic))?;
-            (mid, at, st.into())
-        }
-    };
-    Ok(Json(MessageStatus { message_id: mid.to_string(), topic, deliver_at_ms, state: st }).into_response())
+    check_topic(&topic)?;
+    let (mid, deliver_at_ms, st) = state.core()?.broker.status(&topic, &id)?;
+    Ok(Json(MessageStatus { message_id: mid.to_string(), topic, deliver_at_ms, state: st.into() }).into_response())
 }
 
 /// Cancels a scheduled message: once this answers 200 it will never become visible.
@@ -541,19 +447,7 @@ pub async fn cancel_message(
     State(state): State<AppState>,
     MessagePath { topic, id }: MessagePath,
 ) -> Result<Response, ApiError> {
-    match find_message(&state, &topic, &id)? {
-        Found::Normal(mid, _) => {
-            Err(ApiError::new(Code::AlreadyDelivered, format!("message {mid} is already visible to consumers")))
-        }
-        Found::Scheduled(mid) => {
-            // The cancel fsyncs its state cell before it answers: off the async runtime.
-            let timer = state.core()?.timer.clone();
-            let t = topic.clone();
-            let cancelled = tokio::task::spawn_blocking(move || timer.cancel(&t, mid))
-                .await
-                .map_err(|e| ApiError::new(Code::Unavailable, format!("cancel task failed: {e}")))?;
-            cancelled.map_err(|e| timer_error(e, &id, &topic))?;
-            Ok(Json(CancelResult { message_id: mid.to_string(), state: CancelledState::Cancelled }).into_response())
-        }
-    }
+    check_topic(&topic)?;
+    let mid = state.core()?.broker.cancel(&topic, &id).await?;
+    Ok(Json(CancelResult { message_id: mid.to_string(), state: CancelledState::Cancelled }).into_response())
 }

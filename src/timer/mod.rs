@@ -49,7 +49,7 @@ use parking_lot::Mutex;
 
 use crate::clock::SharedClock;
 use crate::store::topics::Topic;
-use crate::store::{AppendResult, MessageId, Store, StoreError};
+use crate::store::{AppendResult, MessageId, NewMessage, Store, StoreError};
 use checkpoint::TimerCheckpoint;
 pub use congestion::Bucket;
 use congestion::Congestion;
@@ -67,6 +67,17 @@ pub const PROP_TOPIC: &str = "__chime.topic";
 pub const PROP_ID: &str = "__chime.id";
 /// Properties with this prefix are chime's own and never shown to consumers.
 pub const SYSTEM_PROP_PREFIX: &str = "__chime.";
+
+/// Appends scheduled messages for `topic` to the system topic of a timer that is not running,
+/// as a send would (each gets its `PROP_TOPIC`); the timer's start-up counts and places them.
+/// For benchmarks and tests of start-up: a running timer is sent to through `service::Broker`.
+pub fn append_before_start(store: &Store, topic: &str, msgs: &mut [NewMessage]) -> Result<AppendResult, StoreError> {
+    let (sys, _) = store.topics().create(SYSTEM_TOPIC, 1)?;
+    for m in msgs.iter_mut() {
+        m.properties.insert(PROP_TOPIC.to_string(), topic.to_string());
+    }
+    store.append(&sys, msgs)
+}
 
 #[derive(Debug, Clone)]
 pub struct TimerOptions {

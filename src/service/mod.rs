@@ -1,0 +1,83 @@
+//! The use cases, below every transport: send (normal, scheduled, batches), look up and cancel
+//! a message, and the view of a delivered message a consumer gets. The HTTP handlers parse a
+//! request, call one of these and map the answer; a second front end (a RocketMQ-compatible
+//! protocol, the console) calls the same ones. Nothing here knows HTTP.
+//!
+//! The timer's reserved topic and properties are named only here and in `timer`: a scheduled
+//! message is appended to the timer's system topic with its destination in a reserved property,
+//! and a fired one carries the id the client was given in another; [`deliver`] maps both back.
+
+pub mod deliver;
+pub mod lookup;
+pub mod send;
+
+use std::sync::Arc;
+
+use crate::store::{MessageId, Store, StoreError};
+use crate::timer::{TimerEngine, TimerError};
+
+pub use deliver::{deliver, DeliveredMessage};
+pub use lookup::Found;
+pub use send::{Appended, Sent};
+
+/// What the use cases are configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerOptions {
+    /// A send to a topic that does not exist creates it (config `auto_create_topics`).
+    pub auto_create_topics: bool,
+    /// Queues of a topic a send creates (config `default_queues`).
+    pub default_queues: u16,
+}
+
+/// The use cases over the store and the timer.
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) store: Arc<Store>,
+    pub(crate) timer: Arc<TimerEngine>,
+    opts: BrokerOptions,
+}
+
+/// Why a use case failed. Transports map these to their own answers.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No such topic (and sends do not create them), or no such message in the topic.
+    #[error("{0}")]
+    NotFound(String),
+    /// A cancel of a message that is already visible to consumers (or about to be).
+    #[error("message {0} is already visible to consumers")]
+    AlreadyDelivered(MessageId),
+    /// The timer refused: a slot is full (`timer.max_per_slot`).
+    #[error("{0}")]
+    Busy(String),
+    /// The store refused (full disk, poisoned, a quota, shutting down).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The timer cannot serve the request now (an I/O error, a stopped pipeline).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ServiceError {
+    fn from_timer(e: TimerError, what: impl FnOnce() -> String) -> Self {
+        match e {
+            TimerError::NotFound => ServiceError::NotFound(what()),
+            TimerError::Store(e) => ServiceError::Store(e),
+            e @ TimerError::SlotFull { .. } => ServiceError::Busy(e.to_string()),
+            e => ServiceError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl Broker {
+    pub fn new(store: Arc<Store>, timer: Arc<TimerEngine>, opts: BrokerOptions) -> Self {
+        Self { store, timer, opts }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn timer(&self) -> &Arc<TimerEngine> {
+        &self.timer
+    }
+}
