@@ -29,7 +29,9 @@
 
 pub mod checkpoint;
 pub mod congestion;
+mod core;
 pub mod progress;
+mod recovery;
 mod report;
 pub mod slot;
 mod stages;
@@ -38,7 +40,6 @@ pub mod state;
 pub mod timerlog;
 pub mod wheel;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,17 +48,17 @@ use std::time::Duration;
 use chime_pipeline::Supervisor;
 use parking_lot::Mutex;
 
-use crate::clock::SharedClock;
+use self::core::Core;
+pub use self::core::Counters;
 use crate::store::topics::Topic;
 use crate::store::{AppendResult, MessageId, NewMessage, Store, StoreError};
 use checkpoint::TimerCheckpoint;
 pub use congestion::Bucket;
 use congestion::Congestion;
 use progress::Progress;
+use recovery::{count_pending, recover_wheel};
 pub use slot::Geometry;
 use state::StateCells;
-use timerlog::TimerLog;
-use wheel::Wheel;
 
 /// The system topic scheduled messages are stored under until they fire.
 pub const SYSTEM_TOPIC: &str = "rmq_sys_wheel_timer";
@@ -138,54 +139,6 @@ impl MessageState {
     }
 }
 
-/// Counters for `/v1/timer/stats`.
-#[derive(Default)]
-pub struct Counters {
-    pub enqueue_get_processed: AtomicU64,
-    pub dequeue_get_processed: AtomicU64,
-    pub fired: AtomicU64,
-    pub cancelled: AtomicU64,
-    pub rolled: AtomicU64,
-    pub late_after_downtime: AtomicU64,
-    pub refused_slot_full: AtomicU64,
-    /// Next system-topic offset enqueue-get will read.
-    pub enqueue_next: AtomicU64,
-}
-
-/// What the stages share.
-pub(crate) struct Core {
-    store: Arc<Store>,
-    clock: SharedClock,
-    opts: TimerOptions,
-    geo: Geometry,
-    sys_topic: Arc<Topic>,
-    log: TimerLog,
-    wheel: Wheel,
-    states: StateCells,
-    /// The read pointer: slots before it are closed. Also the lock that orders linking into a
-    /// slot (enqueue-put) against closing it (dequeue-get). Lock order: `cursor`, then `progress`.
-    cursor: Mutex<i64>,
-    progress: Mutex<Progress>,
-    /// Pending messages per topic (for `GET /v1/topics`).
-    pending: Mutex<HashMap<String, i64>>,
-    /// Pending messages by deliver time; its total is `pending_total`.
-    congestion: Mutex<Congestion>,
-    pending_floor: AtomicU64,
-    lateness: Mutex<hdrhistogram::Histogram<u64>>,
-    counters: Counters,
-    doorbell: crossbeam_channel::Sender<()>,
-    /// When the engine started: messages due before this and fired late were due while down.
-    started_ms: i64,
-    checkpoint_path: PathBuf,
-    /// The last checkpoint written (to skip writing an unchanged one).
-    last_checkpoint: Mutex<Option<TimerCheckpoint>>,
-    /// Fires stored for their topics but not yet known durable: (commit-log end of the append,
-    /// state cells). Their cells stay FIRING until the log is durable past that end, then
-    /// become DELIVERED ([`Core::settle`]), so a cell is never DELIVERED on disk before its
-    /// fired copy is: after a power cut such a message fires again, it is never lost.
-    unsettled: Mutex<Vec<(u64, Vec<u64>)>>,
-}
-
 pub struct TimerEngine {
     core: Arc<Core>,
     supervisor: Mutex<Supervisor>,
@@ -264,225 +217,6 @@ impl Drop for Reservation<'_> {
             self.core.uncount(Some(&self.topic), self.deliver_at.iter().copied());
         }
     }
-}
-
-/// Opens the timer log and the wheel, relinks units the wheel lost since the checkpoint, and
-/// checks every live slot against the log, rebuilding the wheel from the log if one disagrees.
-/// Returns them with the log's end, the units relinked and the slots that disagreed.
-fn recover_wheel(
-    opts: &TimerOptions,
-    read_time: i64,
-    ckpt: Option<&TimerCheckpoint>,
-) -> Result<(TimerLog, Wheel, u64, u64, u64), TimerError> {
-    let geo = opts.geometry;
-    let (mut log, removed) =
-        TimerLog::open(&opts.dir.join("timerlog"), opts.timer_log_segment_units).map_err(io("open the timer log"))?;
-    let (wheel, fresh) = Wheel::open(&opts.dir.join("wheel"), geo).map_err(io("open the timer wheel"))?;
-    let full = fresh || ckpt.is_none() || !removed.is_empty();
-    let from = if full { 0 } else { ckpt.map_or(0, |c| c.timer_log_pos) };
-    let mut relinked = 0u64;
-    let end = log
-        .recover(from, |pos, u| {
-            if u.slot_time >= read_time && wheel.get(u.slot_time).last < pos + 1 {
-                wheel.link(u.slot_time, pos);
-                relinked += 1;
-            }
-        })
-        .map_err(io("recover the timer log"))?;
-    // A slot that disagrees with the log — pointing past it (its units were lost in a machine
-    // crash while the wheel page was written back), at a damaged unit, or damaged itself —
-    // makes the wheel untrustworthy: rebuild it from the log, and re-place every pending
-    // message (from the pending floor) in case a damaged unit held one.
-    // Damaged timer-log segments were removed: what they held is re-placed from the system
-    // topic, as for a wheel that disagrees with the log.
-    let mut bad = removed.len() as u64;
-    if bad > 0 {
-        tracing::warn!(?removed, "timer-log segments were damaged and removed; re-placing pending messages");
-    }
-    wheel.for_each_used(|i, s| {
-        // Fired slots are only checked for a damaged time (which could hide a live one).
-        let ok = if s.time >= read_time {
-            wheel.slot_consistent(i, &s, |pos| log.read(pos))
-        } else {
-            wheel::slot_time_fits(geo, i, &s)
-        };
-        if !ok {
-            bad += 1;
-        }
-    });
-    if bad > 0 {
-        tracing::warn!(slots = bad, "wheel slots disagree with the timer log; rebuilding the wheel");
-        wheel.reset();
-        relinked = 0;
-        log.scan(log.min_pos(), |pos, u| {
-            if u.slot_time >= read_time {
-                wheel.link(u.slot_time, pos);
-                relinked += 1;
-            }
-        });
-    }
-    Ok((log, wheel, end, relinked, bad))
-}
-
-/// What start-up counted of the messages still scheduled.
-struct PendingCount {
-    n: u64,
-    /// The first system-topic offset still scheduled (or the end).
-    floor: u64,
-    per_topic: HashMap<String, i64>,
-    congestion: Congestion,
-}
-
-/// Counts the messages still scheduled, per topic and in a fresh congestion index, from the
-/// pending floor `start` on (the cost is proportional to the messages scheduled since the
-/// oldest one still pending), and settles cells left FIRING by a crash or power cut: DELIVERED
-/// if the log holds the fired copy ([`fired_copies`]), else back to SCHEDULED, to fire again.
-/// Runs before the stages start, on a thread of its own while the timer log is recovered.
-fn count_pending(
-    states: &StateCells,
-    sys_topic: &Topic,
-    store: &Store,
-    start: u64,
-    congestion: Congestion,
-) -> Result<PendingCount, TimerError> {
-    let cq = &sys_topic.queues[0];
-    let mut tally = Tally::default();
-    let mut floor = start;
-    let mut floor_moving = true;
-    let mut firing = Vec::new();
-    for off in start..cq.next() {
-        let mut s = states.get(off).map_err(io("read a state cell"))?;
-        if s > state::FIRING {
-            // Not a state (a damaged byte; cells carry no checksum): at-least-once wins.
-            tracing::error!(cell = off, value = s, "invalid timer state cell; treating it as scheduled");
-            states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
-            s = state::SCHEDULED;
-        }
-        if s == state::FIRING {
-            // A fire not yet settled when the previous run stopped: decided after this loop.
-            floor_moving = false;
-            firing.push(off);
-            continue;
-        }
-        if s == state::SCHEDULED {
-            if tally.count(states, sys_topic, store, off)? {
-                floor_moving = false;
-            } else if floor_moving {
-                floor = off + 1;
-            }
-        } else if floor_moving {
-            floor = off + 1;
-        }
-    }
-    // FIRING cells: the fired copy is in the log (stored, and this process crashed before the
-    // log was known durable), or not (a power cut took it, or the append never happened).
-    let mut scheduled_again = Vec::new();
-    if !firing.is_empty() {
-        let mut targets: Vec<(u64, String, i64, String)> = Vec::new(); // (cell, topic, due, id)
-        for &off in &firing {
-            let rec = cq.get(off).and_then(|e| store.read(e.log_offset).map(|r| (e.log_offset, r)));
-            let found = rec.as_ref().and_then(|(at, r)| {
-                let rec = r.decode().ok()?;
-                let topic = rec.property(PROP_TOPIC)?.to_string();
-                Some((topic, rec.deliver_at_ms, MessageId { offset: *at, crc: rec.crc }.to_string()))
-            });
-            match found {
-                Some((topic, due, id)) => targets.push((off, topic, due, id)),
-                None => scheduled_again.push(off), // unreadable: handled as scheduled below
-            }
-        }
-        let copies = fired_copies(store, &targets);
-        if targets.iter().any(|t| copies.contains(&t.3)) {
-            // DELIVERED only once the copies are durable (after a crash they may be in the
-            // page cache alone).
-            store.flush_all()?;
-        }
-        let mut delivered = 0u64;
-        for (off, _, _, id) in &targets {
-            if copies.contains(id) {
-                states.set(*off, state::DELIVERED).map_err(io("settle a state cell"))?;
-                delivered += 1;
-            } else {
-                scheduled_again.push(*off);
-            }
-        }
-        tracing::info!(
-            firing = firing.len(),
-            delivered,
-            fire_again = firing.len() as u64 - delivered,
-            "timer: fires the previous run had not settled"
-        );
-    }
-    for off in scheduled_again {
-        states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
-        tally.count(states, sys_topic, store, off)?;
-    }
-    let Tally { n, per_topic, mut times } = tally;
-    // In time order the index's updates touch its memory in order: `TimerEngine::start` with
-    // 1M pending at random times took 0.87 s in send order, 0.37 s sorted (`enqueue` bench).
-    times.sort_unstable();
-    let mut congestion = congestion;
-    times.iter().for_each(|&t| congestion.add(t, 1));
-    Ok(PendingCount { n, floor, per_topic, congestion })
-}
-
-/// What [`count_pending`] counts of the messages still scheduled.
-#[derive(Default)]
-struct Tally {
-    n: u64,
-    per_topic: HashMap<String, i64>,
-    times: Vec<i64>,
-}
-
-impl Tally {
-    /// Counts the scheduled message of cell `off`; `false` if its record is unreadable. Such a
-    /// message can never fire: it is made final (CANCELLED) and not counted, so that
-    /// dequeue-get-message, which uncounts such a record when it meets one it counted, never
-    /// uncounts it.
-    fn count(&mut self, states: &StateCells, sys_topic: &Topic, store: &Store, off: u64) -> Result<bool, TimerError> {
-        let read = sys_topic.queues[0].get(off).and_then(|e| store.read(e.log_offset));
-        let rec = read.as_ref().and_then(|r| r.decode().ok());
-        let Some((rec, topic)) = rec.and_then(|rec| rec.property(PROP_TOPIC).map(|t| (rec, t))) else {
-            tracing::error!(offset = off, "scheduled record unreadable; it can never fire");
-            states.set(off, state::CANCELLED).map_err(io("finish a state cell"))?;
-            return Ok(false);
-        };
-        match self.per_topic.get_mut(topic) {
-            Some(c) => *c += 1,
-            None => drop(self.per_topic.insert(topic.to_string(), 1)),
-        }
-        self.times.push(rec.deliver_at_ms);
-        self.n += 1;
-        Ok(true)
-    }
-}
-
-/// The ids (`PROP_ID`) of fired copies stored in the topics of `targets` (cell, topic, deliver
-/// time, id) since the earliest of their deliver times: a copy is never stored before its time,
-/// and store times never go backwards, so each queue is read backwards from its end until a
-/// record stored earlier. Costs the messages stored since then.
-fn fired_copies(store: &Store, targets: &[(u64, String, i64, String)]) -> std::collections::HashSet<String> {
-    let mut out = std::collections::HashSet::new();
-    let Some(since) = targets.iter().map(|t| t.2).min() else { return out };
-    let mut topics: Vec<&str> = targets.iter().map(|t| t.1.as_str()).collect();
-    topics.sort_unstable();
-    topics.dedup();
-    for name in topics {
-        let Some(topic) = store.topics().get(name) else { continue };
-        for q in &topic.queues {
-            for i in (0..q.next()).rev() {
-                let Some(r) = q.get(i).and_then(|e| store.read(e.log_offset)) else { continue };
-                let Ok(rec) = r.decode() else { continue };
-                if rec.store_ms < since {
-                    break;
-                }
-                if let Some(id) = rec.property(PROP_ID) {
-                    out.insert(id.to_string());
-                }
-            }
-        }
-    }
-    out
 }
 
 impl TimerEngine {
@@ -748,80 +482,5 @@ fn state_of(s: u8) -> MessageState {
         state::CANCELLED => MessageState::Cancelled,
         state::DELIVERED | state::FIRING => MessageState::Delivered,
         _ => MessageState::Scheduled,
-    }
-}
-
-impl Core {
-    /// Takes back messages that fired, were cancelled or will never fire (`topic` unknown when
-    /// their record is unreadable).
-    fn uncount(&self, topic: Option<&str>, deliver_at: impl IntoIterator<Item = i64>) {
-        let mut cg = self.congestion.lock();
-        let n = deliver_at.into_iter().map(|t| cg.add(t, -1)).count();
-        drop(cg);
-        if let Some(topic) = topic {
-            *self.pending.lock().entry(topic.to_string()).or_insert(0) -= n as i64;
-        }
-    }
-
-    /// Fires whose fired copies the commit log now holds durably become DELIVERED.
-    fn settle(&self) {
-        let durable = self.store.durable_offset();
-        let mut unsettled = self.unsettled.lock();
-        unsettled.retain(|(end, cells)| {
-            if *end > durable {
-                return true;
-            }
-            for &cell in cells {
-                let _ = self.states.transition(cell, state::FIRING, state::DELIVERED);
-            }
-            false
-        });
-    }
-
-    /// Flushes everything the checkpoint will claim, then writes it. The commit log is made
-    /// durable first: it holds the system-topic records below `enqueue_offset` and the fired
-    /// copies of everything before `read_time`, and only then may cells become DELIVERED.
-    fn checkpoint(&self) -> Result<(), TimerError> {
-        let (enqueue_offset, read_time) = {
-            let cursor = self.cursor.lock();
-            let p = self.progress.lock();
-            (p.committed_enqueue_offset(), p.committed_read_time(*cursor))
-        };
-        let timer_log_pos = self.log.write_pos();
-        // Read before the log flush, so every record below it is durable after it.
-        let sys_next = self.sys_topic.queues[0].next();
-        let flushed = self.store.flush_all();
-        // Even if the store checkpoint could not be written (a full disk): the log fsync ran.
-        self.settle();
-        flushed?;
-        self.log.flush(timer_log_pos).map_err(io("flush the timer log"))?;
-        self.wheel.flush().map_err(io("flush the timer wheel"))?;
-        // The flushed wheel may link units appended since `timer_log_pos`: make them durable
-        // too, or after a power cut the wheel would point past the log and be rebuilt (a full
-        // re-placement from the pending floor: correct, but slow).
-        self.log.flush(self.log.write_pos()).map_err(io("flush the timer log"))?;
-        self.states.flush().map_err(io("flush the state cells"))?;
-        let mut floor = self.pending_floor.load(Ordering::Relaxed);
-        while floor < sys_next {
-            match self.states.get(floor).map_err(io("read a state cell"))? {
-                state::CANCELLED | state::DELIVERED => floor += 1,
-                _ => break,
-            }
-        }
-        self.pending_floor.store(floor, Ordering::Relaxed);
-        let cp = TimerCheckpoint {
-            enqueue_offset,
-            read_time,
-            timer_log_pos,
-            pending_floor: floor,
-            written_ms: self.clock.now_ms(),
-        };
-        let mut last = self.last_checkpoint.lock();
-        if last.is_some_and(|l| TimerCheckpoint { written_ms: cp.written_ms, ..l } == cp) {
-            return Ok(()); // nothing moved: an idle timer writes nothing
-        }
-        cp.store(&self.checkpoint_path).map_err(io("write the timer checkpoint"))?;
-        *last = Some(cp);
-        Ok(())
     }
 }
