@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod clock;
+pub mod codec;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -352,7 +352,7 @@ impl CommitLog {
         let seg = self.segs.find(offset)?;
         let start = (offset - seg.base) as usize;
         let head = seg.file.read(start, 4)?;
-        let len = u32::from_le_bytes(head.try_into().ok()?) as usize;
+        let len = crate::codec::get_u32(head, 0) as usize;
         if len == 0 {
             return None;
         }

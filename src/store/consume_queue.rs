@@ -45,9 +45,9 @@ impl CqEntry {
     pub fn decode(b: &[u8]) -> Option<Self> {
         let b = b.get(..ENTRY_LEN)?;
         let e = Self {
-            log_offset: u64::from_le_bytes(b[0..8].try_into().ok()?),
-            size: u32::from_le_bytes(b[8..12].try_into().ok()?),
-            tag_hash: u64::from_le_bytes(b[12..20].try_into().ok()?),
+            log_offset: crate::codec::get_u64(b, 0),
+            size: crate::codec::get_u32(b, 8),
+            tag_hash: crate::codec::get_u64(b, 12),
         };
         (e.size != 0).then_some(e)
     }

@@ -300,8 +300,8 @@ impl Store {
                 let last = batch && bounds.len() == 0;
                 let rec = &mut buf[r.clone()];
                 let crc = record::seal(rec, qo, store_ms, if last { FLAG_BATCH_END } else { 0 });
-                let deliver_at_ms = i64::from_le_bytes(rec[36..44].try_into().expect("8 bytes"));
-                let tag = tag_of(rec);
+                let deliver_at_ms = record::raw_deliver_at(rec);
+                let tag = tag_hash(record::raw_tag(rec));
                 let offset = self
                     .log
                     .append(&mut w.log, rec)
@@ -420,16 +420,6 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.durability.stop();
     }
-}
-
-fn tag_of(rec: &[u8]) -> u64 {
-    let topic_len = u16::from_le_bytes([rec[48], rec[49]]) as usize;
-    let tag_len = u16::from_le_bytes([rec[50], rec[51]]) as usize;
-    if tag_len == 0 {
-        return 0;
-    }
-    let at = record::HEADER_LEN + topic_len;
-    tag_hash(std::str::from_utf8(&rec[at..at + tag_len]).ok())
 }
 
 #[cfg(test)]

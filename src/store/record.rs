@@ -35,8 +35,26 @@
 
 use std::collections::BTreeMap;
 
+// Field offsets of the header, each the previous one plus its size (the layout above).
+const TOTAL_LEN_AT: usize = 0;
+const MAGIC_AT: usize = TOTAL_LEN_AT + 4;
+const CRC_AT: usize = MAGIC_AT + 4;
+/// The CRC covers the record from here to its end.
+const CRC_FROM: usize = CRC_AT + 4;
+const QUEUE_OFFSET_AT: usize = CRC_FROM;
+const BORN_AT: usize = QUEUE_OFFSET_AT + 8;
+const STORE_AT: usize = BORN_AT + 8;
+const DELIVER_AT: usize = STORE_AT + 8;
+const QUEUE_ID_AT: usize = DELIVER_AT + 8;
+const FLAGS_AT: usize = QUEUE_ID_AT + 2;
+const TOPIC_LEN_AT: usize = FLAGS_AT + 2;
+const TAG_LEN_AT: usize = TOPIC_LEN_AT + 2;
+const KEYS_LEN_AT: usize = TAG_LEN_AT + 2;
+const PROPS_LEN_AT: usize = KEYS_LEN_AT + 4;
+const BODY_LEN_AT: usize = PROPS_LEN_AT + 4;
 /// Bytes before the variable part.
-pub const HEADER_LEN: usize = 64;
+pub const HEADER_LEN: usize = BODY_LEN_AT + 4;
+const _: () = assert!(HEADER_LEN == 64);
 /// Marks a message record ("CHIME" + format version 1).
 pub const MAGIC_MESSAGE: u32 = 0xC41E_0001;
 /// Marks end-of-segment padding.
@@ -114,14 +132,22 @@ pub enum Decoded<'a> {
     End,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+use crate::codec::{get_u16 as u16_at, get_u32 as u32_at, get_u64 as u64_at, put_u16, put_u32, put_u64};
+
+/// The deliver time of an encoded (sealed) record, without decoding it.
+pub fn raw_deliver_at(rec: &[u8]) -> i64 {
+    u64_at(rec, DELIVER_AT) as i64
 }
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+
+/// The tag of an encoded record, without decoding it (`None`: no tag, or not UTF-8).
+pub fn raw_tag(rec: &[u8]) -> Option<&str> {
+    let topic_len = u16_at(rec, TOPIC_LEN_AT) as usize;
+    let tag_len = u16_at(rec, TAG_LEN_AT) as usize;
+    if tag_len == 0 {
+        return None;
+    }
+    let at = HEADER_LEN + topic_len;
+    std::str::from_utf8(&rec[at..at + tag_len]).ok()
 }
 
 /// Size of the encoded record for `topic` and `msg`.
@@ -280,30 +306,30 @@ pub fn encode_derived(
 /// Fills in the position fields of an encoded record and computes its CRC; returns the CRC.
 /// A normal message (deliver_at 0 at encode time) becomes visible at `store_ms`.
 pub fn seal(rec: &mut [u8], queue_offset: u64, store_ms: i64, extra_flags: u16) -> u32 {
-    rec[12..20].copy_from_slice(&queue_offset.to_le_bytes());
-    rec[28..36].copy_from_slice(&store_ms.to_le_bytes());
-    if u64_at(rec, 36) == 0 {
-        rec[36..44].copy_from_slice(&store_ms.to_le_bytes());
+    put_u64(rec, QUEUE_OFFSET_AT, queue_offset);
+    put_u64(rec, STORE_AT, store_ms as u64);
+    if u64_at(rec, DELIVER_AT) == 0 {
+        put_u64(rec, DELIVER_AT, store_ms as u64);
     }
-    let flags = u16_at(rec, 46) | extra_flags;
-    rec[46..48].copy_from_slice(&flags.to_le_bytes());
-    let crc = crc32c::crc32c(&rec[12..]);
-    rec[8..12].copy_from_slice(&crc.to_le_bytes());
+    let flags = u16_at(rec, FLAGS_AT) | extra_flags;
+    put_u16(rec, FLAGS_AT, flags);
+    let crc = crc32c::crc32c(&rec[CRC_FROM..]);
+    put_u32(rec, CRC_AT, crc);
     crc
 }
 
 /// Sets the queue id of an encoded record and adds `flags` (before [`seal`]).
 pub fn set_queue(rec: &mut [u8], queue_id: u16, flags: u16) {
-    rec[44..46].copy_from_slice(&queue_id.to_le_bytes());
-    let f = u16_at(rec, 46) | flags;
-    rec[46..48].copy_from_slice(&f.to_le_bytes());
+    put_u16(rec, QUEUE_ID_AT, queue_id);
+    let f = u16_at(rec, FLAGS_AT) | flags;
+    put_u16(rec, FLAGS_AT, f);
 }
 
 /// The 8-byte blank marker that pads the `len` bytes left at the end of a segment.
 pub fn blank_marker(len: usize) -> [u8; BLANK_MARKER_LEN] {
     let mut m = [0u8; BLANK_MARKER_LEN];
-    m[0..4].copy_from_slice(&(len as u32).to_le_bytes());
-    m[4..8].copy_from_slice(&MAGIC_BLANK.to_le_bytes());
+    put_u32(&mut m, TOTAL_LEN_AT, len as u32);
+    put_u32(&mut m, MAGIC_AT, MAGIC_BLANK);
     m
 }
 
@@ -316,8 +342,8 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<'_>, RecordError> {
             Err(RecordError::Truncated { need: BLANK_MARKER_LEN, have: buf.len() })
         };
     }
-    let total = u32_at(buf, 0) as usize;
-    let magic = u32_at(buf, 4);
+    let total = u32_at(buf, TOTAL_LEN_AT) as usize;
+    let magic = u32_at(buf, MAGIC_AT);
     if total == 0 && magic == 0 {
         return Ok(Decoded::End);
     }
@@ -333,16 +359,16 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<'_>, RecordError> {
         return Err(RecordError::Truncated { need: total, have: buf.len() });
     }
     let rec = &buf[..total];
-    let stored = u32_at(rec, 8);
-    let computed = crc32c::crc32c(&rec[12..]);
+    let stored = u32_at(rec, CRC_AT);
+    let computed = crc32c::crc32c(&rec[CRC_FROM..]);
     if stored != computed {
         return Err(RecordError::BadChecksum { stored, computed });
     }
-    let topic_len = u16_at(rec, 48) as usize;
-    let tag_len = u16_at(rec, 50) as usize;
-    let keys_len = u32_at(rec, 52) as usize;
-    let props_len = u32_at(rec, 56) as usize;
-    let body_len = u32_at(rec, 60) as usize;
+    let topic_len = u16_at(rec, TOPIC_LEN_AT) as usize;
+    let tag_len = u16_at(rec, TAG_LEN_AT) as usize;
+    let keys_len = u32_at(rec, KEYS_LEN_AT) as usize;
+    let props_len = u32_at(rec, PROPS_LEN_AT) as usize;
+    let body_len = u32_at(rec, BODY_LEN_AT) as usize;
     let var = topic_len
         .checked_add(tag_len)
         .and_then(|n| n.checked_add(keys_len))
@@ -372,12 +398,12 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<'_>, RecordError> {
     let props = take(props_len);
     let body = take(body_len);
     let record = Record {
-        queue_offset: u64_at(rec, 12),
-        born_ms: u64_at(rec, 20) as i64,
-        store_ms: u64_at(rec, 28) as i64,
-        deliver_at_ms: u64_at(rec, 36) as i64,
-        queue_id: u16_at(rec, 44),
-        flags: u16_at(rec, 46),
+        queue_offset: u64_at(rec, QUEUE_OFFSET_AT),
+        born_ms: u64_at(rec, BORN_AT) as i64,
+        store_ms: u64_at(rec, STORE_AT) as i64,
+        deliver_at_ms: u64_at(rec, DELIVER_AT) as i64,
+        queue_id: u16_at(rec, QUEUE_ID_AT),
+        flags: u16_at(rec, FLAGS_AT),
         topic,
         tag,
         keys,

@@ -51,8 +51,8 @@ impl TimerCheckpoint {
         if b.len() != LEN {
             return None;
         }
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8"));
+        let u32_at = |i: usize| crate::codec::get_u32(b, i);
+        let u64_at = |i: usize| crate::codec::get_u64(b, i);
         if u32_at(0) != MAGIC || u32_at(4) != VERSION || u32_at(48) != crc32c::crc32c(&b[..48]) {
             return None;
         }

@@ -72,8 +72,8 @@ impl Unit {
         if b.len() < UNIT_LEN {
             return None;
         }
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| crate::codec::get_u32(b, i);
+        let u64_at = |i: usize| crate::codec::get_u64(b, i);
         if u32_at(56) != UNIT_MAGIC || u32_at(60) != crc32c::crc32c(&b[..60]) {
             return None;
         }
