@@ -249,7 +249,7 @@ impl TimerEngine {
         // Count what is pending on a second thread while this one recovers the timer log and
         // checks the wheel against it: both read every pending message once (10M pending:
         // several seconds each), and neither depends on the other.
-        let ((log, wheel, end, relinked, bad), counted) = std::thread::scope(|scope| {
+        let ((log, wheel, end, relinked, bad, rebuilt), counted) = std::thread::scope(|scope| {
             let counting = std::thread::Builder::new()
                 .name("timer-count".into())
                 .spawn_scoped(scope, || {
@@ -261,7 +261,8 @@ impl TimerEngine {
             let counted = counting.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             Ok::<_, TimerError>((recovered?, counted?))
         })?;
-        let enqueue_offset = if bad > 0 { pending_floor } else { ckpt.map_or(0, |c| c.enqueue_offset).min(sys_end) };
+        // A rebuilt wheel is empty: every pending message is placed again, from the floor.
+        let enqueue_offset = if rebuilt { pending_floor } else { ckpt.map_or(0, |c| c.enqueue_offset).min(sys_end) };
         let (doorbell, bell_rx) = crossbeam_channel::bounded(1);
         let core = Arc::new(Core {
             clock,

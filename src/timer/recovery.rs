@@ -13,19 +13,33 @@ use crate::store::topics::Topic;
 use crate::store::{MessageId, Store};
 
 /// Opens the timer log and the wheel, relinks units the wheel lost since the checkpoint, and
-/// checks every live slot against the log, rebuilding the wheel from the log if one disagrees.
-/// Returns them with the log's end, the units relinked and the slots that disagreed.
+/// checks every live slot against the log. Returns them with the log's end, the units relinked,
+/// the slots that disagreed, and whether the wheel was rebuilt.
+///
+/// A rebuilt wheel starts empty and every pending message is placed again from the system
+/// topic (from the pending floor, by enqueue-get); the timer log's old units are *not* linked
+/// back. Linking them too would give each pending message one more unit per rebuild, and every
+/// one of them would roll, turn after turn (a message still fires once: its state cell decides).
 pub(super) fn recover_wheel(
     opts: &TimerOptions,
     read_time: i64,
     ckpt: Option<&TimerCheckpoint>,
-) -> Result<(TimerLog, Wheel, u64, u64, u64), TimerError> {
+) -> Result<(TimerLog, Wheel, u64, u64, u64, bool), TimerError> {
     let geo = opts.geometry;
     let (mut log, removed) =
         TimerLog::open(&opts.dir.join("timerlog"), opts.timer_log_segment_units).map_err(io("open the timer log"))?;
     let (wheel, fresh) = Wheel::open(&opts.dir.join("wheel"), geo).map_err(io("open the timer wheel"))?;
-    let full = fresh || ckpt.is_none() || !removed.is_empty();
-    let from = if full { 0 } else { ckpt.map_or(0, |c| c.timer_log_pos) };
+    // Damaged timer-log segments were removed, the wheel is new, or there is no checkpoint to
+    // trust it from: rebuild.
+    if fresh || ckpt.is_none() || !removed.is_empty() {
+        if !removed.is_empty() {
+            tracing::warn!(?removed, "timer-log segments were damaged and removed; re-placing pending messages");
+        }
+        let end = log.recover(0, |_, _| {}).map_err(io("recover the timer log"))?;
+        wheel.reset();
+        return Ok((log, wheel, end, 0, removed.len() as u64, true));
+    }
+    let from = ckpt.map_or(0, |c| c.timer_log_pos);
     let mut relinked = 0u64;
     let end = log
         .recover(from, |pos, u| {
@@ -37,14 +51,8 @@ pub(super) fn recover_wheel(
         .map_err(io("recover the timer log"))?;
     // A slot that disagrees with the log — pointing past it (its units were lost in a machine
     // crash while the wheel page was written back), at a damaged unit, or damaged itself —
-    // makes the wheel untrustworthy: rebuild it from the log, and re-place every pending
-    // message (from the pending floor) in case a damaged unit held one.
-    // Damaged timer-log segments were removed: what they held is re-placed from the system
-    // topic, as for a wheel that disagrees with the log.
-    let mut bad = removed.len() as u64;
-    if bad > 0 {
-        tracing::warn!(?removed, "timer-log segments were damaged and removed; re-placing pending messages");
-    }
+    // makes the wheel untrustworthy: rebuild it.
+    let mut bad = 0u64;
     wheel.for_each_used(|i, s| {
         // Fired slots are only checked for a damaged time (which could hide a live one).
         let ok = if s.time >= read_time {
@@ -59,15 +67,9 @@ pub(super) fn recover_wheel(
     if bad > 0 {
         tracing::warn!(slots = bad, "wheel slots disagree with the timer log; rebuilding the wheel");
         wheel.reset();
-        relinked = 0;
-        log.scan(log.min_pos(), |pos, u| {
-            if u.slot_time >= read_time {
-                wheel.link(u.slot_time, pos);
-                relinked += 1;
-            }
-        });
+        return Ok((log, wheel, end, 0, bad, true));
     }
-    Ok((log, wheel, end, relinked, bad))
+    Ok((log, wheel, end, relinked, 0, false))
 }
 
 /// What start-up counted of the messages still scheduled.
