@@ -368,56 +368,17 @@ async fn full_disk_under_the_timer_log_heals_when_space_returns() {
     scenario.teardown();
 }
 
+/// A failed fsync of one of the timer's files (its log, the wheel, the state cells) stops the
+/// timer pipeline, like a poisoned store, and says why: its checkpoint must not claim them
+/// durable. A cancel whose cell cannot be made durable is not answered 200. The restart
+/// re-places everything after the last good checkpoint: every pending message fires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_timer_log_fsync_stops_the_timer_and_a_restart_recovers() {
-    let scenario = fail::FailScenario::setup();
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let s = TestServer::start(&config).await;
-    let mut acked = BTreeSet::new();
-    for i in 0..5 {
-        let body = format!("later-{i}");
-        let (st, v) = s.send(TOPIC, json!({ "body": body, "delay_ms": 3000 })).await;
-        assert_eq!(st, 201, "{v}");
-        acked.insert(body);
-    }
-    // The timer's checkpoint cannot make its log durable: it must not claim it is, so the
-    // pipeline stops (like a poisoned store) and says why.
-    fail::cfg(fault::FSYNC, "return(EIO:timerlog)").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let v = loop {
-        let (st, v) = s.call("GET", "/readyz", None).await;
-        if st == 503 {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "a failed timer-log fsync went unnoticed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(v["error"]["message"].as_str().unwrap().contains("flush the timer log"), "{v}");
-    fail::remove(fault::FSYNC);
-    stop_poisoned(s).await;
-
-    // The restart re-places everything after the last good checkpoint: all fire.
-    let s = TestServer::start(&config).await;
-    let (st, v) = s.call("GET", "/readyz", None).await;
-    assert_eq!(st, 200, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut seen = BTreeSet::new();
-    while seen != acked && Instant::now() < deadline {
-        seen.extend(all_bodies(&s, "g").await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, acked, "every acknowledged scheduled message fires after the restart");
-    s.stop().await;
-    scenario.teardown();
-}
-
-/// A failed msync of the timer wheel or of the state cells stops the timer pipeline like a
-/// failed timer-log fsync: its checkpoint must not claim them durable. A cancel whose cell
-/// cannot be made durable is not answered 200. The restart fires every pending message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_wheel_or_state_cell_fsync_stops_the_timer_and_a_restart_recovers() {
-    for (filter, why) in [("timer/wheel", "flush the timer wheel"), ("timer/state", "flush the state cells")] {
+async fn failed_timer_file_fsync_stops_the_timer_and_a_restart_recovers() {
+    for (filter, why) in [
+        ("timerlog", "flush the timer log"),
+        ("timer/wheel", "flush the timer wheel"),
+        ("timer/state", "flush the state cells"),
+    ] {
         let scenario = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
         let config = test_config(dir.path());

@@ -102,20 +102,26 @@ impl Harness {
         sent.iter().map(|s| s.id.to_string()).collect()
     }
 
-    /// How many copies of each id are visible in the topic (a fire repeated after a crash
-    /// stores a second one).
-    fn copies(&self) -> BTreeMap<String, usize> {
-        let mut out = BTreeMap::new();
-        let Some(t) = self.store.topics().get(TOPIC) else { return out };
+    /// Calls `f(id, body, deliver_at, store_ms)` for every record visible in the topic, copies
+    /// included.
+    fn each_visible(&self, mut f: impl FnMut(String, String, i64, i64)) {
+        let Some(t) = self.store.topics().get(TOPIC) else { return };
         for q in &t.queues {
             for i in 0..q.next() {
                 let e = q.get(i).unwrap();
                 let r = self.store.read(e.log_offset).unwrap();
                 let rec = r.decode().unwrap();
-                let id = deliver(&rec, e.log_offset).id;
-                *out.entry(id).or_default() += 1;
+                let m = deliver(&rec, e.log_offset);
+                f(m.id, String::from_utf8(rec.body.to_vec()).unwrap(), rec.deliver_at_ms, rec.store_ms);
             }
         }
+    }
+
+    /// How many copies of each id are visible in the topic (a fire repeated after a crash
+    /// stores a second one).
+    fn copies(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        self.each_visible(|id, _, _, _| *out.entry(id).or_default() += 1);
         out
     }
 
@@ -142,21 +148,13 @@ impl Harness {
         }
     }
 
-    /// Everything visible in the topic: id → (body, deliver_at, store_ms).
+    /// Everything visible in the topic: id → (body, deliver_at, store_ms). Copies collapse:
+    /// count them with [`Harness::copies`].
     fn visible(&self) -> BTreeMap<String, (String, i64, i64)> {
         let mut out = BTreeMap::new();
-        let Some(t) = self.store.topics().get(TOPIC) else { return out };
-        for q in &t.queues {
-            for i in 0..q.next() {
-                let e = q.get(i).unwrap();
-                let r = self.store.read(e.log_offset).unwrap();
-                let rec = r.decode().unwrap();
-                let id = deliver(&rec, e.log_offset).id;
-                let body = String::from_utf8(rec.body.to_vec()).unwrap();
-                // Duplicates would overwrite: count them separately where it matters.
-                out.insert(id, (body, rec.deliver_at_ms, rec.store_ms));
-            }
-        }
+        self.each_visible(|id, body, at, stored| {
+            out.insert(id, (body, at, stored));
+        });
         out
     }
 
