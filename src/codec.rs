@@ -1,5 +1,7 @@
-//! Little-endian integers in byte slices: the one place chime's file formats read and write
-//! them (records, consume-queue entries, timer-log units, checkpoints).
+//! Little-endian integers in byte slices. Every format's decoder reads through these (records,
+//! consume-queue entries, timer-log units, both checkpoints) and the record's sealing writes
+//! through them; the other encoders still write with `to_le_bytes` directly, and
+//! `fuzzing.rs` has its own fallible readers.
 //!
 //! Readers panic if the slice is too short: callers check lengths first (a format's decoder
 //! validates the sizes it reads before it reads the fields).
