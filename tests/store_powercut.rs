@@ -28,8 +28,8 @@ fn bodies(store: &Store, topic: &str) -> Vec<String> {
     let mut out = Vec::new();
     for q in &t.queues {
         for i in 0..q.next() {
-            let r = store.read(q.get(i).expect("entry").log_offset).expect("record");
-            out.push(String::from_utf8(r.decode().expect("valid record").body.to_vec()).unwrap());
+            let r = store.read(q.get(i).expect("entry").log_offset).expect("record").verify().expect("valid record");
+            out.push(String::from_utf8(r.record().body.to_vec()).unwrap());
         }
     }
     out

@@ -37,8 +37,8 @@ fn bodies(store: &Store, topic: &str) -> Vec<String> {
     for q in &t.queues {
         for i in 0..q.next() {
             let e = q.get(i).expect("entry");
-            let r = store.read(e.log_offset).expect("record");
-            let rec = r.decode().expect("valid record");
+            let r = store.read(e.log_offset).expect("record").verify().expect("valid record");
+            let rec = r.record();
             assert_eq!(rec.queue_offset, i);
             out.push(String::from_utf8(rec.body.to_vec()).unwrap());
         }
@@ -258,7 +258,7 @@ fn a_group_ahead_of_its_queue_receives_the_messages_that_reuse_the_offsets() {
         let got = groups.receive("g", t, Batch { max: 100, max_bytes: 8 << 20 }, 60_000, &TagExpr::All).unwrap();
         let handles: Vec<String> = got.messages.iter().map(|d| d.receipt_handle.clone()).collect();
         groups.ack("g", t, &handles);
-        got.messages.iter().map(|d| String::from_utf8(d.record.decode().unwrap().body.to_vec()).unwrap()).collect()
+        got.messages.iter().map(|d| String::from_utf8(d.record.record().body.to_vec()).unwrap()).collect()
     };
     // Before the cut: five messages, all received and acked, the progress persisted.
     let before = tmp.path().join("before");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chime::clock::ManualClock;
 use chime::service::{deliver, Broker, BrokerOptions};
 use chime::store::topics::Topic;
-use chime::store::{FlushPolicy, NewMessage, Store, StoreOptions};
+use chime::store::{FlushPolicy, NewMessage, Store, StoreOptions, VerifiedRecord};
 use chime::timer::{Geometry, MessageState, TimerEngine, TimerError, TimerOptions, PROP_TOPIC};
 
 const T0: i64 = 1_800_000_000_000;
@@ -82,6 +82,11 @@ impl Harness {
     }
 
     /// Schedules `body` at `at` as a send does; returns its id.
+    /// The record an id names, read and checked as the service reads it.
+    fn record(&self, id: &str) -> VerifiedRecord {
+        self.store.read_id(id.parse().unwrap()).expect("a stored message id")
+    }
+
     fn schedule(&self, body: &str, at: i64) -> String {
         self.schedule_batch(&[(body.to_string(), at)]).remove(0)
     }
@@ -109,8 +114,8 @@ impl Harness {
         for q in &t.queues {
             for i in 0..q.next() {
                 let e = q.get(i).unwrap();
-                let r = self.store.read(e.log_offset).unwrap();
-                let rec = r.decode().unwrap();
+                let r = self.store.read(e.log_offset).unwrap().verify().unwrap();
+                let rec = r.record();
                 let m = deliver(&rec, e.log_offset);
                 f(m.id, String::from_utf8(rec.body.to_vec()).unwrap(), rec.deliver_at_ms, rec.store_ms);
             }
@@ -219,7 +224,7 @@ fn fires_at_its_millisecond_never_before() {
         let (_, at, stored) = v[&ids[i]];
         assert_eq!(at, t);
         assert_eq!(stored, t, "fired at its millisecond exactly (simulated clock)");
-        assert_eq!(h.timer.status(TOPIC, ids[i].parse().unwrap()).unwrap().0, MessageState::Delivered);
+        assert_eq!(h.timer.status(TOPIC, &h.record(&ids[i])).unwrap().0, MessageState::Delivered);
     }
     let stats = h.timer.stats();
     assert_eq!(stats.fired, 5);
@@ -290,19 +295,19 @@ fn cancel_before_fire_is_final_and_after_fire_conflicts() {
     let h = Harness::new(dir.path(), 7200);
     let a = h.schedule("a", T0 + 5_000);
     let b = h.schedule("b", T0 + 5_000);
-    let a_id = a.parse().unwrap();
-    let b_id = b.parse().unwrap();
-    assert_eq!(h.timer.status(TOPIC, a_id).unwrap().0, MessageState::Scheduled);
-    assert_eq!(h.timer.cancel(TOPIC, a_id).unwrap(), T0 + 5_000);
-    assert_eq!(h.timer.cancel(TOPIC, a_id).unwrap(), T0 + 5_000, "cancelling again answers the same");
-    assert!(matches!(h.timer.cancel("other", b_id), Err(TimerError::NotFound)), "wrong topic");
+    let a_id = h.record(&a);
+    let b_id = h.record(&b);
+    assert_eq!(h.timer.status(TOPIC, &a_id).unwrap().0, MessageState::Scheduled);
+    assert_eq!(h.timer.cancel(TOPIC, &a_id).unwrap(), T0 + 5_000);
+    assert_eq!(h.timer.cancel(TOPIC, &a_id).unwrap(), T0 + 5_000, "cancelling again answers the same");
+    assert!(matches!(h.timer.cancel("other", &b_id), Err(TimerError::NotFound)), "wrong topic");
     h.clock.set(T0 + 10_000);
     h.wait_for("b to fire", |h| h.visible_count() == 1);
     h.settle();
     let v = h.visible();
     assert!(v.contains_key(&b) && !v.contains_key(&a), "{v:?}");
-    assert_eq!(h.timer.status(TOPIC, a_id).unwrap().0, MessageState::Cancelled);
-    assert!(matches!(h.timer.cancel(TOPIC, b_id), Err(TimerError::AlreadyDelivered)));
+    assert_eq!(h.timer.status(TOPIC, &a_id).unwrap().0, MessageState::Cancelled);
+    assert!(matches!(h.timer.cancel(TOPIC, &b_id), Err(TimerError::AlreadyDelivered)));
     assert_eq!(h.timer.stats().cancelled, 1);
 }
 
@@ -315,7 +320,7 @@ fn cancel_reaches_messages_in_every_place() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::new(dir.path(), 1024); // span 1024 s: later messages roll
-    let id = |s: &String| s.parse().unwrap();
+    let id = |s: &String| h.record(s);
 
     // 1. Not yet read: enqueue-get is held; the message is stored, and the lag says unread.
     let hold = format!("return({})", h.dir.join("timer").display());
@@ -323,14 +328,14 @@ fn cancel_reaches_messages_in_every_place() {
     let fresh = h.schedule("fresh", T0 + 2_000);
     h.settle();
     assert_eq!(h.timer.stats().enqueue_lag, 1, "held before enqueue-get");
-    assert_eq!(h.timer.cancel(TOPIC, id(&fresh)).unwrap(), T0 + 2_000);
+    assert_eq!(h.timer.cancel(TOPIC, &id(&fresh)).unwrap(), T0 + 2_000);
     fail::remove(chime::timer::HOLD_ENQUEUE_GET);
 
     // 2. In the wheel: placed (nothing waiting before the wheel), due long after now.
     let in_wheel = h.schedule("wheel", T0 + 30_000);
     h.wait_idle();
     assert_eq!(h.stage("dequeue_get_message").processed, 0, "nothing read out of the wheel yet");
-    assert_eq!(h.timer.cancel(TOPIC, id(&in_wheel)).unwrap(), T0 + 30_000);
+    assert_eq!(h.timer.cancel(TOPIC, &id(&in_wheel)).unwrap(), T0 + 30_000);
 
     // 3. Rolled: due in 5 days; step the clock until it has gone round the wheel.
     let rolled = h.schedule("rolled", T0 + 5 * 86_400_000);
@@ -342,7 +347,7 @@ fn cancel_reaches_messages_in_every_place() {
         h.clock.set(t);
         h.wait_idle();
     }
-    assert_eq!(h.timer.cancel(TOPIC, id(&rolled)).unwrap(), T0 + 5 * 86_400_000);
+    assert_eq!(h.timer.cancel(TOPIC, &id(&rolled)).unwrap(), T0 + 5 * 86_400_000);
 
     // 4. Held in dequeue-put: within the lookahead (1 s) of its time, read out of the wheel
     //    (dequeue-get-message has taken it), not yet visible.
@@ -354,7 +359,7 @@ fn cancel_reaches_messages_in_every_place() {
     h.wait_for("dequeue-get-message to take it", |h| h.stage("dequeue_get_message").processed > taken);
     h.settle();
     assert_eq!(h.visible_count(), 0);
-    assert_eq!(h.timer.cancel(TOPIC, id(&held)).unwrap(), near);
+    assert_eq!(h.timer.cancel(TOPIC, &id(&held)).unwrap(), near);
 
     // Run past every time: only `keep` arrives; the others stay cancelled.
     while t < T0 + 5 * 86_400_000 + 10 {
@@ -367,7 +372,7 @@ fn cancel_reaches_messages_in_every_place() {
     let v = h.visible();
     assert_eq!(v.keys().collect::<Vec<_>>(), vec![&keep], "{v:?}");
     for c in [&fresh, &in_wheel, &rolled, &held] {
-        assert_eq!(h.timer.status(TOPIC, id(c)).unwrap().0, MessageState::Cancelled, "{c}");
+        assert_eq!(h.timer.status(TOPIC, &id(c)).unwrap().0, MessageState::Cancelled, "{c}");
     }
     assert_eq!(h.timer.stats().cancelled, 4);
     scenario.teardown();
@@ -410,7 +415,7 @@ fn pending_messages_survive_a_restart_and_downtime_beyond_the_span() {
     let soon = h.schedule("soon", T0 + 3_000);
     let later = h.schedule("later", T0 + 600_000);
     let cancelled = h.schedule("cancelled", T0 + 4_000);
-    h.timer.cancel(TOPIC, cancelled.parse().unwrap()).unwrap();
+    h.timer.cancel(TOPIC, &h.record(&cancelled)).unwrap();
     h.settle();
     let h = h.restart();
     assert_eq!(h.timer.stats().pending_total, 2, "pending counted again after restart");
@@ -443,7 +448,7 @@ fn downtime_beyond_the_span_after_a_crash_loses_nothing() {
         want.push((h.schedule(&format!("m{i}"), at), at));
     }
     let cancelled = h.schedule("cancelled", T0 + 5_000);
-    h.timer.cancel(TOPIC, cancelled.parse().unwrap()).unwrap();
+    h.timer.cancel(TOPIC, &h.record(&cancelled)).unwrap();
     h.clock.set(T0 + 1_000);
     std::thread::sleep(Duration::from_millis(20));
     assert!(h.timer.halt_like_a_crash().is_empty());
@@ -619,7 +624,7 @@ fn run_model(seed: u64, steps: usize) {
                 let ids: Vec<&String> = model.keys().collect();
                 let id = ids[rng.below(ids.len() as u64) as usize].clone();
                 let m = model[&id];
-                let got = h.timer.cancel(TOPIC, id.parse().unwrap());
+                let got = h.timer.cancel(TOPIC, &h.record(&id));
                 if m.cancelled || m.at > now {
                     assert_eq!(got.ok(), Some(m.at), "seed {seed:#x} step {step}: cancel of {m:?} at {now}");
                     model.get_mut(&id).unwrap().cancelled = true;
@@ -667,7 +672,7 @@ fn run_model(seed: u64, steps: usize) {
             } else {
                 MessageState::Scheduled
             };
-            let (got, at) = h.timer.status(TOPIC, id.parse().unwrap()).unwrap();
+            let (got, at) = h.timer.status(TOPIC, &h.record(id)).unwrap();
             assert_eq!((got, at), (want, m.at), "seed {seed:#x} step {step} (after action {what}): status of {id}");
         }
         // The congestion index counts exactly the model's pending messages, bucket by bucket
@@ -709,7 +714,7 @@ fn run_model(seed: u64, steps: usize) {
     let missing: Vec<_> = model
         .iter()
         .filter(|(id, m)| !m.cancelled && !v.contains_key(*id))
-        .map(|(id, m)| (id.clone(), m.at, h.timer.status(TOPIC, id.parse().unwrap()).unwrap().0))
+        .map(|(id, m)| (id.clone(), m.at, h.timer.status(TOPIC, &h.record(id)).unwrap().0))
         .collect();
     assert!(
         missing.is_empty(),
@@ -725,7 +730,7 @@ fn run_model(seed: u64, steps: usize) {
     let over: Vec<_> = h.copies().into_iter().filter(|&(_, n)| n > most).collect();
     assert!(over.is_empty(), "seed {seed:#x}: fired more than {most} times (crashed: {crashed}): {over:?}");
     for (id, m) in &model {
-        let st = h.timer.status(TOPIC, id.parse().unwrap()).unwrap().0;
+        let st = h.timer.status(TOPIC, &h.record(id)).unwrap().0;
         if m.cancelled {
             assert_eq!(st, MessageState::Cancelled);
             assert!(!v.contains_key(id));

@@ -27,7 +27,7 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::store::topics::Topic;
-use crate::store::{RecordRef, Store};
+use crate::store::{Store, VerifiedRecord};
 use progress::{QueueProgress, QueueSnapshot};
 pub use tag::TagExpr;
 
@@ -55,7 +55,7 @@ pub struct GroupOptions {
 
 /// One message handed to a consumer.
 pub struct Delivery {
-    pub record: RecordRef,
+    pub record: VerifiedRecord,
     /// Commit-log offset of the record (with its CRC, the message id).
     pub log_offset: u64,
     pub queue_id: u16,
@@ -82,7 +82,7 @@ impl Batch {
 /// A record a consume-queue entry really points at, read once (one CRC check) for everything a
 /// receive needs of it.
 struct Checked {
-    record: RecordRef,
+    record: VerifiedRecord,
     /// Keys, properties and body, as `Batch::max_bytes` counts them.
     payload: usize,
     /// Whether its tag matches the receive's expression.
@@ -410,10 +410,12 @@ impl Groups {
         expr: &TagExpr,
     ) -> Option<Checked> {
         let entry = entry?;
-        let r = self.store.read(entry.log_offset)?;
-        let checked = match r.decode() {
-            Ok(rec) if rec.topic == topic.name && rec.queue_id == queue_id && rec.queue_offset == offset => {
-                Some((rec.payload_len(), expr.matches(rec.tag)))
+        let r = self.store.read(entry.log_offset).map(|r| r.verify());
+        let checked = match &r {
+            Some(Ok(r)) => {
+                let rec = r.record();
+                (rec.topic == topic.name && rec.queue_id == queue_id && rec.queue_offset == offset)
+                    .then(|| (rec.payload_len(), expr.matches(rec.tag)))
             }
             _ => None,
         };
@@ -422,7 +424,7 @@ impl Groups {
                 "consume-queue entry does not point at its record; skipping it");
             return None;
         };
-        Some(Checked { record: r, payload, tag_matches })
+        Some(Checked { record: r?.ok()?, payload, tag_matches })
     }
 
     /// Acks receipt handles; returns how many were acked and the handles that were not valid

@@ -160,8 +160,7 @@ pub async fn receive(
 fn render(deliveries: &[Delivery]) -> Response {
     let mut out = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        let Ok(rec) = d.record.decode() else { continue };
-        let m = crate::service::deliver(&rec, d.log_offset);
+        let m = crate::service::deliver(&d.record.record(), d.log_offset);
         let (body, body_base64) = if m.binary {
             (None, Some(base64::engine::general_purpose::STANDARD.encode(m.body)))
         } else {

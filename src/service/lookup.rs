@@ -6,14 +6,13 @@
 //! cell's page is fsync'd first (it blocks for that, so it runs on the blocking pool).
 
 use super::{Broker, ServiceError};
-use crate::store::MessageId;
+use crate::store::{MessageId, VerifiedRecord};
 use crate::timer::{MessageState, SYSTEM_TOPIC};
 
 /// What an id names in a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
-    /// A scheduled message (the timer knows its state).
-    Scheduled(MessageId),
+    /// A scheduled message (the timer knows its state): its record, checked once.
+    Scheduled(VerifiedRecord),
     /// A normal message, visible since it was stored; its deliver time.
     Normal(MessageId, i64),
 }
@@ -24,9 +23,9 @@ impl Broker {
         let unknown = || ServiceError::NotFound(format!("no message {id:?} in topic {topic:?}"));
         let mid: MessageId = id.parse().map_err(|_| unknown())?;
         let r = self.store.read_id(mid).ok_or_else(unknown)?;
-        let rec = r.decode().map_err(|_| unknown())?;
+        let rec = r.record();
         if rec.topic == SYSTEM_TOPIC {
-            return Ok(Found::Scheduled(mid));
+            return Ok(Found::Scheduled(r));
         }
         if rec.topic != topic {
             return Err(unknown());
@@ -38,12 +37,12 @@ impl Broker {
     pub fn status(&self, topic: &str, id: &str) -> Result<(MessageId, i64, MessageState), ServiceError> {
         match self.find(topic, id)? {
             Found::Normal(mid, at) => Ok((mid, at, MessageState::Delivered)),
-            Found::Scheduled(mid) => {
+            Found::Scheduled(r) => {
                 let (st, at) = self
                     .timer
-                    .status(topic, mid)
+                    .status(topic, &r)
                     .map_err(|e| ServiceError::from_timer(e, || format!("no message {id:?} in topic {topic:?}")))?;
-                Ok((mid, at, st))
+                Ok((r.id(), at, st))
             }
         }
     }
@@ -51,13 +50,14 @@ impl Broker {
     /// Cancels a scheduled message: `Ok` means it will never become visible, after a power cut
     /// too. A normal message (or a fired one) is `AlreadyDelivered`.
     pub async fn cancel(&self, topic: &str, id: &str) -> Result<MessageId, ServiceError> {
-        let mid = match self.find(topic, id)? {
+        let r = match self.find(topic, id)? {
             Found::Normal(mid, _) => return Err(ServiceError::AlreadyDelivered(mid)),
-            Found::Scheduled(mid) => mid,
+            Found::Scheduled(r) => r,
         };
+        let mid = r.id();
         // The cancel fsyncs its state cell before it returns: off the async runtime.
         let (timer, t) = (self.timer.clone(), topic.to_string());
-        let cancelled = tokio::task::spawn_blocking(move || timer.cancel(&t, mid))
+        let cancelled = tokio::task::spawn_blocking(move || timer.cancel(&t, &r))
             .await
             .map_err(|e| ServiceError::Unavailable(format!("cancel task failed: {e}")))?;
         match cancelled {

@@ -55,11 +55,44 @@ impl RecordRef {
         self.seg.file.read(self.start, self.len).expect("published when the ref was made")
     }
 
-    pub fn decode(&self) -> Result<Record<'_>, record::RecordError> {
+    /// Commit-log offset of the record.
+    pub fn offset(&self) -> u64 {
+        self.seg.base + self.start as u64
+    }
+
+    /// Checks the record (framing, checksum, layout) once; what it hands back is not checked
+    /// again on its way through the read path.
+    pub fn verify(self) -> Result<VerifiedRecord, record::RecordError> {
         match record::decode(self.bytes())? {
-            Decoded::Message { record, .. } => Ok(record),
+            Decoded::Message { .. } => Ok(VerifiedRecord(self)),
             _ => Err(record::RecordError::Malformed("not a message record")),
         }
+    }
+}
+
+/// A message record whose framing, checksum and layout were checked when it was read
+/// ([`RecordRef::verify`]). Its bytes cannot change afterwards (published log bytes are never
+/// rewritten while a segment is mapped), so [`VerifiedRecord::record`] parses the header again
+/// without recomputing the checksum: a record is checked once per read path.
+pub struct VerifiedRecord(RecordRef);
+
+impl VerifiedRecord {
+    pub fn record(&self) -> Record<'_> {
+        record::parse(self.0.bytes()).expect("checked by RecordRef::verify; log bytes are immutable")
+    }
+
+    /// Commit-log offset of the record.
+    pub fn offset(&self) -> u64 {
+        self.0.offset()
+    }
+
+    /// The message id naming this record (its offset and checksum).
+    pub fn id(&self) -> super::MessageId {
+        super::MessageId { offset: self.offset(), crc: self.record().crc }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.0.bytes()
     }
 }
 

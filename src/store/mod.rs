@@ -40,7 +40,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::clock::SharedClock;
-pub use commitlog::RecordRef;
+pub use commitlog::{RecordRef, VerifiedRecord};
 pub use consume_queue::{tag_hash, CqEntry};
 pub use durability::FlushPolicy;
 use durability::{Durability, FlushJob};
@@ -341,12 +341,16 @@ impl Store {
         self.log.read(offset)
     }
 
+    /// The message record at a commit-log offset, checked ([`RecordRef::verify`]); `None` if
+    /// nothing is written there or it does not check.
+    pub fn read_verified(&self, offset: u64) -> Option<VerifiedRecord> {
+        self.log.read(offset)?.verify().ok()
+    }
+
     /// The record a message id names, if the id is valid (its CRC matches the record there).
-    pub fn read_id(&self, id: MessageId) -> Option<RecordRef> {
-        let r = self.log.read(id.offset)?;
-        let rec = r.decode().ok()?;
-        (rec.crc == id.crc).then_some(())?;
-        Some(r)
+    pub fn read_id(&self, id: MessageId) -> Option<VerifiedRecord> {
+        let r = self.read_verified(id.offset)?;
+        (r.record().crc == id.crc).then_some(r)
     }
 
     /// Bytes in the commit log.

@@ -364,6 +364,17 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<'_>, RecordError> {
     if stored != computed {
         return Err(RecordError::BadChecksum { stored, computed });
     }
+    let record = parse(rec)?;
+    Ok(Decoded::Message { record, len: total })
+}
+
+/// Parses exactly one record whose framing and checksum are known good: its header and
+/// sections. [`decode`] checks them first; a `store::VerifiedRecord` has checked them once.
+pub(crate) fn parse(rec: &[u8]) -> Result<Record<'_>, RecordError> {
+    let total = rec.len();
+    if total < HEADER_LEN {
+        return Err(RecordError::Malformed("total_len below header length"));
+    }
     let topic_len = u16_at(rec, TOPIC_LEN_AT) as usize;
     let tag_len = u16_at(rec, TAG_LEN_AT) as usize;
     let keys_len = u32_at(rec, KEYS_LEN_AT) as usize;
@@ -409,12 +420,12 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<'_>, RecordError> {
         keys,
         props,
         body,
-        crc: stored,
+        crc: u32_at(rec, CRC_AT),
     };
     // Validate the sections now, so iterating them later cannot fail.
     record.walk_keys(|_| ())?;
     record.walk_properties(|_, _, _| ())?;
-    Ok(Decoded::Message { record, len: total })
+    Ok(record)
 }
 
 impl<'a> Record<'a> {

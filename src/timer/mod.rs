@@ -51,7 +51,7 @@ use parking_lot::Mutex;
 use self::core::Core;
 pub use self::core::Counters;
 use crate::store::topics::Topic;
-use crate::store::{AppendResult, MessageId, NewMessage, Store, StoreError};
+use crate::store::{AppendResult, NewMessage, Store, StoreError, VerifiedRecord};
 use checkpoint::TimerCheckpoint;
 pub use congestion::Bucket;
 use congestion::Congestion;
@@ -336,10 +336,10 @@ impl TimerEngine {
         &self.core.sys_topic
     }
 
-    /// Resolves a scheduled message id given for `topic`: (state-cell index, deliver_at_ms).
-    fn lookup(&self, topic: &str, id: MessageId) -> Result<(u64, i64), TimerError> {
-        let r = self.core.store.read_id(id).ok_or(TimerError::NotFound)?;
-        let rec = r.decode().map_err(|_| TimerError::NotFound)?;
+    /// Resolves a scheduled message's record (read by its id) given for `topic`: (state-cell
+    /// index, deliver_at_ms).
+    fn lookup(&self, topic: &str, r: &VerifiedRecord) -> Result<(u64, i64), TimerError> {
+        let rec = r.record();
         if rec.topic != SYSTEM_TOPIC || rec.property(PROP_TOPIC) != Some(topic) {
             return Err(TimerError::NotFound);
         }
@@ -347,8 +347,8 @@ impl TimerEngine {
     }
 
     /// The state and deliver time of a scheduled message.
-    pub fn status(&self, topic: &str, id: MessageId) -> Result<(MessageState, i64), TimerError> {
-        let (cell, at) = self.lookup(topic, id)?;
+    pub fn status(&self, topic: &str, r: &VerifiedRecord) -> Result<(MessageState, i64), TimerError> {
+        let (cell, at) = self.lookup(topic, r)?;
         let s = self.core.states.get(cell).map_err(io("read a state cell"))?;
         Ok((state_of(s), at))
     }
@@ -356,8 +356,8 @@ impl TimerEngine {
     /// Cancels a scheduled message: O(1), one CAS, then an `msync` of its cell's page, so
     /// `Ok` guarantees it never becomes visible, even after a power cut (under either flush
     /// policy). Blocks for that fsync: call it off the async runtime.
-    pub fn cancel(&self, topic: &str, id: MessageId) -> Result<i64, TimerError> {
-        let (cell, at) = self.lookup(topic, id)?;
+    pub fn cancel(&self, topic: &str, r: &VerifiedRecord) -> Result<i64, TimerError> {
+        let (cell, at) = self.lookup(topic, r)?;
         let found = self.core.states.transition(cell, state::SCHEDULED, state::CANCELLED).map_err(io("cancel"))?;
         match found {
             state::SCHEDULED | state::CANCELLED => {

@@ -10,7 +10,7 @@ use super::timerlog::TimerLog;
 use super::wheel::{self, Wheel};
 use super::{io, TimerCheckpoint, TimerError, TimerOptions, PROP_ID, PROP_TOPIC};
 use crate::store::topics::Topic;
-use crate::store::{MessageId, Store};
+use crate::store::Store;
 
 /// Opens the timer log and the wheel, relinks units the wheel lost since the checkpoint, and
 /// checks every live slot against the log. Returns them with the log's end, the units relinked,
@@ -128,11 +128,11 @@ pub(super) fn count_pending(
     if !firing.is_empty() {
         let mut targets: Vec<(u64, String, i64, String)> = Vec::new(); // (cell, topic, due, id)
         for &off in &firing {
-            let rec = cq.get(off).and_then(|e| store.read(e.log_offset).map(|r| (e.log_offset, r)));
-            let found = rec.as_ref().and_then(|(at, r)| {
-                let rec = r.decode().ok()?;
+            let read = cq.get(off).and_then(|e| store.read_verified(e.log_offset));
+            let found = read.as_ref().and_then(|r| {
+                let rec = r.record();
                 let topic = rec.property(PROP_TOPIC)?.to_string();
-                Some((topic, rec.deliver_at_ms, MessageId { offset: *at, crc: rec.crc }.to_string()))
+                Some((topic, rec.deliver_at_ms, r.id().to_string()))
             });
             match found {
                 Some((topic, due, id)) => targets.push((off, topic, due, id)),
@@ -188,8 +188,8 @@ impl Tally {
     /// dequeue-get-message, which uncounts such a record when it meets one it counted, never
     /// uncounts it.
     fn count(&mut self, states: &StateCells, sys_topic: &Topic, store: &Store, off: u64) -> Result<bool, TimerError> {
-        let read = sys_topic.queues[0].get(off).and_then(|e| store.read(e.log_offset));
-        let rec = read.as_ref().and_then(|r| r.decode().ok());
+        let read = sys_topic.queues[0].get(off).and_then(|e| store.read_verified(e.log_offset));
+        let rec = read.as_ref().map(|r| r.record());
         let Some((rec, topic)) = rec.and_then(|rec| rec.property(PROP_TOPIC).map(|t| (rec, t))) else {
             tracing::error!(offset = off, "scheduled record unreadable; it can never fire");
             states.set(off, state::CANCELLED).map_err(io("finish a state cell"))?;
@@ -219,8 +219,8 @@ pub(super) fn fired_copies(store: &Store, targets: &[(u64, String, i64, String)]
         let Some(topic) = store.topics().get(name) else { continue };
         for q in &topic.queues {
             for i in (0..q.next()).rev() {
-                let Some(r) = q.get(i).and_then(|e| store.read(e.log_offset)) else { continue };
-                let Ok(rec) = r.decode() else { continue };
+                let Some(r) = q.get(i).and_then(|e| store.read_verified(e.log_offset)) else { continue };
+                let rec = r.record();
                 if rec.store_ms < since {
                     break;
                 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chime_pipeline::{queue, StageCtx};
 
 use super::{send, FireReq, Ready, Source, POLL};
-use crate::store::{record, MessageId};
+use crate::store::record;
 use crate::timer::state;
 use crate::timer::timerlog::Unit;
 use crate::timer::{Core, PROP_ID, PROP_TOPIC, SYSTEM_PROP_PREFIX, SYSTEM_TOPIC};
@@ -27,8 +27,8 @@ impl Core {
             Some(e) if e.log_offset == unit.log_offset => {}
             _ => return Ok(Source::Stale),
         }
-        let Some(r) = self.store.read(unit.log_offset) else { return Ok(Source::Damaged) };
-        let Ok(rec) = r.decode() else { return Ok(Source::Damaged) };
+        let Some(r) = self.store.read_verified(unit.log_offset) else { return Ok(Source::Damaged) };
+        let rec = r.record();
         // The same offsets for a later record (the first one after the cut) whose deliver time
         // differs: firing it now could be early.
         if rec.topic != SYSTEM_TOPIC || rec.queue_offset != unit.sys_offset || rec.deliver_at_ms != unit.deliver_at {
@@ -39,7 +39,7 @@ impl Core {
             Some(t) => t,
             None => self.store.topics().create_unlimited(topic, self.opts.default_queues)?.0,
         };
-        let id = MessageId { offset: unit.log_offset, crc: rec.crc }.to_string();
+        let id = r.id().to_string();
         let mut out = Vec::new();
         record::encode_derived(&mut out, &rec, &t.name, unit.deliver_at, SYSTEM_PROP_PREFIX, (PROP_ID, &id));
         Ok(Source::Fire((t, out)))

@@ -42,7 +42,7 @@ pub(super) fn enqueue_get(
         while next < cq.next() && n < 4096 && !held_by_test(&core.opts.dir) {
             let Some(e) = cq.get(next) else { break };
             let Some(r) = core.store.read(e.log_offset) else { break }; // not readable yet: retry
-            match r.decode().ok().map(|rec| rec.deliver_at_ms) {
+            match r.verify().ok().map(|r| r.record().deliver_at_ms) {
                 Some(deliver_at) => {
                     let req = EnqueueReq {
                         sys_offset: next,
