@@ -41,7 +41,7 @@ fn fix_crc(data: &[u8], from: usize, to: usize, at: usize) -> Option<Vec<u8>> {
     }
     let mut v = data.to_vec();
     let crc = crc32c::crc32c(&v[from..to]);
-    v[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    crate::codec::put_u32(&mut v, at, crc);
     Some(v)
 }
 
@@ -118,7 +118,7 @@ fn check_unit(data: &[u8]) {
 pub fn wheel_slot(data: &[u8]) {
     let geo = Geometry::new(1000, 64);
     let Some(words) = data.get(1..33) else { return };
-    let word = |i: usize| u64::from_le_bytes(words[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let word = |i: usize| crate::codec::get_u64(words, i * 8);
     let slot = Slot { time: word(0) as i64, first: word(1), last: word(2), count: word(3) };
     let index = data[0] as usize % 64;
     for log in [data[33..].to_vec(), fixed_units(&data[33..])] {
@@ -147,7 +147,7 @@ fn fixed_units(log: &[u8]) -> Vec<u8> {
     let mut v = log.to_vec();
     for unit in v.chunks_exact_mut(UNIT_LEN) {
         let crc = crc32c::crc32c(&unit[..60]);
-        unit[60..64].copy_from_slice(&crc.to_le_bytes());
+        crate::codec::put_u32(unit, 60, crc);
     }
     v
 }
@@ -226,7 +226,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             // Slot time 5000 (index 5) holding units at positions 0 and 64.
             let mut v = vec![5u8];
             for w in [5000u64, 1, 65, 2] {
-                v.extend_from_slice(&w.to_le_bytes());
+                crate::codec::push_u64(&mut v, w);
             }
             v.extend_from_slice(&sample_unit(0).encode());
             v.extend_from_slice(&sample_unit(1).encode());

@@ -18,6 +18,7 @@
 //! commit log from `indexed`. A missing or invalid checkpoint is not fatal: recovery then scans
 //! the whole log (slower, same result).
 
+use crate::codec::{Get, Put};
 use std::io;
 use std::path::Path;
 
@@ -51,13 +52,15 @@ pub enum CheckpointError {
 impl Checkpoint {
     pub fn encode(&self) -> [u8; LEN] {
         let mut b = [0u8; LEN];
-        b[0..4].copy_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
-        b[4..8].copy_from_slice(&VERSION.to_le_bytes());
-        b[8..16].copy_from_slice(&self.log_flushed.to_le_bytes());
-        b[16..24].copy_from_slice(&self.indexed.to_le_bytes());
-        b[24..32].copy_from_slice(&self.written_ms.to_le_bytes());
-        let crc = crc32c::crc32c(&b[0..32]);
-        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        let n = Put::new(&mut b)
+            .u32(CHECKPOINT_MAGIC)
+            .u32(VERSION)
+            .u64(self.log_flushed)
+            .u64(self.indexed)
+            .i64(self.written_ms)
+            .crc()
+            .len();
+        debug_assert_eq!(n, LEN);
         b
     }
 
@@ -65,15 +68,14 @@ impl Checkpoint {
         if b.len() != LEN {
             return Err(CheckpointError::Length(b.len()));
         }
-        let u32_at = |i: usize| crate::codec::get_u32(b, i);
-        let u64_at = |i: usize| crate::codec::get_u64(b, i);
-        if u32_at(0) != CHECKPOINT_MAGIC || u32_at(4) != VERSION {
+        let mut g = Get::new(b);
+        if g.u32() != CHECKPOINT_MAGIC || g.u32() != VERSION {
             return Err(CheckpointError::Header);
         }
-        if u32_at(32) != crc32c::crc32c(&b[0..32]) {
+        let cp = Self { log_flushed: g.u64(), indexed: g.u64(), written_ms: g.i64() };
+        if !g.crc_ok() {
             return Err(CheckpointError::Checksum);
         }
-        let cp = Self { log_flushed: u64_at(8), indexed: u64_at(16), written_ms: u64_at(24) as i64 };
         if cp.indexed > cp.log_flushed {
             return Err(CheckpointError::Inconsistent { indexed: cp.indexed, log_flushed: cp.log_flushed });
         }

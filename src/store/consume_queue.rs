@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::segments::SegmentSet;
+use crate::codec::{Get, Put};
 
 pub const ENTRY_LEN: usize = 20;
 
@@ -35,20 +36,14 @@ pub struct CqEntry {
 impl CqEntry {
     pub fn encode(&self) -> [u8; ENTRY_LEN] {
         let mut b = [0u8; ENTRY_LEN];
-        b[0..8].copy_from_slice(&self.log_offset.to_le_bytes());
-        b[8..12].copy_from_slice(&self.size.to_le_bytes());
-        b[12..20].copy_from_slice(&self.tag_hash.to_le_bytes());
+        Put::new(&mut b).u64(self.log_offset).u32(self.size).u64(self.tag_hash);
         b
     }
 
     /// The entry in the first 20 bytes of `b`; `None` if `b` is shorter or the entry is unwritten.
     pub fn decode(b: &[u8]) -> Option<Self> {
-        let b = b.get(..ENTRY_LEN)?;
-        let e = Self {
-            log_offset: crate::codec::get_u64(b, 0),
-            size: crate::codec::get_u32(b, 8),
-            tag_hash: crate::codec::get_u64(b, 12),
-        };
+        let mut g = Get::new(b.get(..ENTRY_LEN)?);
+        let e = Self { log_offset: g.u64(), size: g.u32(), tag_hash: g.u64() };
         (e.size != 0).then_some(e)
     }
 }

@@ -132,7 +132,10 @@ pub enum Decoded<'a> {
     End,
 }
 
-use crate::codec::{get_u16 as u16_at, get_u32 as u32_at, get_u64 as u64_at, put_u16, put_u32, put_u64};
+use crate::codec::{
+    get_u16 as u16_at, get_u32 as u32_at, get_u64 as u64_at, push_i64, push_u16, push_u32, push_u64, put_u16, put_u32,
+    put_u64,
+};
 
 /// The deliver time of an encoded (sealed) record, without decoding it.
 pub fn raw_deliver_at(rec: &[u8]) -> i64 {
@@ -183,24 +186,32 @@ impl Header<'_> {
         let total = HEADER_LEN + self.topic.len() + self.tag_len + self.keys_len + self.props_len + self.body_len;
         let start = out.len();
         out.reserve(total);
-        out.extend_from_slice(&(total as u32).to_le_bytes());
-        out.extend_from_slice(&MAGIC_MESSAGE.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes()); // crc, sealed later
-        out.extend_from_slice(&0u64.to_le_bytes()); // queue_offset, sealed later
-        out.extend_from_slice(&self.born_ms.to_le_bytes());
-        out.extend_from_slice(&0i64.to_le_bytes()); // store_ms, sealed later
-        out.extend_from_slice(&self.deliver_at_ms.to_le_bytes());
-        out.extend_from_slice(&self.queue_id.to_le_bytes());
-        out.extend_from_slice(&self.flags.to_le_bytes());
-        out.extend_from_slice(&(self.topic.len() as u16).to_le_bytes());
-        out.extend_from_slice(&(self.tag_len as u16).to_le_bytes());
-        out.extend_from_slice(&(self.keys_len as u32).to_le_bytes());
-        out.extend_from_slice(&(self.props_len as u32).to_le_bytes());
-        out.extend_from_slice(&(self.body_len as u32).to_le_bytes());
+        push_u32(out, total as u32);
+        push_u32(out, MAGIC_MESSAGE);
+        push_u32(out, 0); // crc, sealed later
+        push_u64(out, 0); // queue_offset, sealed later
+        push_i64(out, self.born_ms);
+        push_i64(out, 0); // store_ms, sealed later
+        push_i64(out, self.deliver_at_ms);
+        push_u16(out, self.queue_id);
+        push_u16(out, self.flags);
+        push_u16(out, self.topic.len() as u16);
+        push_u16(out, self.tag_len as u16);
+        push_u32(out, self.keys_len as u32);
+        push_u32(out, self.props_len as u32);
+        push_u32(out, self.body_len as u32);
         debug_assert_eq!(out.len() - start, HEADER_LEN);
         out.extend_from_slice(self.topic.as_bytes());
         total
     }
+}
+
+/// Appends one entry of the properties section.
+fn push_property(out: &mut Vec<u8>, k: &str, v: &str) {
+    push_u16(out, k.len() as u16);
+    out.extend_from_slice(k.as_bytes());
+    push_u32(out, v.len() as u32);
+    out.extend_from_slice(v.as_bytes());
 }
 
 /// Appends the record for `msg` to `out`, with placeholder position fields (zero queue offset,
@@ -227,14 +238,11 @@ pub fn encode(out: &mut Vec<u8>, topic: &str, queue_id: u16, flags: u16, msg: &N
         out.extend_from_slice(tag.as_bytes());
     }
     for k in &msg.keys {
-        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        push_u16(out, k.len() as u16);
         out.extend_from_slice(k.as_bytes());
     }
     for (k, v) in &msg.properties {
-        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v.as_bytes());
+        push_property(out, k, v);
     }
     out.extend_from_slice(&msg.body);
     debug_assert_eq!(out.len() - start, total);
@@ -280,12 +288,7 @@ pub fn encode_derived(
     out.extend_from_slice(orig.tag.unwrap_or("").as_bytes());
     out.extend_from_slice(orig.keys);
     let mut extra_written = false;
-    let put_extra = |out: &mut Vec<u8>| {
-        out.extend_from_slice(&(extra.0.len() as u16).to_le_bytes());
-        out.extend_from_slice(extra.0.as_bytes());
-        out.extend_from_slice(&(extra.1.len() as u32).to_le_bytes());
-        out.extend_from_slice(extra.1.as_bytes());
-    };
+    let put_extra = |out: &mut Vec<u8>| push_property(out, extra.0, extra.1);
     let _ = orig.walk_properties(|k, _, entry| {
         if !keep(k) {
             return;
@@ -648,10 +651,10 @@ mod tests {
         let mut buf = sealed("orders", &sample());
         // Make the body length disagree with total_len, then re-seal the CRC so only the
         // structural check can catch it.
-        let body_len = u32_at(&buf, 60) + 1;
-        buf[60..64].copy_from_slice(&body_len.to_le_bytes());
-        let crc = crc32c::crc32c(&buf[12..]);
-        buf[8..12].copy_from_slice(&crc.to_le_bytes());
+        let body_len = u32_at(&buf, BODY_LEN_AT) + 1;
+        put_u32(&mut buf, BODY_LEN_AT, body_len);
+        let crc = crc32c::crc32c(&buf[CRC_FROM..]);
+        put_u32(&mut buf, CRC_AT, crc);
         assert!(matches!(decode(&buf), Err(RecordError::Malformed(_))));
     }
 }

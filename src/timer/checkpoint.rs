@@ -16,6 +16,7 @@
 //! Written only after the commit log (holding fired messages), the timer log, the wheel's dirty
 //! pages and the state cells have been flushed, so everything it claims is on disk.
 
+use crate::codec::{Get, Put};
 use std::io;
 use std::path::Path;
 
@@ -35,15 +36,17 @@ pub struct TimerCheckpoint {
 impl TimerCheckpoint {
     pub fn encode(&self) -> [u8; LEN] {
         let mut b = [0u8; LEN];
-        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        b[4..8].copy_from_slice(&VERSION.to_le_bytes());
-        b[8..16].copy_from_slice(&self.enqueue_offset.to_le_bytes());
-        b[16..24].copy_from_slice(&self.read_time.to_le_bytes());
-        b[24..32].copy_from_slice(&self.timer_log_pos.to_le_bytes());
-        b[32..40].copy_from_slice(&self.pending_floor.to_le_bytes());
-        b[40..48].copy_from_slice(&self.written_ms.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..48]);
-        b[48..52].copy_from_slice(&crc.to_le_bytes());
+        let n = Put::new(&mut b)
+            .u32(MAGIC)
+            .u32(VERSION)
+            .u64(self.enqueue_offset)
+            .i64(self.read_time)
+            .u64(self.timer_log_pos)
+            .u64(self.pending_floor)
+            .i64(self.written_ms)
+            .crc()
+            .len();
+        debug_assert_eq!(n, LEN);
         b
     }
 
@@ -51,18 +54,18 @@ impl TimerCheckpoint {
         if b.len() != LEN {
             return None;
         }
-        let u32_at = |i: usize| crate::codec::get_u32(b, i);
-        let u64_at = |i: usize| crate::codec::get_u64(b, i);
-        if u32_at(0) != MAGIC || u32_at(4) != VERSION || u32_at(48) != crc32c::crc32c(&b[..48]) {
+        let mut g = Get::new(b);
+        if g.u32() != MAGIC || g.u32() != VERSION {
             return None;
         }
-        Some(Self {
-            enqueue_offset: u64_at(8),
-            read_time: u64_at(16) as i64,
-            timer_log_pos: u64_at(24),
-            pending_floor: u64_at(32),
-            written_ms: u64_at(40) as i64,
-        })
+        let cp = Self {
+            enqueue_offset: g.u64(),
+            read_time: g.i64(),
+            timer_log_pos: g.u64(),
+            pending_floor: g.u64(),
+            written_ms: g.i64(),
+        };
+        g.crc_ok().then_some(cp)
     }
 
     /// `Ok(None)` when there is none; an invalid file is reported as an error.

@@ -28,6 +28,7 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::codec::{Get, Put};
 use crate::store::segments::SegmentSet;
 
 pub const UNIT_LEN: usize = 64;
@@ -53,17 +54,19 @@ impl Unit {
 
     pub fn encode(&self) -> [u8; UNIT_LEN] {
         let mut b = [0u8; UNIT_LEN];
-        b[0..8].copy_from_slice(&self.prev.to_le_bytes());
-        b[8..16].copy_from_slice(&self.deliver_at.to_le_bytes());
-        b[16..24].copy_from_slice(&self.slot_time.to_le_bytes());
-        b[24..32].copy_from_slice(&self.log_offset.to_le_bytes());
-        b[32..36].copy_from_slice(&self.log_size.to_le_bytes());
-        b[36..40].copy_from_slice(&self.flags.to_le_bytes());
-        b[40..48].copy_from_slice(&self.sys_offset.to_le_bytes());
-        b[48..56].copy_from_slice(&self.enqueued_ms.to_le_bytes());
-        b[56..60].copy_from_slice(&UNIT_MAGIC.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..60]);
-        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        let n = Put::new(&mut b)
+            .u64(self.prev)
+            .i64(self.deliver_at)
+            .i64(self.slot_time)
+            .u64(self.log_offset)
+            .u32(self.log_size)
+            .u32(self.flags)
+            .u64(self.sys_offset)
+            .i64(self.enqueued_ms)
+            .u32(UNIT_MAGIC)
+            .crc()
+            .len();
+        debug_assert_eq!(n, UNIT_LEN);
         b
     }
 
@@ -72,21 +75,18 @@ impl Unit {
         if b.len() < UNIT_LEN {
             return None;
         }
-        let u32_at = |i: usize| crate::codec::get_u32(b, i);
-        let u64_at = |i: usize| crate::codec::get_u64(b, i);
-        if u32_at(56) != UNIT_MAGIC || u32_at(60) != crc32c::crc32c(&b[..60]) {
-            return None;
-        }
-        Some(Self {
-            prev: u64_at(0),
-            deliver_at: u64_at(8) as i64,
-            slot_time: u64_at(16) as i64,
-            log_offset: u64_at(24),
-            log_size: u32_at(32),
-            flags: u32_at(36),
-            sys_offset: u64_at(40),
-            enqueued_ms: u64_at(48) as i64,
-        })
+        let mut g = Get::new(b);
+        let unit = Self {
+            prev: g.u64(),
+            deliver_at: g.i64(),
+            slot_time: g.i64(),
+            log_offset: g.u64(),
+            log_size: g.u32(),
+            flags: g.u32(),
+            sys_offset: g.u64(),
+            enqueued_ms: g.i64(),
+        };
+        (g.u32() == UNIT_MAGIC && g.crc_ok()).then_some(unit)
     }
 }
 
