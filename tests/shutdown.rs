@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,13 @@ use serde_json::{json, Value};
 const TOPIC: &str = "term";
 
 /// Sends until a request fails; returns the bodies answered 201.
-async fn sender(http: reqwest::Client, base: String, w: usize, stop: Arc<AtomicBool>) -> Vec<String> {
+async fn sender(
+    http: reqwest::Client,
+    base: String,
+    w: usize,
+    stop: Arc<AtomicBool>,
+    created: Arc<AtomicUsize>,
+) -> Vec<String> {
     let mut acked = Vec::new();
     for i in 0.. {
         if stop.load(Ordering::Relaxed) {
@@ -29,7 +35,10 @@ async fn sender(http: reqwest::Client, base: String, w: usize, stop: Arc<AtomicB
         let body = format!("w{w}-{i}");
         let msg = if i % 3 == 0 { json!({"body": body, "delay_ms": 1500}) } else { json!({"body": body}) };
         match http.post(format!("{base}/v1/topics/{TOPIC}/messages")).json(&msg).send().await {
-            Ok(r) if r.status().as_u16() == 201 => acked.push(body),
+            Ok(r) if r.status().as_u16() == 201 => {
+                acked.push(body);
+                created.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(r) if r.status().as_u16() == 503 => break, // shutting down: no longer accepting
             Ok(r) => panic!("send answered {}: {:?}", r.status(), r.text().await),
             Err(_) => break,
@@ -124,10 +133,18 @@ async fn sigterm_under_load_keeps_every_201_and_every_ack_through_a_power_cut_af
     let mut server = Proc::start_with(&data, tmp.path(), "first", &http, &env).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let senders: Vec<_> =
-        (0..4).map(|w| tokio::spawn(sender(http.clone(), server.base.clone(), w, stop.clone()))).collect();
+    let created = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(sender(http.clone(), server.base.clone(), w, stop.clone(), created.clone())))
+        .collect();
     let cons = tokio::spawn(consumer(http.clone(), server.base.clone(), stop.clone()));
+    // Under load for a while, and long enough for the test to check something (a busy machine
+    // may answer slowly at first).
     tokio::time::sleep(Duration::from_millis(800)).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while created.load(Ordering::Relaxed) < 300 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let t0 = Instant::now();
     server.terminate().await; // exit 0 within 10 s, asserted
     eprintln!("exited {:?} after SIGTERM", t0.elapsed());

@@ -14,4 +14,4 @@ pub mod stage;
 
 pub use queue::{bounded, QueueStats, Receiver, Sender};
 pub use ring::{ring, BackoffWait, RingProducer};
-pub use stage::{StageCtx, Supervisor};
+pub use stage::{StageCtx, Supervisor, STOP_DEADLINE};

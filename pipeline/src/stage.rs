@@ -1,28 +1,65 @@
-//! The stage supervisor: one named thread per stage, a shared stop flag, panic containment and
-//! a bounded join.
+//! The supervisor of chime's background threads: one named thread per stage or worker, a shared
+//! stop signal, panic containment and a bounded join. The timer's five stages and checkpointer,
+//! the store's flusher and the groups' persister all run under one, so they start, stop and fail
+//! the same way.
 //!
-//! A stage body receives a [`StageCtx`] and returns when [`StageCtx::stopped`] turns true (it
-//! must check between blocking waits of bounded length). If a body panics, the supervisor
-//! records which and trips the stop flag, so the pipeline halts visibly instead of leaving a
-//! silent hole: downstream stages stop, upstream producers see the stop and return.
+//! A body receives a [`StageCtx`] and returns when [`StageCtx::stopped`] turns true (it must
+//! check between blocking waits of bounded length; [`StageCtx::sleep`] is such a wait that ends
+//! early on a stop). If a body panics, the supervisor records which and trips the stop signal,
+//! so the pipeline halts visibly instead of leaving a silent hole: downstream stages stop,
+//! upstream producers see the stop and return.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
+
+/// The stop signal: a flag to poll, and a condition variable for timed sleeps to end early.
+#[derive(Debug, Default)]
+struct Stop {
+    flag: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Stop {
+    fn set(&self) {
+        self.flag.store(true, Ordering::Release);
+        // Under the lock: a sleeper between its check and its wait cannot miss the wake-up.
+        let _g = self.lock.lock();
+        self.cv.notify_all();
+    }
+
+    fn get(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+/// How long a shutdown waits for a supervisor's threads before it reports them hung (a stage
+/// checks for the stop at least every few milliseconds; a flush in progress finishes first).
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a stage body sees of the supervisor.
 #[derive(Clone, Debug)]
 pub struct StageCtx {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     name: &'static str,
 }
 
 impl StageCtx {
     pub fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.stop.get()
+    }
+
+    /// Sleeps up to `d`, or until a stop is requested; returns whether one was.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let mut g = self.stop.lock.lock();
+        if !self.stop.get() {
+            self.stop.cv.wait_for(&mut g, d);
+        }
+        self.stop.get()
     }
 
     pub fn name(&self) -> &'static str {
@@ -32,7 +69,7 @@ impl StageCtx {
 
 #[derive(Debug, Default)]
 pub struct Supervisor {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     failure: Arc<Mutex<Option<String>>>,
     handles: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -57,7 +94,7 @@ impl Supervisor {
                 let msg = panic_message(&p);
                 tracing::error!(stage = name, panic = %msg, "stage panicked; stopping the pipeline");
                 failure.lock().get_or_insert(format!("stage {name} panicked: {msg}"));
-                stop.store(true, Ordering::Release);
+                stop.set();
             }
         })?;
         self.handles.push((name, h));
@@ -76,7 +113,7 @@ impl Supervisor {
         move |why: String| {
             tracing::error!(reason = %why, "pipeline stopping");
             failure.lock().get_or_insert(why);
-            stop.store(true, Ordering::Release);
+            stop.set();
         }
     }
 
@@ -86,12 +123,12 @@ impl Supervisor {
     }
 
     pub fn is_stopped(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.stop.get()
     }
 
-    /// Asks every stage to stop.
+    /// Asks every stage to stop (and ends their [`StageCtx::sleep`]s).
     pub fn request_stop(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.set();
     }
 
     /// Stops every stage and joins them, waiting at most `deadline` in all. Returns the names of
@@ -145,6 +182,20 @@ mod tests {
         }
         assert!(sup.failure().unwrap().contains("boom panicked: kaboom"));
         assert!(sup.stop_and_join(Duration::from_secs(10)).is_empty());
+    }
+
+    #[test]
+    fn a_stop_ends_a_sleep_at_once() {
+        let mut sup = Supervisor::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        sup.spawn("sleeper", move |ctx| tx.send(ctx.sleep(Duration::from_secs(3600))).unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let t0 = Instant::now();
+        assert!(sup.stop_and_join(Duration::from_secs(10)).is_empty());
+        assert!(rx.recv().unwrap(), "the sleep reports the stop");
+        assert!(t0.elapsed() < Duration::from_secs(10), "woken, not timed out");
+        let ctx = sup.ctx("after");
+        assert!(ctx.sleep(Duration::from_secs(3600)), "a sleep after the stop returns at once");
     }
 
     #[test]

@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use chime_pipeline::Supervisor;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::store::topics::Topic;
@@ -121,34 +122,12 @@ struct States {
     per_topic: HashMap<String, u64>,
 }
 
-#[derive(Default)]
-struct StopSignal {
-    stopped: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl StopSignal {
-    fn stop(&self) {
-        *self.stopped.lock() = true;
-        self.cv.notify_all();
-    }
-
-    /// Sleeps up to `d`; true if stopped.
-    fn wait(&self, d: Duration) -> bool {
-        let mut stopped = self.stopped.lock();
-        if !*stopped {
-            self.cv.wait_for(&mut stopped, d);
-        }
-        *stopped
-    }
-}
-
 pub struct Groups {
     store: Arc<Store>,
     opts: GroupOptions,
     states: Mutex<States>,
-    stop: Arc<StopSignal>,
-    persister: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Runs the persister thread.
+    workers: Mutex<Supervisor>,
 }
 
 fn receipt(queue: u16, offset: u64, nonce: u32) -> String {
@@ -174,26 +153,23 @@ impl Groups {
             store,
             opts,
             states: Mutex::new(States::default()),
-            stop: Arc::new(StopSignal::default()),
-            persister: Mutex::new(None),
+            workers: Mutex::new(Supervisor::new()),
         });
         groups.load_existing()?;
         let weak = Arc::downgrade(&groups);
-        let stop = groups.stop.clone();
         let interval = groups.opts.persist_interval;
-        let handle = std::thread::Builder::new()
-            .name("chime-groups".into())
-            .spawn(move || loop {
-                if stop.wait(interval) {
-                    return;
-                }
-                let Some(g) = weak.upgrade() else { return };
-                if let Err(e) = g.persist_all() {
-                    tracing::error!(error = %e, "cannot persist consumer-group progress");
+        groups
+            .workers
+            .lock()
+            .spawn("chime-groups", move |ctx| {
+                while !ctx.sleep(interval) {
+                    let Some(g) = weak.upgrade() else { return };
+                    if let Err(e) = g.persist_all() {
+                        tracing::error!(error = %e, "cannot persist consumer-group progress");
+                    }
                 }
             })
             .map_err(|source| GroupError::Io { context: "spawn the group persister".into(), source })?;
-        *groups.persister.lock() = Some(handle);
         Ok(groups)
     }
 
@@ -489,17 +465,14 @@ impl Groups {
 
     /// Stops the persister and writes the final progress.
     pub fn shutdown(&self) -> Result<(), GroupError> {
-        self.stop.stop();
-        if let Some(h) = self.persister.lock().take() {
-            let _ = h.join();
-        }
+        self.workers.lock().stop_and_join(chime_pipeline::STOP_DEADLINE);
         self.persist_all()
     }
 }
 
 impl Drop for Groups {
     fn drop(&mut self) {
-        self.stop.stop();
+        self.workers.lock().request_stop();
     }
 }
 

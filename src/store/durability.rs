@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use chime_pipeline::Supervisor;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
@@ -56,8 +57,8 @@ struct Progress {
 
 #[derive(Default)]
 struct Ctl {
+    /// A sender waits for a flush (sync policy): the flusher starts one at once.
     requested: bool,
-    stop: bool,
 }
 
 pub(super) struct Durability {
@@ -138,29 +139,32 @@ impl Durability {
         }
     }
 
+    /// Refuses appends from now on, and wakes the flusher (its supervisor has been asked to
+    /// stop it: under the lock, so a flusher about to wait cannot miss this).
     pub(super) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
-        self.ctl.lock().stop = true;
+        let _g = self.ctl.lock();
         self.cv.notify_all();
     }
 }
 
-/// Starts the flusher thread. It holds only a weak reference to the store, so dropping the
-/// store ends it.
+/// Starts the flusher thread under `workers`. It holds only a weak reference to the store, so
+/// dropping the store ends it; a stop ends it too (the store is stopped through
+/// [`Durability::stop`] after its supervisor's `request_stop`, which wakes it).
 pub(super) fn spawn_flusher(
+    workers: &mut Supervisor,
     store: Weak<Store>,
     d: Arc<Durability>,
     checkpoint_interval: Duration,
-) -> Result<std::thread::JoinHandle<()>, StoreError> {
-    std::thread::Builder::new()
-        .name("chime-flush".into())
-        .spawn(move || {
+) -> Result<(), StoreError> {
+    workers
+        .spawn("chime-flush", move |ctx| {
             let mut last_checkpoint = Instant::now();
             let mut checkpointed_at: Option<u64> = None;
             loop {
                 let stop = {
                     let mut ctl = d.ctl.lock();
-                    if !ctl.requested && !ctl.stop {
+                    if !ctl.requested && !ctx.stopped() {
                         let wait = match d.policy {
                             FlushPolicy::Async { interval } => interval,
                             FlushPolicy::Sync => checkpoint_interval.saturating_sub(last_checkpoint.elapsed()),
@@ -168,7 +172,7 @@ pub(super) fn spawn_flusher(
                         d.cv.wait_for(&mut ctl, wait);
                     }
                     ctl.requested = false;
-                    ctl.stop
+                    ctx.stopped()
                 };
                 // Shutdown does the final flush itself, after the last append.
                 if stop {

@@ -122,7 +122,8 @@ pub struct Store {
     topics: Topics,
     writer: Mutex<Writer>,
     durability: Arc<Durability>,
-    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Runs the flusher thread.
+    workers: Mutex<chime_pipeline::Supervisor>,
     /// Serialises checkpoint writes (the flusher and the timer both checkpoint the store) and
     /// holds the log position of the last one written, to skip writing an unchanged one.
     checkpoint_lock: Mutex<Option<u64>>,
@@ -156,15 +157,15 @@ impl Store {
             topics: recovered.topics,
             writer: Mutex::new(Writer { log: recovered.writer, last_store_ms: 0, scratch: Vec::new() }),
             durability: durability.clone(),
-            flusher: Mutex::new(None),
+            workers: Mutex::new(chime_pipeline::Supervisor::new()),
             checkpoint_lock: Mutex::new(None),
             fsync_us: Mutex::new((0, crate::histogram::new())),
             recovery: recovered.report,
             opts,
             _lock: dir_lock,
         });
-        let handle = durability::spawn_flusher(Arc::downgrade(&store), durability, store.opts.checkpoint_interval)?;
-        *store.flusher.lock() = Some(handle);
+        let interval = store.opts.checkpoint_interval;
+        durability::spawn_flusher(&mut store.workers.lock(), Arc::downgrade(&store), durability, interval)?;
         Ok(store)
     }
 
@@ -412,9 +413,12 @@ impl Store {
 
     /// Stops the flusher after a final flush and checkpoint. Appends after this fail.
     pub fn shutdown(&self) -> Result<(), StoreError> {
+        let mut workers = self.workers.lock();
+        workers.request_stop();
         self.durability.stop();
-        if let Some(h) = self.flusher.lock().take() {
-            let _ = h.join();
+        let hung = workers.stop_and_join(chime_pipeline::STOP_DEADLINE);
+        if !hung.is_empty() {
+            tracing::error!(?hung, "the flusher did not stop in time");
         }
         self.flush_all()
     }
@@ -422,6 +426,7 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        self.workers.lock().request_stop();
         self.durability.stop();
     }
 }

@@ -458,7 +458,7 @@ impl TimerEngine {
 
     /// Stops the stages (within a deadline) and writes a final checkpoint.
     pub fn shutdown(&self) -> Result<(), TimerError> {
-        let hung = self.supervisor.lock().stop_and_join(Duration::from_secs(10));
+        let hung = self.supervisor.lock().stop_and_join(chime_pipeline::STOP_DEADLINE);
         if !hung.is_empty() {
             tracing::error!(?hung, "timer stages did not stop in time");
         }
@@ -469,7 +469,7 @@ impl TimerEngine {
     /// writes no checkpoint: what a crash leaves behind, for recovery tests.
     /// Returns the stages that did not stop in time.
     pub fn halt_like_a_crash(&self) -> Vec<&'static str> {
-        self.supervisor.lock().stop_and_join(Duration::from_secs(10))
+        self.supervisor.lock().stop_and_join(chime_pipeline::STOP_DEADLINE)
     }
 
     /// Writes a checkpoint now (tests and benchmarks).
