@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::binary::{DumpLogsOnPanic, Proc, Rng};
+use common::client::{self, ack, body_of, post, receive, Until};
 use serde_json::{json, Value};
 
 const TOPIC: &str = "crash";
@@ -27,57 +28,16 @@ const DEFAULT_PAD: usize = 1000;
 // Client helpers
 // ---------------------------------------------------------------------------------------------
 
-async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = http.post(url).json(body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap_or_else(|e| panic!("POST {url}: reading the body: {e}"));
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-async fn receive(http: &reqwest::Client, base: &str, topic: &str, group: &str, req: Value) -> Vec<Value> {
-    let url = format!("{base}/v1/topics/{topic}/groups/{group}/receive");
-    let (s, v) = post(http, &url, &req).await;
-    assert_eq!(s, 200, "receive {req}: {v}");
-    v["messages"].as_array().unwrap_or_else(|| panic!("receive answer without messages: {v}")).clone()
-}
-
-async fn ack(http: &reqwest::Client, base: &str, topic: &str, group: &str, msgs: &[Value]) {
-    let handles: Vec<_> = msgs.iter().map(|m| m["receipt_handle"].clone()).collect();
-    let url = format!("{base}/v1/topics/{topic}/groups/{group}/ack");
-    let (s, v) = post(http, &url, &json!({ "receipt_handles": handles })).await;
-    assert_eq!(s, 200, "ack: {v}");
-    assert_eq!(v["acked"].as_u64(), Some(msgs.len() as u64), "ack of {} fresh handles: {v}", msgs.len());
-}
-
 /// A load body without its padding, for messages.
 fn short(body: &str) -> &str {
     body.trim_end_matches('.')
 }
 
-fn body_of(m: &Value) -> String {
-    m["body"].as_str().unwrap_or_else(|| panic!("message without a text body: {m}")).to_string()
-}
-
-/// Receives the whole topic with `group` (max 1000, wait 200 ms; until two consecutive empty
-/// answers), acking as it goes. Returns (body, message_id) in delivery order.
+/// Receives the whole topic with `group` until it is quiet, acking as it goes. Returns
+/// (body, message_id) in delivery order.
 async fn drain(http: &reqwest::Client, base: &str, topic: &str, group: &str) -> Vec<(String, String)> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out = Vec::new();
-    let mut empties = 0;
-    while empties < 2 {
-        assert!(Instant::now() < deadline, "draining {topic}/{group} takes over 60 s ({} so far)", out.len());
-        let msgs = receive(http, base, topic, group, json!({"max_messages": 1000, "wait_ms": 200})).await;
-        if msgs.is_empty() {
-            empties += 1;
-            continue;
-        }
-        empties = 0;
-        for m in &msgs {
-            out.push((body_of(m), m["message_id"].as_str().unwrap_or_default().to_string()));
-        }
-        ack(http, base, topic, group, &msgs).await;
-    }
-    out
+    let msgs = client::drain(http, base, topic, group, Until::Quiet).await;
+    msgs.iter().map(|m| (body_of(m), m["message_id"].as_str().unwrap_or_default().to_string())).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -39,9 +39,7 @@ async fn read_answer(c: &mut TcpStream) -> (u16, String, Value) {
 
 /// A figure from `/metrics`.
 async fn gauge(s: &TestServer, name: &str) -> u64 {
-    let text = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("{name}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    common::metrics::figure(&s.http, &s.base, name).await as u64
 }
 
 /// Waits (up to 10 s) until the figure `name` satisfies `ok`.

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chime::clock::ManualClock;
+use common::metrics::value;
 use common::{assert_error, test_config, TestServer};
 use serde_json::{json, Value};
 
@@ -186,30 +187,7 @@ async fn stats_list_every_stage_and_lateness() {
 }
 
 async fn scrape(s: &TestServer) -> prometheus_parse::Scrape {
-    let resp = s.http.get(s.url("/metrics")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
-    let text = resp.text().await.unwrap();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let value = line.rsplit(' ').next().unwrap();
-        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "not a sample line: {line:?}");
-    }
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses as Prometheus text")
-}
-
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let sample = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
-    match sample.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        ref other => panic!("{name} is not a number: {other:?}"),
-    }
+    common::metrics::scrape(&s.http, &s.base).await
 }
 
 #[tokio::test]

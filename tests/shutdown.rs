@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::binary::{DumpLogsOnPanic, Proc};
+use common::client::{self, Until};
 use serde_json::{json, Value};
 
 const TOPIC: &str = "term";
@@ -91,30 +92,8 @@ async fn consumer(http: reqwest::Client, base: String, stop: Arc<AtomicBool>) ->
 
 /// Everything group `group` receives within `for_ms` (acking it).
 async fn drain(http: &reqwest::Client, base: &str, group: &str, for_ms: u64) -> Vec<String> {
-    let mut got = Vec::new();
-    let until = Instant::now() + Duration::from_millis(for_ms);
-    while Instant::now() < until {
-        let v: Value = http
-            .post(format!("{base}/v1/topics/{TOPIC}/groups/{group}/receive"))
-            .json(&json!({"max_messages": 1000, "wait_ms": 300}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let msgs = v["messages"].as_array().cloned().unwrap_or_default();
-        let handles: Vec<Value> = msgs.iter().map(|m| m["receipt_handle"].clone()).collect();
-        if !handles.is_empty() {
-            http.post(format!("{base}/v1/topics/{TOPIC}/groups/{group}/ack"))
-                .json(&json!({"receipt_handles": handles}))
-                .send()
-                .await
-                .unwrap();
-        }
-        got.extend(msgs.iter().map(|m| m["body"].as_str().unwrap().to_string()));
-    }
-    got
+    let msgs = client::drain(http, base, TOPIC, group, Until::For(Duration::from_millis(for_ms))).await;
+    msgs.iter().map(client::body_of).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,11 +40,11 @@ pub fn run(args: &CancelArgs) -> Result<Report, String> {
         return Err("--count and --concurrency must be at least 1".into());
     }
     let profiles = args.each.profiles()?;
-    let rt = client_runtime(args.each.client_threads)?;
+    let rt = client_runtime(args.each.run.client_threads)?;
     let mut report = Report::new(
         "cancel",
-        json!({"count": args.count, "concurrency": args.concurrency, "profiles": profiles, "runs": args.each.runs,
-               "server": args.each.target.mode()?.name(), "url": args.each.target.url, "seed": SEED}),
+        json!({"count": args.count, "concurrency": args.concurrency, "profiles": profiles, "runs": args.each.run.runs,
+               "server": args.each.run.target.mode()?.name(), "url": args.each.run.target.url, "seed": SEED}),
     );
     report.runs = args.each.each("cancel", |profile, target, f| rt.block_on(profile_run(args, profile, target, f)))?;
     let m = report.median();

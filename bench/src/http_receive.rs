@@ -21,7 +21,7 @@ use crate::http::{self, Consumer, SendPlan};
 use crate::http_send::{client_runtime, CpuMeter, QUEUES, TOPIC};
 use crate::progress;
 use crate::report::{new_histogram, record_us, Figures, Report};
-use crate::target::{Mode, Target, TargetArgs};
+use crate::target::{Mode, RunArgs, Target};
 
 const INVISIBLE_MS: u64 = 600_000;
 const STALL: Duration = Duration::from_secs(10);
@@ -46,14 +46,8 @@ pub struct HttpReceiveArgs {
     /// Skip the receive-only phase.
     #[arg(long)]
     pub skip_receive_only: bool,
-    /// Runs, each against a fresh server; the median of each figure is reported.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Worker threads of the load generator's runtime. Default: the number of cores.
-    #[arg(long)]
-    pub client_threads: Option<usize>,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub run: RunArgs,
 }
 
 #[derive(Default)]
@@ -67,28 +61,17 @@ struct ConsumerOut {
 }
 
 pub fn run(args: &HttpReceiveArgs) -> Result<Report, String> {
-    if args.count == 0 || !(1..=1000).contains(&args.max) || args.concurrency == 0 || args.runs == 0 {
+    if args.count == 0 || !(1..=1000).contains(&args.max) || args.concurrency == 0 || args.run.runs == 0 {
         return Err("--count, --concurrency and --runs must be at least 1 and --max 1..=1000".into());
     }
-    let mode = args.target.mode()?;
-    let rt = client_runtime(args.client_threads)?;
-    let mut report = Report::new(
-        "http-receive",
-        json!({
-            "count": args.count, "max": args.max, "concurrency": args.concurrency, "bodies": args.bodies,
-            "preload_batch": 1000, "preload_concurrency": args.preload_concurrency,
-            "invisible_ms": INVISIBLE_MS, "runs": args.runs, "profile": args.target.profile,
-            "server": mode.name(), "url": args.target.url, "client_threads": args.client_threads,
-        }),
-    );
-    for i in 0..args.runs {
-        crate::note!("http-receive: run {}/{} ({})", i + 1, args.runs, mode.name());
-        let (mut f, stop_time) = Target::run(&args.target, |target| one_run(args, &rt, target, mode))?;
-        if mode != Mode::Url {
-            f.add("server_stop_s", stop_time.as_secs_f64());
-        }
-        report.runs.push(f);
-    }
+    let mode = args.run.target.mode()?;
+    let rt = client_runtime(args.run.client_threads)?;
+    let params = json!({
+        "count": args.count, "max": args.max, "concurrency": args.concurrency, "bodies": args.bodies,
+        "preload_batch": 1000, "preload_concurrency": args.preload_concurrency, "invisible_ms": INVISIBLE_MS,
+    });
+    let mut report = Report::new("http-receive", args.run.params(params)?);
+    report.runs = args.run.each("http-receive", |target| one_run(args, &rt, target, mode))?;
     Ok(report)
 }
 

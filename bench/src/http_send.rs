@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::http::{self, SendPlan};
 use crate::report::{cpu_seconds, machine_busy_seconds, Figures, Report};
-use crate::target::{Mode, Target, TargetArgs};
+use crate::target::{Mode, RunArgs, Target};
 
 pub const TOPIC: &str = "bench";
 pub const QUEUES: u16 = 8;
@@ -28,14 +28,8 @@ pub struct HttpSendArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     pub bodies: usize,
-    /// Runs, each against a fresh server; the median of each figure is reported.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Worker threads of the load generator's runtime. Default: the number of cores.
-    #[arg(long)]
-    pub client_threads: Option<usize>,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub run: RunArgs,
 }
 
 pub fn client_runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
@@ -90,27 +84,15 @@ impl CpuMeter {
 }
 
 pub fn run(args: &HttpSendArgs) -> Result<Report, String> {
-    if args.count == 0 || args.batch == 0 || args.batch > 1000 || args.concurrency == 0 || args.runs == 0 {
+    if args.count == 0 || args.batch == 0 || args.batch > 1000 || args.concurrency == 0 || args.run.runs == 0 {
         return Err("--count, --concurrency and --runs must be at least 1 and --batch 1..=1000".into());
     }
-    let mode = args.target.mode()?;
-    let rt = client_runtime(args.client_threads)?;
-    let mut report = Report::new(
-        "http-send",
-        json!({
-            "count": args.count, "batch": args.batch, "concurrency": args.concurrency, "bodies": args.bodies,
-            "runs": args.runs, "profile": args.target.profile, "server": mode.name(),
-            "url": args.target.url, "client_threads": args.client_threads,
-        }),
-    );
-    for i in 0..args.runs {
-        crate::note!("http-send: run {}/{} ({})", i + 1, args.runs, mode.name());
-        let (mut f, stop_time) = Target::run(&args.target, |target| one_run(args, &rt, target, mode))?;
-        if mode != Mode::Url {
-            f.add("server_stop_s", stop_time.as_secs_f64());
-        }
-        report.runs.push(f);
-    }
+    let mode = args.run.target.mode()?;
+    let rt = client_runtime(args.run.client_threads)?;
+    let params =
+        json!({"count": args.count, "batch": args.batch, "concurrency": args.concurrency, "bodies": args.bodies});
+    let mut report = Report::new("http-send", args.run.params(params)?);
+    report.runs = args.run.each("http-send", |target| one_run(args, &rt, target, mode))?;
     Ok(report)
 }
 

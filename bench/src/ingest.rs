@@ -113,14 +113,14 @@ pub fn run(args: &IngestArgs) -> Result<Report, String> {
         return Err("--single-count, --batch-count and the concurrencies must be at least 1, --batch 2..=1000".into());
     }
     let profiles = args.each.profiles()?;
-    let rt = client_runtime(args.each.client_threads)?;
+    let rt = client_runtime(args.each.run.client_threads)?;
     let mut report = Report::new(
         "ingest",
         json!({
             "single_count": args.single_count, "batch_count": args.batch_count, "batch": args.batch,
             "single_concurrency": args.single_concurrency, "batch_concurrency": args.batch_concurrency,
-            "bodies": args.bodies, "profiles": profiles, "runs": args.each.runs,
-            "server": args.each.target.mode()?.name(), "url": args.each.target.url, "seed": SEED,
+            "bodies": args.bodies, "profiles": profiles, "runs": args.each.run.runs,
+            "server": args.each.run.target.mode()?.name(), "url": args.each.run.target.url, "seed": SEED,
             "deliver_within_ms": [HOUR_MS, 2 * HOUR_MS],
         }),
     );

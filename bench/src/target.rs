@@ -38,30 +38,74 @@ pub struct TargetArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// How many runs, against which server, with how many client threads: the options every HTTP
+/// scenario shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Runs, each against a fresh server; the median of each figure is reported.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Worker threads of the load generator's runtime. Default: the number of cores.
+    #[arg(long)]
+    pub client_threads: Option<usize>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+impl RunArgs {
+    /// A scenario's report parameters with those these options set added.
+    pub fn params(&self, mut scenario: serde_json::Value) -> Result<serde_json::Value, String> {
+        for (k, v) in [
+            ("runs", serde_json::json!(self.runs)),
+            ("profile", serde_json::json!(self.target.profile)),
+            ("server", serde_json::json!(self.target.mode()?.name())),
+            ("url", serde_json::json!(self.target.url)),
+            ("client_threads", serde_json::json!(self.client_threads)),
+        ] {
+            scenario[k] = v;
+        }
+        Ok(scenario)
+    }
+
+    /// Calls `f(target)` against a fresh server `runs` times; returns each run's figures, with
+    /// the server's stop time (`server_stop_s`) for a server this tool started.
+    pub fn each(
+        &self,
+        scenario: &str,
+        mut f: impl FnMut(&mut Target) -> Result<Figures, String>,
+    ) -> Result<Vec<Figures>, String> {
+        let mode = self.target.mode()?;
+        let mut out = Vec::new();
+        for i in 0..self.runs {
+            crate::note!("{scenario}: run {}/{} ({})", i + 1, self.runs, mode.name());
+            let (mut figures, stop_time) = Target::run(&self.target, &mut f)?;
+            if mode != Mode::Url {
+                figures.add("server_stop_s", stop_time.as_secs_f64());
+            }
+            out.push(figures);
+        }
+        Ok(out)
+    }
+}
+
 /// Runs against a fresh server of each of several built-in profiles (`ingest`, `cancel`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProfileRuns {
     /// Built-in profiles to run, comma-separated (ignored with --url).
     #[arg(long, value_delimiter = ',', default_value = "default,durable")]
     pub profiles: Vec<String>,
-    /// Runs, each against fresh servers; the median of each figure is reported.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Worker threads of the load generator's runtime. Default: the number of cores.
-    #[arg(long)]
-    pub client_threads: Option<usize>,
     /// The server (its --profile is replaced by each of --profiles).
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub run: RunArgs,
 }
 
 impl ProfileRuns {
     /// The profiles to run (`url` alone with --url: that server, whatever its profile).
     pub fn profiles(&self) -> Result<Vec<String>, String> {
-        if self.runs == 0 || self.profiles.is_empty() {
+        if self.run.runs == 0 || self.profiles.is_empty() {
             return Err("--runs must be at least 1 and --profiles not empty".into());
         }
-        Ok(if self.target.mode()? == Mode::Url { vec!["url".into()] } else { self.profiles.clone() })
+        Ok(if self.run.target.mode()? == Mode::Url { vec!["url".into()] } else { self.profiles.clone() })
     }
 
     /// Calls `f(profile, target, figures)` against a fresh server of each profile, `runs`
@@ -71,13 +115,13 @@ impl ProfileRuns {
         scenario: &str,
         mut f: impl FnMut(&str, &Target, &mut Figures) -> Result<(), String>,
     ) -> Result<Vec<Figures>, String> {
-        let mode = self.target.mode()?;
+        let mode = self.run.target.mode()?;
         let mut runs = Vec::new();
-        for i in 0..self.runs {
+        for i in 0..self.run.runs {
             let mut figures = Figures::default();
             for profile in self.profiles()? {
-                crate::note!("{scenario}: run {}/{}, profile {profile} ({})", i + 1, self.runs, mode.name());
-                let mut t = self.target.clone();
+                crate::note!("{scenario}: run {}/{}, profile {profile} ({})", i + 1, self.run.runs, mode.name());
+                let mut t = self.run.target.clone();
                 if mode != Mode::Url {
                     t.profile = profile.clone();
                 }

@@ -52,7 +52,7 @@ use crate::http_send::{client_runtime, CpuMeter};
 use crate::progress;
 use crate::report::{Figures, Report};
 use crate::rng::{self, SplitMix64, SEED};
-use crate::target::{Mode, Target, TargetArgs};
+use crate::target::{Mode, RunArgs, Target};
 
 pub const TOPIC: &str = "timer-bench";
 const QUEUES: u16 = 8;
@@ -153,14 +153,8 @@ pub struct DueArgs {
     /// Fail if a message is still missing this long after the last deliver time (ms).
     #[arg(long, default_value_t = 60_000)]
     pub timeout_ms: i64,
-    /// Runs, each against a fresh server; the median of each figure is reported.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Worker threads of the load generator's runtime. Default: the number of cores.
-    #[arg(long)]
-    pub client_threads: Option<usize>,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub run: RunArgs,
 }
 
 /// When the messages of a scenario are due, relative to the start of the window `D`.
@@ -313,11 +307,11 @@ pub fn run_steady(args: &SteadyArgs) -> Result<Report, String> {
 }
 
 fn run(scenario: &'static str, plan: Plan, args: &DueArgs) -> Result<Report, String> {
-    if plan.count == 0 || args.send_concurrency == 0 || args.runs == 0 {
+    if plan.count == 0 || args.send_concurrency == 0 || args.run.runs == 0 {
         return Err("--count, --send-concurrency and --runs must be at least 1".into());
     }
-    let mode = args.target.mode()?;
-    let rt = client_runtime(args.client_threads)?;
+    let mode = args.run.target.mode()?;
+    let rt = client_runtime(args.run.client_threads)?;
     let mut params = plan.params();
     for (k, v) in [
         ("consumers", json!(args.consumers)),
@@ -326,33 +320,25 @@ fn run(scenario: &'static str, plan: Plan, args: &DueArgs) -> Result<Report, Str
         ("invisible_ms", json!(INVISIBLE_MS)),
         ("send_concurrency", json!(args.send_concurrency)),
         ("bodies", json!(args.bodies)),
-        ("runs", json!(args.runs)),
-        ("profile", json!(args.target.profile)),
-        ("server", json!(mode.name())),
-        ("url", json!(args.target.url)),
         ("warm_topic", json!(args.warm_topic)),
     ] {
         params[k] = v;
     }
-    let mut report = Report::new(scenario, params);
-    let mut early_total = 0.0;
-    let mut client_early_total = 0.0;
+    let mut report = Report::new(scenario, args.run.params(params)?);
     let mut warnings = Vec::new();
     let mut by_second = Vec::new();
-    for i in 0..args.runs {
-        crate::note!("{scenario}: run {}/{} ({}), {} messages", i + 1, args.runs, mode.name(), plan.count);
-        let ((f, rows), _) = Target::run(&args.target, |target| {
-            let result = one_run(scenario, &plan, args, &rt, target, mode);
-            if let Some(log) = target.server_log() {
-                warnings.extend(log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).map(str::to_owned));
-            }
-            result
-        })?;
-        early_total += f.get("early").unwrap_or(0.0);
-        client_early_total += f.get("client_early").unwrap_or(0.0);
-        report.runs.push(f);
+    crate::note!("{scenario}: {} messages a run", plan.count);
+    report.runs = args.run.each(scenario, |target| {
+        let result = one_run(scenario, &plan, args, &rt, target, mode);
+        if let Some(log) = target.server_log() {
+            warnings.extend(log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).map(str::to_owned));
+        }
+        let (f, rows) = result?;
         by_second = rows;
-    }
+        Ok(f)
+    })?;
+    let early_total: f64 = report.runs.iter().map(|f| f.get("early").unwrap_or(0.0)).sum();
+    let client_early_total: f64 = report.runs.iter().map(|f| f.get("client_early").unwrap_or(0.0)).sum();
     let m = report.median();
     let x = &mut report.extra;
     x.insert("count".into(), json!(plan.count));

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod client;
+pub mod metrics;
 
 use std::path::Path;
 use std::sync::Arc;
