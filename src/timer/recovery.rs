@@ -166,8 +166,8 @@ pub(super) fn count_pending(
         tally.count(states, sys_topic, store, off)?;
     }
     let Tally { n, per_topic, mut times } = tally;
-    // In time order the index's updates touch its memory in order: `TimerEngine::start` with
-    // 1M pending at random times took 0.87 s in send order, 0.37 s sorted (`enqueue` bench).
+    // In time order the index's updates touch its memory in order, which more than pays for
+    // the sort (bench/RESULTS.md, `TimerEngine::start` with 1M pending).
     times.sort_unstable();
     let mut congestion = congestion;
     times.iter().for_each(|&t| congestion.add(t, 1));

@@ -38,9 +38,9 @@ pub(super) fn dequeue_get(core: &Core, tx: &queue::Sender<FireReq>, ctx: &StageC
         // not in the list's own order (newest placed first). dequeue-put holds at most
         // `queue_capacity` messages; a slot bigger than that, read in any other order, would
         // fill it with messages due late in the slot and make those due first wait behind them
-        // (a 1M burst spread over its second came out up to 2 s late that way). The walk keeps
-        // 16 bytes per unit and reads each unit twice (the second read copies it out of the
-        // mapped log).
+        // (tests/timer_engine.rs, `a_slot_bigger_than_the_queues_fires_in_deliver_order`). The
+        // walk keeps 16 bytes per unit and reads each unit twice (the second read copies it out
+        // of the mapped log).
         let mut chain = Vec::new();
         let mut pos1 = slot.last;
         while pos1 != 0 {
