@@ -178,6 +178,20 @@ pub struct StoreConfig {
     pub flush_interval: HumanDuration,
     /// Entries per consume-queue segment file (1024..=10_000_000). Default: 300000
     pub consume_queue_segment_entries: u32,
+    /// A commit-log segment whose newest record is older than this is reclaimed (1s..=3650d).
+    /// Pending scheduled messages in it are carried forward first. Default: 72h
+    pub retention: HumanDuration,
+    /// Oldest segments are reclaimed while the log is larger than this (0 = no limit).
+    /// Default: 0B
+    pub retention_bytes: ByteSize,
+    /// How often the retention rules and the disk limits are applied (100ms..=1h). Default: 10s
+    pub retention_check_interval: HumanDuration,
+    /// Above this share of the disk used, the oldest reclaimable segments go early, whatever
+    /// their age (0.5..=0.99). Default: 0.85
+    pub disk_soft_limit: f64,
+    /// Above this share of the disk used, sends answer 503 "disk full" and nothing is stored
+    /// (above disk_soft_limit, at most 1). Default: 0.95
+    pub disk_hard_limit: f64,
 }
 
 impl Default for StoreConfig {
@@ -187,6 +201,11 @@ impl Default for StoreConfig {
             flush: FlushMode::Async,
             flush_interval: HumanDuration::from_millis(200),
             consume_queue_segment_entries: 300_000,
+            retention: HumanDuration::from_secs(72 * 3600),
+            retention_bytes: ByteSize(0),
+            retention_check_interval: HumanDuration::from_secs(10),
+            disk_soft_limit: 0.85,
+            disk_hard_limit: 0.95,
         }
     }
 }

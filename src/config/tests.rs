@@ -350,10 +350,15 @@ fn every_leaf_key_has_a_distinct_env_var() {
         "CHIME_ADMISSION_RETRY_AFTER",
         "CHIME_LIMITS_MAX_TOPICS",
         "CHIME_LIMITS_MAX_GROUPS_PER_TOPIC",
+        "CHIME_STORE_RETENTION",
+        "CHIME_STORE_RETENTION_BYTES",
+        "CHIME_STORE_RETENTION_CHECK_INTERVAL",
+        "CHIME_STORE_DISK_SOFT_LIMIT",
+        "CHIME_STORE_DISK_HARD_LIMIT",
     ] {
         assert!(vars.contains(var), "{var}");
     }
-    assert_eq!(vars.len(), 28);
+    assert_eq!(vars.len(), 33);
     assert!(!vars.contains(PROFILE_ENV));
 }
 
@@ -563,6 +568,7 @@ fn profile_comments_state_the_validated_ranges() {
                             Bound::Duration(..) => Bound::Duration(lo.parse().unwrap(), hi.parse().unwrap()),
                             Bound::Bytes(..) => Bound::Bytes(lo.parse().unwrap(), hi.parse().unwrap()),
                             Bound::Int(..) => Bound::Int(lo.parse().unwrap(), hi.parse().unwrap()),
+                            Bound::Ratio(..) => Bound::Ratio(lo.parse().unwrap(), hi.parse().unwrap()),
                         };
                         assert_eq!(parsed, b, "profiles/{name}.toml: {key} says ({lo}..={hi})");
                         stated += 1;

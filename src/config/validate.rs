@@ -29,6 +29,7 @@ pub enum Bound {
     Duration(HumanDuration, HumanDuration),
     Bytes(ByteSize, ByteSize),
     Int(u64, u64),
+    Ratio(f64, f64),
 }
 
 /// Every key with a plain range: `(key, bounds)`. Keys whose bounds depend on other keys are
@@ -38,6 +39,9 @@ pub const RANGES: &[(&str, Bound)] = &[
     ("max_message_bytes", Bound::Bytes(ByteSize(1), MAX_MESSAGE_LIMIT)),
     ("store.flush_interval", Bound::Duration(MIN_INTERVAL, MAX_INTERVAL)),
     ("store.consume_queue_segment_entries", Bound::Int(MIN_CQ_ENTRIES as u64, MAX_CQ_ENTRIES as u64)),
+    ("store.retention", Bound::Duration(HumanDuration::from_secs(1), HumanDuration::from_days(3650))),
+    ("store.retention_check_interval", Bound::Duration(HumanDuration::from_millis(100), HumanDuration::from_secs(3600))),
+    ("store.disk_soft_limit", Bound::Ratio(0.5, 0.99)),
     ("http.header_read_timeout", Bound::Duration(HumanDuration::from_millis(100), HumanDuration::from_secs(600))),
     ("http.body_read_timeout", Bound::Duration(HumanDuration::from_millis(100), HumanDuration::from_secs(3600))),
     ("limits.max_topics", Bound::Int(1, 1_000_000)),
@@ -62,6 +66,9 @@ fn value(c: &Config, key: &str) -> Bound {
         "max_message_bytes" => b(c.max_message_bytes),
         "store.flush_interval" => d(c.store.flush_interval),
         "store.consume_queue_segment_entries" => i(c.store.consume_queue_segment_entries.into()),
+        "store.retention" => d(c.store.retention),
+        "store.retention_check_interval" => d(c.store.retention_check_interval),
+        "store.disk_soft_limit" => Bound::Ratio(c.store.disk_soft_limit, c.store.disk_soft_limit),
         "http.header_read_timeout" => d(c.http.header_read_timeout),
         "http.body_read_timeout" => d(c.http.body_read_timeout),
         "limits.max_topics" => i(c.limits.max_topics),
@@ -85,6 +92,9 @@ fn check(key: &str, v: Bound, bound: Bound) -> Result<(), ConfigError> {
         }
         (Bound::Bytes(v, _), Bound::Bytes(lo, hi)) => (v < lo || v > hi).then(|| format!("{lo} and {hi}, got {v}")),
         (Bound::Int(v, _), Bound::Int(lo, hi)) => (v < lo || v > hi).then(|| format!("{lo} and {hi}, got {v}")),
+        (Bound::Ratio(v, _), Bound::Ratio(lo, hi)) => {
+            (v.is_nan() || v < lo || v > hi).then(|| format!("{lo} and {hi}, got {v}"))
+        }
         _ => unreachable!("{key}: the value's kind differs from its bound's"),
     };
     match out {
@@ -162,6 +172,13 @@ impl Config {
             return invalid(
                 "store.segment_size",
                 format!("must be at least max_message_bytes + {SEGMENT_HEADROOM} ({min_segment}), got {segment}"),
+            );
+        }
+        let (soft, hard) = (self.store.disk_soft_limit, self.store.disk_hard_limit);
+        if hard.is_nan() || hard <= soft || hard > 1.0 {
+            return invalid(
+                "store.disk_hard_limit",
+                format!("must be above store.disk_soft_limit ({soft}) and at most 1, got {hard}"),
             );
         }
         let inflight = self.admission.max_inflight_bytes;
