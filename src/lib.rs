@@ -12,6 +12,7 @@ pub mod group;
 pub mod histogram;
 pub mod http;
 pub mod names;
+pub mod retention;
 pub mod schedule;
 pub mod server;
 pub mod service;

@@ -6,6 +6,7 @@
 //! finish (long polls end early), then persist group progress, flush and checkpoint the store.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -33,6 +34,8 @@ pub enum ServerError {
     Group(#[from] GroupError),
     #[error("timer failed")]
     Timer(#[from] TimerError),
+    #[error("retention failed")]
+    Retention(#[from] crate::retention::RetentionError),
     #[error("server failed")]
     Io(#[from] std::io::Error),
     #[error("recovery task failed: {0}")]
@@ -51,6 +54,18 @@ pub fn store_options(config: &Config) -> StoreOptions {
             FlushMode::Sync => FlushPolicy::Sync,
         },
         checkpoint_interval: interval,
+    }
+}
+
+/// Retention's options from the config.
+pub fn retention_options(config: &Config) -> crate::retention::RetentionOptions {
+    crate::retention::RetentionOptions {
+        data_dir: config.data_dir.clone(),
+        retention: config.store.retention.0,
+        retention_bytes: config.store.retention_bytes.0,
+        check_interval: config.store.retention_check_interval.0,
+        soft_limit: config.store.disk_soft_limit,
+        hard_limit: config.store.disk_hard_limit,
     }
 }
 
@@ -117,6 +132,8 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         auto_create_topics: config.auto_create_topics,
         default_queues: config.default_queues,
     };
+    let retention_opts = retention_options(config);
+    let clock_for_retention = clock.clone();
     let ready_state = state.clone();
     let recovery = tokio::task::spawn_blocking(move || -> Result<Core, ServerError> {
         let store = Store::open_locked(lock, opts, clock)?;
@@ -131,7 +148,14 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         let timer = TimerEngine::start(store.clone(), timer_opts)?;
         tracing::info!(recovery = %timer.recovery_summary(), "timer started");
         let broker = crate::service::Broker::new(store.clone(), timer.clone(), broker_opts);
-        Ok(Core { store, groups, timer, broker })
+        let retention = crate::retention::Retention::start(
+            store.clone(),
+            timer.clone(),
+            clock_for_retention,
+            retention_opts,
+            Arc::new(crate::retention::real_disk),
+        )?;
+        Ok(Core { store, groups, timer, broker, retention })
     });
 
     let app = http::router(state.clone());
@@ -160,6 +184,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         server.await.map_err(|e| ServerError::Task(e.to_string()))??;
         // Requests are done: persist progress, then the final flush and checkpoint.
         if let Ok(core) = ready_state.core() {
+            core.retention.shutdown();
             core.timer.shutdown()?;
             core.groups.shutdown()?;
             core.store.shutdown()?;

@@ -40,7 +40,10 @@ pub const RANGES: &[(&str, Bound)] = &[
     ("store.flush_interval", Bound::Duration(MIN_INTERVAL, MAX_INTERVAL)),
     ("store.consume_queue_segment_entries", Bound::Int(MIN_CQ_ENTRIES as u64, MAX_CQ_ENTRIES as u64)),
     ("store.retention", Bound::Duration(HumanDuration::from_secs(1), HumanDuration::from_days(3650))),
-    ("store.retention_check_interval", Bound::Duration(HumanDuration::from_millis(100), HumanDuration::from_secs(3600))),
+    (
+        "store.retention_check_interval",
+        Bound::Duration(HumanDuration::from_millis(100), HumanDuration::from_secs(3600)),
+    ),
     ("store.disk_soft_limit", Bound::Ratio(0.5, 0.99)),
     ("http.header_read_timeout", Bound::Duration(HumanDuration::from_millis(100), HumanDuration::from_secs(600))),
     ("http.body_read_timeout", Bound::Duration(HumanDuration::from_millis(100), HumanDuration::from_secs(3600))),

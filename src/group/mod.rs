@@ -331,8 +331,13 @@ impl Groups {
             }
         }
         // 2. New messages.
+        let retained_from = self.store.min_offset();
         for qi in (0..nq).map(|i| (start + i) % nq) {
             let cq = &topic.queues[qi];
+            if let Some(to) = first_retained(cq, st.queues[qi].next, retained_from) {
+                st.queues[qi].expire_to(to);
+                changed = true;
+            }
             while out.len() < max && !full {
                 let p = &mut st.queues[qi];
                 let offset = p.next;
@@ -376,6 +381,13 @@ impl Groups {
         Ok(Received { messages: out, wake_at_ms })
     }
 
+    /// Messages that consumer groups never received because retention reclaimed them first,
+    /// over every group.
+    pub fn expired_total(&self) -> u64 {
+        let groups: Vec<Arc<GroupTopic>> = self.states.lock().map.values().cloned().collect();
+        groups.iter().map(|g| g.state.lock().queues.iter().map(|q| q.expired).sum::<u64>()).sum()
+    }
+
     /// Reads and checks the record a consume-queue entry points at.
     fn record_at(
         &self,
@@ -386,6 +398,9 @@ impl Groups {
         expr: &TagExpr,
     ) -> Option<Checked> {
         let entry = entry?;
+        if entry.log_offset < self.store.min_offset() {
+            return None; // reclaimed by retention (a redelivery of it is dropped)
+        }
         let r = self.store.read(entry.log_offset).map(|r| r.verify());
         let checked = match &r {
             Some(Ok(r)) => {
@@ -474,6 +489,27 @@ impl Drop for Groups {
     fn drop(&mut self) {
         self.workers.lock().request_stop();
     }
+}
+
+/// Where a group reading `cq` from `next` must go on if its next message was reclaimed: the
+/// first offset whose record is at or after `retained_from` (the commit log's first byte), or
+/// `None` if the next one is still there. A binary search: entries are in log order.
+fn first_retained(cq: &crate::store::consume_queue::ConsumeQueue, next: u64, retained_from: u64) -> Option<u64> {
+    let end = cq.next();
+    let gone = |o: u64| cq.get(o).is_none_or(|e| e.log_offset < retained_from);
+    if next >= end || !gone(next) {
+        return None;
+    }
+    let (mut lo, mut hi) = (next + 1, end);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if gone(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
 }
 
 /// Decodes a group-progress file (empty = no progress yet) and restores one queue per entry of

@@ -31,6 +31,8 @@ pub struct QueueProgress {
     done: BTreeSet<u64>,
     inflight: BTreeMap<u64, Inflight>,
     by_deadline: BTreeSet<(i64, u64)>,
+    /// Messages the group never received because retention reclaimed them first.
+    pub expired: u64,
 }
 
 /// The persisted form (see `persist`).
@@ -43,6 +45,9 @@ pub struct QueueSnapshot {
     /// `[offset, attempt, visible_at]`
     #[serde(default)]
     pub inflight: Vec<(u64, u32, i64)>,
+    /// Messages reclaimed before the group received them.
+    #[serde(default)]
+    pub expired: u64,
 }
 
 impl QueueProgress {
@@ -52,6 +57,7 @@ impl QueueProgress {
             next: self.next,
             done: self.done.iter().copied().collect(),
             inflight: self.inflight.iter().map(|(&o, i)| (o, i.attempt, i.visible_at)).collect(),
+            expired: self.expired,
         }
     }
 
@@ -61,7 +67,7 @@ impl QueueProgress {
     pub fn restore(s: &QueueSnapshot, available: u64) -> Self {
         let next = s.next.min(available);
         let floor = s.floor.min(next);
-        let mut p = Self { floor, next, ..Self::default() };
+        let mut p = Self { floor, next, expired: s.expired, ..Self::default() };
         p.done = s.done.iter().copied().filter(|&o| o >= floor && o < next).collect();
         for &(o, attempt, visible_at) in &s.inflight {
             if o >= floor && o < next && !p.done.contains(&o) {
@@ -109,6 +115,22 @@ impl QueueProgress {
 
     /// Marks `next` done without delivering it (filtered out by the group's tag expression,
     /// or unreadable).
+    /// Moves the next offset on to `to`, counting the offsets passed as expired (retention
+    /// reclaimed their messages before the group received them).
+    pub fn expire_to(&mut self, to: u64) {
+        if to <= self.next {
+            return;
+        }
+        self.expired += to - self.next;
+        if self.floor == self.next {
+            self.floor = to;
+        } else {
+            self.done.extend(self.next..to);
+        }
+        self.next = to;
+        self.advance_floor();
+    }
+
     pub fn skip_next(&mut self) {
         self.done.insert(self.next);
         self.next += 1;
@@ -219,7 +241,7 @@ mod tests {
 
     #[test]
     fn restore_fills_gaps_for_redelivery() {
-        let s = QueueSnapshot { floor: 2, next: 6, done: vec![3], inflight: vec![(5, 2, 50)] };
+        let s = QueueSnapshot { floor: 2, next: 6, done: vec![3], inflight: vec![(5, 2, 50)], expired: 0 };
         let r = QueueProgress::restore(&s, 10);
         r.debug_check();
         // 2 and 4 were handed out but their state is unknown: redeliver immediately.

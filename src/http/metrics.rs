@@ -281,6 +281,47 @@ impl Collector for ServiceCollector {
             "Topics, the timer's system topic included",
             core.store.topics().list().len() as i64,
         )?;
+        let s = core.retention.report();
+        gauge(
+            &mut e,
+            "storage_disk_total_bytes",
+            "Size of the data directory's file system",
+            s.disk.total_bytes as i64,
+        )?;
+        gauge(&mut e, "storage_disk_free_bytes", "Space available to chime on it", s.disk.free_bytes as i64)?;
+        gauge(&mut e, "storage_commitlog_segments", "Commit-log segment files", s.commitlog.segments as i64)?;
+        gauge(
+            &mut e,
+            "storage_pinned_segments",
+            "Segments kept beyond retention by pending messages",
+            s.pinned.segments as i64,
+        )?;
+        gauge(
+            &mut e,
+            "storage_pinned_bytes",
+            "Bytes kept beyond retention by pending messages",
+            s.pinned.bytes as i64,
+        )?;
+        counter(&mut e, "storage_reclaimed_segments", "Commit-log segments reclaimed", s.reclaimed.segments)?;
+        counter(&mut e, "storage_reclaimed_bytes", "Commit-log bytes reclaimed", s.reclaimed.bytes)?;
+        counter(
+            &mut e,
+            "storage_carried_forward",
+            "Pending scheduled messages carried forward out of reclaimed segments",
+            s.carried_forward,
+        )?;
+        gauge(
+            &mut e,
+            "storage_accepting",
+            "1 while sends are accepted, 0 above store.disk_hard_limit",
+            i64::from(s.accepting),
+        )?;
+        counter(
+            &mut e,
+            "group_expired",
+            "Messages consumer groups never received: reclaimed first",
+            core.groups.expired_total(),
+        )?;
         let fsync = core.store.fsync_buckets(FSYNC_BOUNDS_US);
         histogram(&mut e, "store_fsync_seconds", "Commit-log fsync latency", FSYNC_BOUNDS_US, 1e-6, &fsync)?;
         Ok(())

@@ -14,6 +14,7 @@ pub mod openapi;
 mod path;
 mod send;
 pub mod serve;
+mod storage;
 
 use std::sync::{Arc, OnceLock};
 
@@ -55,6 +56,8 @@ pub struct Core {
     pub timer: Arc<TimerEngine>,
     /// The use cases (send, status, cancel) over the store and the timer.
     pub broker: crate::service::Broker,
+    /// The storage lifecycle (retention, disk limits).
+    pub retention: Arc<crate::retention::Retention>,
 }
 
 pub struct Shared {
@@ -130,6 +133,7 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/v1/topics/{topic}/groups/{group}/ack", Method::POST, post(consume::ack)),
         ("/v1/timer/stats", Method::GET, get(timer_stats)),
         ("/v1/timer/congestion", Method::GET, get(congestion::congestion)),
+        ("/v1/storage", Method::GET, get(storage::storage)),
         ("/metrics", Method::GET, get(metrics::metrics)),
     ]
 }

@@ -41,13 +41,15 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
         super::consume::ack,
         super::timer_stats,
         super::congestion::congestion,
+        super::storage::storage,
     ),
     components(schemas(ErrorBody, ErrorDetail, Code, super::send::MessageIn)),
     modifiers(&BearerAuth, &V1Common),
     tags(
         (name = "topics"), (name = "messages", description = "Send, schedule, look up and cancel"),
         (name = "consumers", description = "Consumer groups: receive and ack (at least once)"),
-        (name = "timer", description = "Timer observability"), (name = "health"), (name = "meta"),
+        (name = "timer", description = "Timer observability"),
+        (name = "storage", description = "Disk use, retention and reclamation"), (name = "health"), (name = "meta"),
     )
 )]
 pub struct ApiDoc;

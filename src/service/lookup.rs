@@ -7,12 +7,13 @@
 
 use super::{Broker, ServiceError};
 use crate::store::{MessageId, VerifiedRecord};
-use crate::timer::{MessageState, SYSTEM_TOPIC};
+use crate::timer::{MessageState, TimerError, SYSTEM_TOPIC};
 
 /// What an id names in a topic.
 pub enum Found {
-    /// A scheduled message (the timer knows its state): its record, checked once.
-    Scheduled(VerifiedRecord),
+    /// A scheduled message (the timer knows its state): its id and its record, checked once
+    /// (the current copy's, if retention carried it forward).
+    Scheduled(MessageId, VerifiedRecord),
     /// A normal message, visible since it was stored; its deliver time.
     Normal(MessageId, i64),
 }
@@ -22,10 +23,14 @@ impl Broker {
     pub fn find(&self, topic: &str, id: &str) -> Result<Found, ServiceError> {
         let unknown = || ServiceError::NotFound(format!("no message {id:?} in topic {topic:?}"));
         let mid: MessageId = id.parse().map_err(|_| unknown())?;
+        // Carried forward by retention: the copy answers for it (the original may be gone).
+        if let Some(r) = self.timer.current(mid).and_then(|cur| self.store.read_id(cur)) {
+            return Ok(Found::Scheduled(mid, r));
+        }
         let r = self.store.read_id(mid).ok_or_else(unknown)?;
         let rec = r.record();
         if rec.topic == SYSTEM_TOPIC {
-            return Ok(Found::Scheduled(r));
+            return Ok(Found::Scheduled(mid, r));
         }
         if rec.topic != topic {
             return Err(unknown());
@@ -35,35 +40,43 @@ impl Broker {
 
     /// A message's id, deliver time and state.
     pub fn status(&self, topic: &str, id: &str) -> Result<(MessageId, i64, MessageState), ServiceError> {
-        match self.find(topic, id)? {
-            Found::Normal(mid, at) => Ok((mid, at, MessageState::Delivered)),
-            Found::Scheduled(r) => {
-                let (st, at) = self
-                    .timer
-                    .status(topic, &r)
-                    .map_err(|e| ServiceError::from_timer(e, || format!("no message {id:?} in topic {topic:?}")))?;
-                Ok((r.id(), at, st))
+        let unknown = || format!("no message {id:?} in topic {topic:?}");
+        // A carry-forward may finish between the lookup and the read of the cell: the second
+        // lookup finds the copy (it is mapped before the original's cell moves).
+        for _ in 0..2 {
+            match self.find(topic, id)? {
+                Found::Normal(mid, at) => return Ok((mid, at, MessageState::Delivered)),
+                Found::Scheduled(mid, r) => match self.timer.status(topic, &r) {
+                    Ok((st, at)) => return Ok((mid, at, st)),
+                    Err(TimerError::Moved) => continue,
+                    Err(e) => return Err(ServiceError::from_timer(e, unknown)),
+                },
             }
         }
+        Err(ServiceError::NotFound(unknown()))
     }
 
     /// Cancels a scheduled message: `Ok` means it will never become visible, after a power cut
     /// too. A normal message (or a fired one) is `AlreadyDelivered`.
     pub async fn cancel(&self, topic: &str, id: &str) -> Result<MessageId, ServiceError> {
-        let r = match self.find(topic, id)? {
-            Found::Normal(mid, _) => return Err(ServiceError::AlreadyDelivered(mid)),
-            Found::Scheduled(r) => r,
-        };
-        let mid = r.id();
-        // The cancel fsyncs its state cell before it returns: off the async runtime.
-        let (timer, t) = (self.timer.clone(), topic.to_string());
-        let cancelled = tokio::task::spawn_blocking(move || timer.cancel(&t, &r))
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("cancel task failed: {e}")))?;
-        match cancelled {
-            Ok(_) => Ok(mid),
-            Err(crate::timer::TimerError::AlreadyDelivered) => Err(ServiceError::AlreadyDelivered(mid)),
-            Err(e) => Err(ServiceError::from_timer(e, || format!("no message {id:?} in topic {topic:?}"))),
+        let unknown = || format!("no message {id:?} in topic {topic:?}");
+        for _ in 0..2 {
+            let (mid, r) = match self.find(topic, id)? {
+                Found::Normal(mid, _) => return Err(ServiceError::AlreadyDelivered(mid)),
+                Found::Scheduled(mid, r) => (mid, r),
+            };
+            // The cancel fsyncs its state cell before it returns: off the async runtime.
+            let (timer, t) = (self.timer.clone(), topic.to_string());
+            let cancelled = tokio::task::spawn_blocking(move || timer.cancel(&t, &r))
+                .await
+                .map_err(|e| ServiceError::Unavailable(format!("cancel task failed: {e}")))?;
+            match cancelled {
+                Ok(_) => return Ok(mid),
+                Err(TimerError::AlreadyDelivered) => return Err(ServiceError::AlreadyDelivered(mid)),
+                Err(TimerError::Moved) => continue, // carried forward meanwhile: cancel the copy
+                Err(e) => return Err(ServiceError::from_timer(e, unknown)),
+            }
         }
+        Err(ServiceError::NotFound(unknown()))
     }
 }

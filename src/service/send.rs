@@ -46,6 +46,12 @@ impl Broker {
     /// Stores `msgs` for `topic` (a message with `deliver_at_ms` is scheduled), all or none,
     /// without waiting for durability: see [`Broker::send`].
     pub fn append(&self, topic: &str, msgs: Vec<NewMessage>) -> Result<Appended, ServiceError> {
+        // Above `store.disk_hard_limit` (see `crate::retention`) nothing new is stored; the
+        // timer's fires and everything else go on.
+        if !self.store.accepting() {
+            let context = "the disk is above store.disk_hard_limit; sends pass again once retention frees space".into();
+            return Err(crate::store::StoreError::DiskFull { context }.into());
+        }
         let dest = self.topic_for_send(topic)?;
         let sys = self.timer.system_topic();
         let (mut normal, mut scheduled) = (Vec::new(), Vec::new());

@@ -136,6 +136,18 @@ impl CommitLog {
         self.flushed.load(Ordering::Acquire)
     }
 
+    /// `(base, end)` of every segment, in order.
+    pub fn segment_bounds(&self) -> Vec<(u64, u64)> {
+        self.segs.all().iter().map(|s| (s.base, s.end())).collect()
+    }
+
+    /// Reclaims the first segment if it ends at or below `below` (never the one being written);
+    /// returns its base and size. Its records are gone for good: callers have carried forward
+    /// what must live on.
+    pub fn reclaim_first(&self, below: u64) -> io::Result<Option<(u64, u64)>> {
+        self.segs.remove_first_below(below.min(self.write_pos()))
+    }
+
     /// Offset of the first byte still on disk.
     pub fn min_offset(&self) -> u64 {
         self.segs.first().map_or(0, |s| s.base)

@@ -34,6 +34,7 @@ mod durability;
 mod error;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,6 +132,10 @@ pub struct Store {
     /// fsync with nothing new to write is not recorded).
     fsync_us: Mutex<(u64, hdrhistogram::Histogram<u64>)>,
     recovery: RecoveryReport,
+    /// Client sends are accepted (false above `store.disk_hard_limit`; see `crate::retention`).
+    accepting: AtomicBool,
+    /// Commit-log segments and bytes reclaimed since start.
+    reclaimed: Mutex<(u64, u64)>,
     _lock: lock::DirLock,
 }
 
@@ -161,6 +166,8 @@ impl Store {
             checkpoint_lock: Mutex::new(None),
             fsync_us: Mutex::new((0, crate::histogram::new())),
             recovery: recovered.report,
+            accepting: AtomicBool::new(true),
+            reclaimed: Mutex::new((0, 0)),
             opts,
             _lock: dir_lock,
         });
@@ -352,6 +359,53 @@ impl Store {
     pub fn read_id(&self, id: MessageId) -> Option<VerifiedRecord> {
         let r = self.read_verified(id.offset)?;
         (r.record().crc == id.crc).then_some(r)
+    }
+
+    /// Whether client sends are accepted: false while the disk is above its hard limit. Only
+    /// client sends check it; the timer's fires and carried-forward records go on, since they
+    /// are what lets space be reclaimed and what 201s promised.
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    pub fn set_accepting(&self, on: bool) {
+        if self.accepting.swap(on, Ordering::AcqRel) != on {
+            tracing::warn!(accepting = on, "client sends {}", if on { "accepted again" } else { "refused: disk full" });
+        }
+    }
+
+    /// End of the published commit log (the next append's offset).
+    pub fn write_pos(&self) -> u64 {
+        self.log.write_pos()
+    }
+
+    /// Offset of the first commit-log byte still on disk: records below it were reclaimed.
+    pub fn min_offset(&self) -> u64 {
+        self.log.min_offset()
+    }
+
+    /// `(base, end)` of every commit-log segment, oldest first.
+    pub fn log_segments(&self) -> Vec<(u64, u64)> {
+        self.log.segment_bounds()
+    }
+
+    /// Reclaims the oldest commit-log segment if it ends at or below `below` and is not the one
+    /// being written; returns its size. The caller (`crate::retention`) has made sure nothing
+    /// pending lives only in it.
+    pub fn reclaim_oldest_segment(&self, below: u64) -> Result<Option<u64>, StoreError> {
+        let got = self.log.reclaim_first(below).map_err(StoreError::io("reclaim a commit-log segment"))?;
+        Ok(got.map(|(base, len)| {
+            let mut r = self.reclaimed.lock();
+            r.0 += 1;
+            r.1 += len;
+            tracing::info!(base, bytes = len, "commit-log segment reclaimed");
+            len
+        }))
+    }
+
+    /// Commit-log segments and bytes reclaimed since start.
+    pub fn reclaimed(&self) -> (u64, u64) {
+        *self.reclaimed.lock()
     }
 
     /// Bytes in the commit log.

@@ -207,6 +207,22 @@ impl SegmentSet {
             .collect()
     }
 
+    /// Reclaims the first segment if it lies wholly below `below`: drops it from the set (readers
+    /// holding it keep their mapping), deletes its file and syncs the directory. Returns its
+    /// base and size.
+    pub fn remove_first_below(&self, below: u64) -> io::Result<Option<(u64, u64)>> {
+        let seg = {
+            let mut segs = self.segments.write();
+            match segs.first() {
+                Some(s) if s.end() <= below && segs.len() > 1 => segs.remove(0),
+                _ => return Ok(None),
+            }
+        };
+        std::fs::remove_file(seg.file.path())?;
+        fsio::sync_dir(&self.dir)?;
+        Ok(Some((seg.base, seg.file.len() as u64)))
+    }
+
     /// Deletes every segment whose base is at or after `base` (recovery discarding a torn tail).
     pub fn remove_from(&mut self, base: u64) -> io::Result<usize> {
         let segs = self.segments.get_mut();

@@ -8,7 +8,7 @@
 //!  8 enqueue_offset u64   every system-topic message below this is in the timer log or fired
 //! 16 read_time i64        every slot before this has fired completely (outputs appended)
 //! 24 timer_log_pos u64    the timer log is durable below this
-//! 32 pending_floor u64    every state cell below this is CANCELLED or DELIVERED
+//! 32 pending_floor u64    every state cell below this is final (CANCELLED, DELIVERED or MOVED)
 //! 40 written_ms i64
 //! 48 crc u32              CRC32C of [0, 48)
 //! ```

@@ -32,6 +32,8 @@ pub struct Counters {
     pub rolled: AtomicU64,
     pub late_after_downtime: AtomicU64,
     pub refused_slot_full: AtomicU64,
+    /// Messages carried forward by retention (`carry`).
+    pub carried: AtomicU64,
     /// Next system-topic offset enqueue-get will read.
     pub enqueue_next: AtomicU64,
 }
@@ -55,6 +57,8 @@ pub(crate) struct Core {
     /// Pending messages by deliver time; its total is `pending_total`.
     pub(super) congestion: Mutex<Congestion>,
     pub(super) pending_floor: AtomicU64,
+    /// Origin id → current copy, of messages retention carried forward (`carry`).
+    pub(super) moved: Mutex<HashMap<crate::store::MessageId, crate::store::MessageId>>,
     pub(super) lateness: Mutex<hdrhistogram::Histogram<u64>>,
     pub(super) counters: Counters,
     pub(super) doorbell: crossbeam_channel::Sender<()>,
@@ -123,7 +127,7 @@ impl Core {
         let mut floor = self.pending_floor.load(Ordering::Relaxed);
         while floor < sys_next {
             match self.states.get(floor).map_err(io("read a state cell"))? {
-                state::CANCELLED | state::DELIVERED => floor += 1,
+                s if state::is_final(s) => floor += 1,
                 _ => break,
             }
         }

@@ -27,6 +27,7 @@
 //! commit log is never truncated, so it is still there when the message finally fires) and
 //! spread over the window instead of bunching at its edge.
 
+pub mod carry;
 pub mod checkpoint;
 pub mod congestion;
 mod core;
@@ -113,6 +114,10 @@ pub enum TimerError {
     NotFound,
     #[error("the message is already visible to consumers")]
     AlreadyDelivered,
+    /// The record was carried forward by retention: its copy ([`TimerEngine::current`])
+    /// answers for it now.
+    #[error("the message was carried forward; look it up again")]
+    Moved,
     #[error("the slot starting at {slot_ms} already holds {count} scheduled messages (timer.max_per_slot = {limit}); choose another time or retry after some are cancelled")]
     SlotFull { slot_ms: i64, count: i64, limit: u64 },
 }
@@ -276,6 +281,7 @@ impl TimerEngine {
             pending: Mutex::new(counted.per_topic),
             congestion: Mutex::new(counted.congestion),
             pending_floor: AtomicU64::new(counted.floor),
+            moved: Mutex::new(counted.moved),
             lateness: Mutex::new(crate::histogram::new()),
             counters: Counters::default(),
             doorbell,
@@ -349,8 +355,10 @@ impl TimerEngine {
     /// The state and deliver time of a scheduled message.
     pub fn status(&self, topic: &str, r: &VerifiedRecord) -> Result<(MessageState, i64), TimerError> {
         let (cell, at) = self.lookup(topic, r)?;
-        let s = self.core.states.get(cell).map_err(io("read a state cell"))?;
-        Ok((state_of(s), at))
+        match self.core.states.get(cell).map_err(io("read a state cell"))? {
+            state::MOVED => Err(TimerError::Moved),
+            s => Ok((state_of(s), at)),
+        }
     }
 
     /// Cancels a scheduled message: O(1), one CAS, then an `msync` of its cell's page, so
@@ -369,6 +377,7 @@ impl TimerEngine {
                 self.core.states.flush_cell(cell).map_err(io("flush a state cell"))?;
                 Ok(at)
             }
+            state::MOVED => Err(TimerError::Moved),
             _ => Err(TimerError::AlreadyDelivered),
         }
     }

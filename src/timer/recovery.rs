@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 
+use super::carry::{message_id, settle_copy, Settled, PROP_MOVED_FROM, PROP_ORIGIN};
 use super::congestion::Congestion;
 use super::state::{self, StateCells};
 use super::timerlog::TimerLog;
 use super::wheel::{self, Wheel};
 use super::{io, TimerCheckpoint, TimerError, TimerOptions, PROP_ID, PROP_TOPIC};
 use crate::store::topics::Topic;
-use crate::store::Store;
+use crate::store::{MessageId, Store};
 
 /// Opens the timer log and the wheel, relinks units the wheel lost since the checkpoint, and
 /// checks every live slot against the log. Returns them with the log's end, the units relinked,
@@ -79,6 +80,8 @@ pub(super) struct PendingCount {
     pub(super) floor: u64,
     pub(super) per_topic: HashMap<String, i64>,
     pub(super) congestion: Congestion,
+    /// Origin id → current copy, of the carried-forward messages still pending.
+    pub(super) moved: HashMap<MessageId, MessageId>,
 }
 
 /// Counts the messages still scheduled, per topic and in a fresh congestion index, from the
@@ -100,7 +103,7 @@ pub(super) fn count_pending(
     let mut firing = Vec::new();
     for off in start..cq.next() {
         let mut s = states.get(off).map_err(io("read a state cell"))?;
-        if s > state::FIRING {
+        if s > state::MOVED {
             // Not a state (a damaged byte; cells carry no checksum): at-least-once wins.
             tracing::error!(cell = off, value = s, "invalid timer state cell; treating it as scheduled");
             states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
@@ -132,7 +135,7 @@ pub(super) fn count_pending(
             let found = read.as_ref().and_then(|r| {
                 let rec = r.record();
                 let topic = rec.property(PROP_TOPIC)?.to_string();
-                Some((topic, rec.deliver_at_ms, r.id().to_string()))
+                Some((topic, rec.deliver_at_ms, message_id(r)))
             });
             match found {
                 Some((topic, due, id)) => targets.push((off, topic, due, id)),
@@ -165,13 +168,14 @@ pub(super) fn count_pending(
         states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
         tally.count(states, sys_topic, store, off)?;
     }
-    let Tally { n, per_topic, mut times } = tally;
+    let Tally { n, per_topic, mut times, minus, moved } = tally;
     // In time order the index's updates touch its memory in order, which more than pays for
     // the sort (bench/RESULTS.md, `TimerEngine::start` with 1M pending).
     times.sort_unstable();
     let mut congestion = congestion;
     times.iter().for_each(|&t| congestion.add(t, 1));
-    Ok(PendingCount { n, floor, per_topic, congestion })
+    minus.iter().for_each(|&t| congestion.add(t, -1));
+    Ok(PendingCount { n, floor, per_topic, congestion, moved })
 }
 
 /// What [`count_pending`] counts of the messages still scheduled.
@@ -180,6 +184,10 @@ struct Tally {
     n: u64,
     per_topic: HashMap<String, i64>,
     times: Vec<i64>,
+    /// Deliver times counted and then taken back (sources of copies settled at start).
+    minus: Vec<i64>,
+    /// Origin id → current copy, of the carried-forward messages still pending.
+    moved: HashMap<MessageId, MessageId>,
 }
 
 impl Tally {
@@ -195,6 +203,22 @@ impl Tally {
             states.set(off, state::CANCELLED).map_err(io("finish a state cell"))?;
             return Ok(false);
         };
+        if let Some(src) = rec.property(PROP_MOVED_FROM).and_then(|s| s.parse::<u64>().ok()) {
+            match settle_copy(states, off, src)? {
+                Settled::Cancelled => return Ok(false),
+                Settled::LivesSourceMoved => {
+                    // The source was counted above (a lower cell, still scheduled then).
+                    *self.per_topic.entry(topic.to_string()).or_insert(0) -= 1;
+                    self.minus.push(rec.deliver_at_ms);
+                    self.n -= 1;
+                }
+                Settled::Lives => {}
+            }
+            let r = read.as_ref().expect("read above");
+            if let Some(origin) = rec.property(PROP_ORIGIN).and_then(|o| o.parse().ok()) {
+                self.moved.insert(origin, r.id());
+            }
+        }
         match self.per_topic.get_mut(topic) {
             Some(c) => *c += 1,
             None => drop(self.per_topic.insert(topic.to_string(), 1)),
@@ -219,7 +243,11 @@ pub(super) fn fired_copies(store: &Store, targets: &[(u64, String, i64, String)]
         let Some(topic) = store.topics().get(name) else { continue };
         for q in &topic.queues {
             for i in (0..q.next()).rev() {
-                let Some(r) = q.get(i).and_then(|e| store.read_verified(e.log_offset)) else { continue };
+                let Some(e) = q.get(i) else { continue };
+                if e.log_offset < store.min_offset() {
+                    break; // reclaimed: stored long before
+                }
+                let Some(r) = store.read_verified(e.log_offset) else { continue };
                 let rec = r.record();
                 if rec.store_ms < since {
                     break;

@@ -9,7 +9,10 @@
 //! ```text
 //! SCHEDULED ──cancel──▶ CANCELLED                      (cancel answers 200)
 //! SCHEDULED ──fire────▶ FIRING ──stored──▶ DELIVERED   (cancel answers 409 from FIRING on)
+//! SCHEDULED ──carry───▶ MOVED                          (a copy at the log's head lives on)
 //! ```
+//! MOVED is final here: the message lives on in the copy that retention carried forward (see
+//! `timer::carry`), whose own cell takes over.
 //! So a 200 on cancel means dequeue-put's CAS will fail and the message is never stored for its
 //! topic. Only one fire of a message can win the SCHEDULED → FIRING CAS, so a message with two
 //! units (re-placed after a restart) is stored once. A cell becomes DELIVERED only once the
@@ -36,6 +39,12 @@ pub const SCHEDULED: u8 = 0;
 pub const CANCELLED: u8 = 1;
 pub const DELIVERED: u8 = 2;
 pub const FIRING: u8 = 3;
+pub const MOVED: u8 = 4;
+
+/// A state no fire, roll or placement acts on any more.
+pub fn is_final(s: u8) -> bool {
+    matches!(s, CANCELLED | DELIVERED | MOVED)
+}
 
 /// Cells per file (1 MiB).
 pub const CELLS_PER_FILE: u64 = 1 << 20;

@@ -39,7 +39,7 @@ impl Core {
             Some(t) => t,
             None => self.store.topics().create_unlimited(topic, self.opts.default_queues)?.0,
         };
-        let id = r.id().to_string();
+        let id = super::super::carry::message_id(&r);
         let mut out = Vec::new();
         record::encode_derived(&mut out, &rec, &t.name, unit.deliver_at, SYSTEM_PROP_PREFIX, (PROP_ID, &id));
         Ok(Source::Fire((t, out)))
@@ -64,7 +64,7 @@ pub(super) fn dequeue_get_message(
             Ready { fire: f, out: None }
         } else {
             match core.states.get(f.unit.sys_offset) {
-                Ok(state::CANCELLED) | Ok(state::DELIVERED) => {
+                Ok(s) if state::is_final(s) => {
                     core.done(&f);
                     continue;
                 }

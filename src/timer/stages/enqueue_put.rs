@@ -21,7 +21,7 @@ pub(super) fn enqueue_put(core: &Core, req: &EnqueueReq, direct: &queue::Sender<
         }
     };
     match core.states.get(req.sys_offset) {
-        Ok(state::CANCELLED) | Ok(state::DELIVERED) => return finish(core),
+        Ok(s) if state::is_final(s) => return finish(core),
         Ok(_) => {}
         Err(e) => panic!("state cell of {} unreadable: {e}", req.sys_offset),
     }

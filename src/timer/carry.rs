@@ -1,0 +1,254 @@
+//! Carrying scheduled messages forward out of a commit-log segment that retention is about to
+//! reclaim (`crate::retention`), so that no pending message is lost and none pins a segment
+//! until it is due.
+//!
+//! A pending record in the segment is copied to the head of the log, as a new system-topic
+//! record with a state cell of its own, and keeps its message id: the copy carries
+//! [`PROP_ORIGIN`] (the id the client was given; a copy of a copy keeps the first) and
+//! [`PROP_MOVED_FROM`] (the cell of the record it was copied from). The timer keeps a map from
+//! each origin id to its current copy, which status and cancel follow
+//! ([`TimerEngine::current`]), and a fire of the copy is delivered under the origin id
+//! ([`message_id`]). A message due in `d` is copied about `d / store.retention` times.
+//!
+//! Order, so that a crash or a power cut at any point loses nothing and fires nothing twice:
+//! 1. the copies are appended and made durable (the store's fsync), then counted as pending;
+//! 2. the origin is mapped to the copy, then the old cell goes SCHEDULED → MOVED (one CAS);
+//!    if the CAS fails, the old one fired or was cancelled meanwhile: the copy is cancelled and
+//!    the map entry dropped;
+//! 3. the state cells are fsync'd; only then may the caller delete the segment.
+//!
+//! Start-up settles a move a crash interrupted ([`settle_copy`]): a copy whose source cell is
+//! still SCHEDULED wins (the source becomes MOVED); a copy whose source was cancelled or fired
+//! is cancelled.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use super::state::{self, StateCells};
+use super::{io, Core, TimerEngine, TimerError, PROP_TOPIC, SYSTEM_PROP_PREFIX};
+use crate::store::record::Record;
+use crate::store::{MessageId, NewMessage, VerifiedRecord};
+
+/// Property of a carried-forward copy: the message id it answers for.
+pub const PROP_ORIGIN: &str = "__chime.origin";
+/// Property of a carried-forward copy: the state cell (system-topic offset) of the record it
+/// was copied from.
+pub const PROP_MOVED_FROM: &str = "__chime.moved_from";
+
+/// Failpoint (test builds): `return` fails a carry-forward right after its copies are durable,
+/// before any original's cell moves: where a crash leaves two scheduled records of a message.
+pub const STOP_BEFORE_MOVE: &str = "timer::carry_stop_before_move";
+
+/// Records copied per append.
+const CHUNK: usize = 1000;
+
+/// The id a scheduled record answers for: its origin's if it is a carried-forward copy.
+pub fn message_id(r: &VerifiedRecord) -> String {
+    match r.record().property(PROP_ORIGIN) {
+        Some(origin) => origin.to_string(),
+        None => r.id().to_string(),
+    }
+}
+
+/// What carrying a range forward did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Carried {
+    /// Pending messages copied to the head of the log.
+    pub moved: u64,
+    /// Why the range cannot be reclaimed yet (nothing was copied then), if it cannot.
+    pub blocked: Option<String>,
+    /// When blocked: the pending messages found in the range.
+    pub pinning: u64,
+}
+
+/// The copy of `rec` (at cell `cell`, answering for `origin`) to append to the system topic.
+fn copy_of(rec: &Record<'_>, cell: u64, origin: &str) -> NewMessage {
+    let mut properties: BTreeMap<String, String> = rec
+        .properties()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(SYSTEM_PROP_PREFIX) || *k == PROP_TOPIC)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    properties.insert(PROP_ORIGIN.into(), origin.into());
+    properties.insert(PROP_MOVED_FROM.into(), cell.to_string());
+    NewMessage {
+        tag: rec.tag.map(str::to_string),
+        keys: rec.keys().into_iter().map(str::to_string).collect(),
+        properties,
+        body: rec.body.to_vec(),
+        binary: rec.binary(),
+        born_ms: rec.born_ms,
+        deliver_at_ms: Some(rec.deliver_at_ms),
+    }
+}
+
+impl TimerEngine {
+    /// Where the message `id` lives now, if retention carried it forward (the id of its copy).
+    pub fn current(&self, id: MessageId) -> Option<MessageId> {
+        self.core.moved.lock().get(&id).copied()
+    }
+
+    /// Messages carried forward since start.
+    pub fn carried_forward(&self) -> u64 {
+        self.core.counters.carried.load(Ordering::Relaxed)
+    }
+
+    /// The commit-log offset below which the timer needs no record any more to place a
+    /// message: the record of the first system-topic message enqueue-get has not read yet (or
+    /// `u64::MAX`). Retention never reclaims at or past it.
+    pub fn unread_floor(&self) -> u64 {
+        let next = self.core.counters.enqueue_next.load(Ordering::Acquire);
+        self.core.sys_topic.queues[0].get(next).map_or(u64::MAX, |e| e.log_offset)
+    }
+
+    /// Copies every pending scheduled message whose record lies in `[from, to)` of the commit
+    /// log to the head of the log (see the module doc), so the range can be reclaimed. Nothing
+    /// is copied if a message there is due within `margin_ms` or being fired (the range is
+    /// `blocked` until it has fired), or if the pending records add up to more than
+    /// `max_bytes` (copying them would free too little). Blocks for fsyncs: call it off the
+    /// async runtime.
+    pub fn carry_forward(&self, from: u64, to: u64, margin_ms: i64, max_bytes: u64) -> Result<Carried, TimerError> {
+        let c = &self.core;
+        if self.unread_floor() < to {
+            return Ok(blocked("the timer has not read every record in it yet".into(), 0));
+        }
+        let cq = &c.sys_topic.queues[0];
+        let now = c.clock.now_ms();
+        // System-topic entries are in log order: find the first at or after `from`.
+        let (mut lo, mut hi) = (c.pending_floor.load(Ordering::Relaxed), cq.next());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match cq.get(mid) {
+                Some(e) if e.log_offset < from => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        let mut todo: Vec<(u64, VerifiedRecord)> = Vec::new();
+        let mut held: Option<String> = None;
+        for cell in lo..cq.next() {
+            let Some(e) = cq.get(cell) else { break };
+            if e.log_offset >= to {
+                break;
+            }
+            match c.states.get(cell).map_err(io("read a state cell"))? {
+                state::SCHEDULED => {}
+                state::FIRING => {
+                    held.get_or_insert(format!("the message at cell {cell} is being fired"));
+                    continue;
+                }
+                _ => continue,
+            }
+            // Unreadable: it can never fire (the fire path makes it final); nothing to carry.
+            let Some(r) = c.store.read_verified(e.log_offset) else { continue };
+            let due = r.record().deliver_at_ms;
+            if due <= now + margin_ms {
+                held.get_or_insert(format!("a message in it is due at {due}, within {margin_ms} ms"));
+            }
+            todo.push((cell, r));
+        }
+        let bytes: u64 = todo.iter().map(|(_, r)| r.bytes().len() as u64).sum();
+        if held.is_none() && bytes > max_bytes {
+            held =
+                Some(format!("{} pending messages ({bytes} bytes) would be copied, more than {max_bytes}", todo.len()));
+        }
+        if let Some(why) = held {
+            return Ok(blocked(why, todo.len() as u64));
+        }
+        let mut moved = 0;
+        for chunk in todo.chunks(CHUNK) {
+            moved += self.carry_chunk(chunk)?;
+        }
+        c.states.flush().map_err(io("flush the state cells"))?;
+        Ok(Carried { moved, blocked: None, pinning: 0 })
+    }
+
+    fn carry_chunk(&self, chunk: &[(u64, VerifiedRecord)]) -> Result<u64, TimerError> {
+        let c = &self.core;
+        let origins: Vec<String> = chunk.iter().map(|(_, r)| message_id(r)).collect();
+        let copies: Vec<NewMessage> =
+            chunk.iter().zip(&origins).map(|((cell, r), o)| copy_of(&r.record(), *cell, o)).collect();
+        let appended = c.store.append(&c.sys_topic, &copies)?;
+        c.store.flush_all()?;
+        for (a, m) in appended.messages.iter().zip(&copies) {
+            c.states.ensure(a.queue_offset).map_err(io("create a state cell"))?;
+            let topic = m.properties.get(PROP_TOPIC).map_or("", String::as_str);
+            c.count(topic, m.deliver_at_ms.expect("scheduled"));
+        }
+        fail::fail_point!(STOP_BEFORE_MOVE, |_| Err(io("carry forward")(std::io::Error::other(
+            "stopped by a failpoint"
+        ))));
+        let mut moved = 0;
+        for (((cell, r), origin), a) in chunk.iter().zip(&origins).zip(&appended.messages) {
+            let origin: MessageId = origin.parse().map_err(|_| TimerError::NotFound)?;
+            let (topic, due) = {
+                let rec = r.record();
+                (rec.property(PROP_TOPIC).unwrap_or("").to_string(), rec.deliver_at_ms)
+            };
+            c.moved.lock().insert(origin, a.id);
+            match c.states.transition(*cell, state::SCHEDULED, state::MOVED).map_err(io("move a state cell"))? {
+                state::SCHEDULED => {
+                    c.uncount(Some(&topic), [due]);
+                    moved += 1;
+                }
+                _ => {
+                    // Fired or cancelled meanwhile: the copy must never fire (unless a cancel
+                    // that followed the map got to it first).
+                    let was = c
+                        .states
+                        .transition(a.queue_offset, state::SCHEDULED, state::CANCELLED)
+                        .map_err(io("cancel a copy"))?;
+                    if was == state::SCHEDULED {
+                        c.uncount(Some(&topic), [due]);
+                    }
+                    let mut m = c.moved.lock();
+                    if m.get(&origin) == Some(&a.id) {
+                        m.remove(&origin);
+                    }
+                }
+            }
+        }
+        c.counters.carried.fetch_add(moved, Ordering::Relaxed);
+        let _ = c.doorbell.try_send(());
+        Ok(moved)
+    }
+}
+
+fn blocked(why: String, pinning: u64) -> Carried {
+    Carried { moved: 0, blocked: Some(why), pinning }
+}
+
+impl Core {
+    /// Counts one more pending message of `topic` due at `at`.
+    pub(super) fn count(&self, topic: &str, at: i64) {
+        self.congestion.lock().add(at, 1);
+        *self.pending.lock().entry(topic.to_string()).or_insert(0) += 1;
+    }
+}
+
+/// How start-up settled a scheduled copy ([`settle_copy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settled {
+    /// The copy lives; its source was already MOVED.
+    Lives,
+    /// The copy lives; its source was still SCHEDULED (a crash before its CAS) and is MOVED
+    /// now, so the source, counted as pending, is not any more.
+    LivesSourceMoved,
+    /// The source was cancelled or fired before the move completed: the copy is cancelled.
+    Cancelled,
+}
+
+/// Start-up: settles the scheduled copy at cell `copy` whose source is cell `src` (see the
+/// module doc). The source's cell is lower, so start-up has already seen (and counted) it.
+pub(super) fn settle_copy(states: &StateCells, copy: u64, src: u64) -> Result<Settled, TimerError> {
+    match states.get(src).map_err(io("read a state cell"))? {
+        state::MOVED => Ok(Settled::Lives),
+        state::SCHEDULED => {
+            states.set(src, state::MOVED).map_err(io("settle a moved cell"))?;
+            Ok(Settled::LivesSourceMoved)
+        }
+        _ => {
+            states.set(copy, state::CANCELLED).map_err(io("cancel a copy"))?;
+            Ok(Settled::Cancelled)
+        }
+    }
+}
