@@ -282,16 +282,19 @@ async fn full_disk_under_a_consume_queue_answers_503_and_heals() {
     let (st, v) = s.call("PUT", "/v1/topics/cqfull", Some(r#"{"queues": 1}"#)).await;
     assert_eq!(st, 201, "{v}");
 
-    // The topic's one queue cannot get its second index segment. The commit log has room:
-    // the send must fail before its records are written, not half-way (which would poison).
-    fail::cfg(fault::ALLOCATE, "return(ENOSPC:consumequeue/cqfull)").unwrap();
     let batch = |round: usize| -> String {
         let msgs: Vec<_> = (0..1000).map(|i| json!({"body": format!("r{round}-{i}")})).collect();
         serde_json::to_string(&msgs).unwrap()
     };
-    let mut acked = 0;
+    // The first batch gives the queue its first index segment (created with its first message).
+    let (st, v) = s.call("POST", "/v1/topics/cqfull/messages", Some(&batch(0))).await;
+    assert_eq!(st, 201, "{v}");
+    let mut acked = 1000;
+    // The topic's one queue cannot get its second index segment. The commit log has room:
+    // the send must fail before its records are written, not half-way (which would poison).
+    fail::cfg(fault::ALLOCATE, "return(ENOSPC:consumequeue/cqfull)").unwrap();
     let mut full = None;
-    for round in 0..6 {
+    for round in 1..6 {
         let (st, v) = s.call("POST", "/v1/topics/cqfull/messages", Some(&batch(round))).await;
         if st == 201 {
             acked += 1000;

@@ -282,6 +282,9 @@ impl Store {
             .map_err(|e| self.durability.io_error("allocate commit-log segment", e))?;
         for ((topic, n), &q) in parts.iter().zip(queues) {
             let cq = &topic.queues[q as usize];
+            if !topic.queue_used(q) {
+                self.topics.mark_used(topic, q)?;
+            }
             cq.prepare(cq.next(), *n as u64)
                 .map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
         }

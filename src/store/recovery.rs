@@ -104,15 +104,47 @@ pub(super) fn recover(opts: &StoreOptions) -> Result<Recovered, StoreError> {
         }
     }
 
+    let (mut replayed, mut reindexed, gap) = reindex(&log, &mut topics, scanned_from, end)?;
+    // A queue whose entries stop short of the first record replayed for it lost segments that
+    // the checkpoint counted on (a queue is created empty; its segments with its first
+    // messages): rebuild from the whole log.
+    if gap && scanned_from > log.min_offset() {
+        tracing::warn!(
+            from = scanned_from,
+            "consume-queue entries missing before the checkpoint; rebuilding from the whole log"
+        );
+        report.removed_index_segments.push("entries before the checkpoint (a queue lost its segments)".into());
+        let (n, m, _) = reindex(&log, &mut topics, log.min_offset(), end)?;
+        (replayed, reindexed) = (n, reindexed + m);
+    }
+    report.log = log_report;
+    report.log.records = replayed;
+    report.reindexed = reindexed;
+    report.topics = topics.map.len();
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(Recovered { log, writer, topics: topics.into_registry(), report })
+}
+
+/// Replays the log's records in `[from, end)` into their consume queues. Returns the records
+/// replayed, the entries (re)written, and whether a record landed past the end of its queue
+/// (entries before it are missing).
+fn reindex(
+    log: &CommitLog,
+    topics: &mut RecoveringTopics,
+    from: u64,
+    end: u64,
+) -> Result<(u64, u64, bool), StoreError> {
     let mut first_err = None;
     let mut reindexed = 0u64;
-    let replayed = log.replay(scanned_from, end, |offset, len, rec| {
+    let mut gap = false;
+    let replayed = log.replay(from, end, |offset, len, rec| {
         if first_err.is_some() {
             return;
         }
         let entry = CqEntry { log_offset: offset, size: len, tag_hash: tag_hash(rec.tag) };
         let result = topics.get_or_create(rec.topic, rec.queue_id).and_then(|t| {
             let q = &mut t.queues[rec.queue_id as usize];
+            gap |= rec.queue_offset > q.next();
             let before = q.get(rec.queue_offset);
             q.recover_put(rec.queue_offset, entry)
                 .map_err(StoreError::io(format!("rebuild consume queue of {}", rec.topic)))?;
@@ -125,13 +157,8 @@ pub(super) fn recover(opts: &StoreOptions) -> Result<Recovered, StoreError> {
             first_err = Some(e);
         }
     });
-    if let Some(e) = first_err {
-        return Err(e);
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok((replayed, reindexed, gap)),
     }
-    report.log = log_report;
-    report.log.records = replayed;
-    report.reindexed = reindexed;
-    report.topics = topics.map.len();
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok(Recovered { log, writer, topics: topics.into_registry(), report })
 }

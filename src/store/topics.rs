@@ -1,11 +1,14 @@
 //! The topic registry: each topic's queues, and the file that lists the topics.
 //!
-//! On disk: `topics.json`, `{"version": 1, "topics": [{"name": "...", "queues": 8}]}`, replaced
-//! atomically (temp file, fsync, rename, fsync directory) whenever a topic is created, before
-//! any message of that topic is appended. Each topic's consume queues live in
+//! On disk: `topics.json`, `{"version": 1, "topics": [{"name": "...", "queues": 8, "used": 5}]}`,
+//! replaced atomically (temp file, fsync, rename, fsync directory) whenever a topic is created,
+//! before any message of that topic is appended, and when a queue gets its first index segment
+//! (`used`: a bit per queue that has had one; segments are created with a queue's first
+//! message, so an unused topic costs no disk). Each topic's consume queues live in
 //! `consumequeue/{topic}/{queue_id}/`.
 //!
-//! Invariants: a topic's queue count never changes after creation; queue ids are `0..queues`.
+//! Invariants: a topic's queue count never changes after creation; queue ids are `0..queues`;
+//! a queue marked used has segments, so one without any lost them (recovery rebuilds it).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,10 +31,12 @@ pub struct Topic {
     next_queue: AtomicU64,
     /// Woken whenever messages are appended to this topic (long-polling receivers wait on it).
     pub appended: tokio::sync::Notify,
+    /// Bit `q`: queue `q` has had an index segment (persisted in `topics.json`).
+    used: AtomicU64,
 }
 
 impl Topic {
-    fn open(data_dir: &Path, name: &str, queues: u16, cq_entries: u32) -> Result<Self, StoreError> {
+    fn open(data_dir: &Path, name: &str, queues: u16, cq_entries: u32, used: u64) -> Result<Self, StoreError> {
         let mut qs = Vec::with_capacity(queues as usize);
         for q in 0..queues {
             let dir = cq_dir(data_dir, name, q);
@@ -42,7 +47,13 @@ impl Topic {
             queues: qs,
             next_queue: AtomicU64::new(0),
             appended: tokio::sync::Notify::new(),
+            used: AtomicU64::new(used),
         })
+    }
+
+    /// Whether queue `q` has had an index segment.
+    pub fn queue_used(&self, q: u16) -> bool {
+        self.used.load(Ordering::Acquire) & (1 << q) != 0
     }
 
     /// The queue for the next send (round robin).
@@ -70,6 +81,8 @@ struct TopicsFile {
 struct TopicMeta {
     name: String,
     queues: u16,
+    #[serde(default)]
+    used: u64,
 }
 
 /// Topics opened but not yet shared, for recovery to repair.
@@ -88,7 +101,14 @@ impl RecoveringTopics {
                 let file: TopicsFile = serde_json::from_slice(&bytes)
                     .map_err(|e| StoreError::Corrupt { what: path.display().to_string(), detail: e.to_string() })?;
                 for t in file.topics {
-                    map.insert(t.name.clone(), Topic::open(data_dir, &t.name, t.queues, cq_entries)?);
+                    let topic = Topic::open(data_dir, &t.name, t.queues, cq_entries, t.used)?;
+                    // Files written before `used` existed: every queue with segments is used.
+                    for (q, cq) in topic.queues.iter().enumerate() {
+                        if cq.has_segments() {
+                            topic.used.fetch_or(1 << q, Ordering::AcqRel);
+                        }
+                    }
+                    map.insert(t.name.clone(), topic);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -97,14 +117,14 @@ impl RecoveringTopics {
         Ok(Self { data_dir: data_dir.to_path_buf(), cq_entries, map })
     }
 
-    /// Consume-queue segments that were damaged (short, empty, after a gap, or missing: every
-    /// queue of a topic in `topics.json` was created with its first segment) and removed.
+    /// Consume-queue segments that were damaged (short, empty or after a gap) and removed, and
+    /// queues marked used that have no segment at all (they lost them).
     pub fn removed_segments(&self) -> Vec<String> {
         let mut out = Vec::new();
         for t in self.map.values() {
             for (i, q) in t.queues.iter().enumerate() {
                 out.extend(q.removed_segments().iter().cloned());
-                if !q.has_segments() && q.removed_segments().is_empty() {
+                if t.queue_used(i as u16) && !q.has_segments() && q.removed_segments().is_empty() {
                     out.push(format!("{} (no segment at all)", cq_dir(&self.data_dir, &t.name, i as u16).display()));
                 }
             }
@@ -120,7 +140,7 @@ impl RecoveringTopics {
         if have.is_none_or(|n| n < need) {
             let queues = need.max(have.unwrap_or(0));
             tracing::warn!(topic = name, queues, "topic missing from topics.json; recreated from the commit log");
-            let topic = Topic::open(&self.data_dir, name, queues, self.cq_entries)?;
+            let topic = Topic::open(&self.data_dir, name, queues, self.cq_entries, 0)?;
             self.map.insert(name.to_string(), topic);
             write_file(&self.data_dir, self.map.values())?;
         }
@@ -169,6 +189,22 @@ impl Topics {
         self.created.notified()
     }
 
+    /// Marks queue `q` of `topic` used, durably, before its first index segment is created
+    /// (the store's appender calls it, under its lock, for a queue's first message).
+    pub fn mark_used(&self, topic: &Topic, q: u16) -> Result<(), StoreError> {
+        let _guard = self.create_lock.lock();
+        if topic.queue_used(q) {
+            return Ok(());
+        }
+        topic.used.fetch_or(1 << q, Ordering::AcqRel);
+        let all: Vec<Arc<Topic>> = self.map.read().values().cloned().collect();
+        let written = write_file(&self.data_dir, all.iter().map(|t| t.as_ref()));
+        if written.is_err() {
+            topic.used.fetch_and(!(1 << q), Ordering::AcqRel);
+        }
+        written
+    }
+
     /// Sets the quota of [`Topics::create`].
     pub fn set_max_topics(&self, max: u64) {
         self.max_topics.store(max, Ordering::Relaxed);
@@ -205,11 +241,16 @@ impl Topics {
                 what: format!("topic {name:?} cannot be created"),
             });
         }
-        let topic = Arc::new(Topic::open(&self.data_dir, name, queues, self.cq_entries)?);
-        // Create (and fault in) each queue's first index segment now, with the topic, rather
-        // than on its first message.
-        for q in &topic.queues {
-            q.prepare(0, 1).map_err(StoreError::io(format!("create the consume queues of {name}")))?;
+        // A queue's first index segment is created with its first message (`Store::append`
+        // prepares segments before it writes), so a topic costs no disk until it is used. The
+        // system's own topics get theirs now: scheduled sends go to them whatever the topic,
+        // and they must not need a `topics.json` write first.
+        let topic = Arc::new(Topic::open(&self.data_dir, name, queues, self.cq_entries, 0)?);
+        if system(name) {
+            for (q, cq) in topic.queues.iter().enumerate() {
+                cq.prepare(0, 1).map_err(StoreError::io(format!("create the consume queues of {name}")))?;
+                topic.used.fetch_or(1 << q, Ordering::AcqRel);
+            }
         }
         let mut all: Vec<Arc<Topic>> = self.map.read().values().cloned().collect();
         all.push(topic.clone());
@@ -221,8 +262,13 @@ impl Topics {
 }
 
 fn write_file<'a>(data_dir: &Path, topics: impl Iterator<Item = &'a Topic>) -> Result<(), StoreError> {
-    let mut metas: Vec<TopicMeta> =
-        topics.map(|t| TopicMeta { name: t.name.clone(), queues: t.queues.len() as u16 }).collect();
+    let mut metas: Vec<TopicMeta> = topics
+        .map(|t| TopicMeta {
+            name: t.name.clone(),
+            queues: t.queues.len() as u16,
+            used: t.used.load(Ordering::Acquire),
+        })
+        .collect();
     metas.sort_by(|a, b| a.name.cmp(&b.name));
     let body = serde_json::to_vec_pretty(&TopicsFile { version: 1, topics: metas }).expect("serialisable");
     let path = data_dir.join(FILE);
