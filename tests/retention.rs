@@ -38,7 +38,7 @@ fn open(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>) -> H {
     let opts = StoreOptions {
         dir: dir.to_path_buf(),
         segment_size: SEGMENT,
-        cq_segment_entries: 4096,
+        cq_segment_entries: 64, // small, so index segments are reclaimed too
         flush: FlushPolicy::Async { interval: Duration::from_millis(50) },
         checkpoint_interval: Duration::from_millis(50),
     };
@@ -241,6 +241,11 @@ fn reclaimed_segments_keep_every_pending_message_with_its_id_status_and_cancel()
     assert_eq!(h.timer.carried_forward(), t.carried);
     assert!(h.store.min_offset() > 0);
     assert_eq!(h.timer.stats().pending_total, far.len() as i64 - 1, "nothing pending lost or counted twice");
+    assert!(t.index_segments > 0, "index segments of reclaimed records go too: {t:?}");
+    let starts =
+        |h: &H| -> Vec<u64> { h.store.topics().get(TOPIC).unwrap().queues.iter().map(|q| q.start()).collect() };
+    let before = starts(&h);
+    assert!(before.iter().any(|&s| s > 0), "{before:?}");
 
     // Every pending message answers under the id its send returned.
     for id in &far[1..] {
@@ -265,8 +270,11 @@ fn reclaimed_segments_keep_every_pending_message_with_its_id_status_and_cancel()
     assert_eq!(r.commitlog.first_offset, h.store.min_offset());
     assert!(r.accepting);
 
-    // Across a crash: the map from ids to copies is rebuilt, nothing pending is lost.
+    // Across a crash: the map from ids to copies is rebuilt, nothing pending is lost, and the
+    // queues keep their starts (nothing taken for lost and rebuilt).
     let h = h.crash();
+    assert_eq!(starts(&h), before);
+    assert!(h.store.recovery_report().removed_index_segments.is_empty(), "{}", h.store.recovery_report());
     for id in &far[2..] {
         assert_eq!(h.state(id).unwrap(), MessageState::Scheduled, "{id} after the restart");
     }

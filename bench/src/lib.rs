@@ -4,6 +4,7 @@
 
 pub mod append;
 pub mod cancel;
+pub mod carry;
 pub mod compare;
 pub mod dist;
 pub mod enqueue;

@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chime_bench::{
-    append, cancel, compare, enqueue, http_receive, http_send, ingest, note, pending, progress, timer_http, wheel_flush,
+    append, cancel, carry, compare, enqueue, http_receive, http_send, ingest, note, pending, progress, timer_http,
+    wheel_flush,
 };
 use clap::{Parser, Subcommand};
 
@@ -69,6 +70,9 @@ enum Cmd {
     WheelFlush(wheel_flush::WheelFlushArgs),
     /// Scheduled messages through the timer's enqueue pipeline into the wheel (in process).
     Enqueue(enqueue::EnqueueArgs),
+    /// Retention reclaiming segments full of pending scheduled messages: the carry-forward's
+    /// time and bytes (in process).
+    Carry(carry::CarryArgs),
     /// Memory (RssAnon) of a server holding N pending scheduled messages.
     Pending(pending::PendingArgs),
     /// Compare two `--json` results of one scenario (as `--compare` does after a run).
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Cmd::Steady(a) => timer_http::run_steady(a),
         Cmd::WheelFlush(a) => wheel_flush::run(a),
         Cmd::Enqueue(a) => enqueue::run(a),
+        Cmd::Carry(a) => carry::run(a),
         Cmd::Pending(a) => pending::run(a),
         Cmd::Compare { .. } => unreachable!("handled above"),
     };
@@ -180,6 +185,7 @@ fn scenario_name(cmd: &Cmd) -> &'static str {
         Cmd::Steady(_) => "steady",
         Cmd::WheelFlush(_) => "wheel-flush",
         Cmd::Enqueue(_) => "enqueue",
+        Cmd::Carry(_) => "carry",
         Cmd::Pending(_) => "pending",
         Cmd::Compare { .. } => "compare",
     }

@@ -304,6 +304,9 @@ impl Collector for ServiceCollector {
         )?;
         counter(&mut e, "storage_reclaimed_segments", "Commit-log segments reclaimed", s.reclaimed.segments)?;
         counter(&mut e, "storage_reclaimed_bytes", "Commit-log bytes reclaimed", s.reclaimed.bytes)?;
+        let (index_segs, index_bytes) = core.store.index_reclaimed();
+        counter(&mut e, "storage_index_reclaimed_segments", "Consume-queue segments reclaimed", index_segs)?;
+        counter(&mut e, "storage_index_reclaimed_bytes", "Consume-queue bytes reclaimed", index_bytes)?;
         counter(
             &mut e,
             "storage_carried_forward",

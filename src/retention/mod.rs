@@ -162,6 +162,8 @@ pub struct Tick {
     pub carried: u64,
     pub pinned: Pinned,
     pub accepting: bool,
+    /// Consume-queue segments reclaimed (they indexed only reclaimed records).
+    pub index_segments: u64,
 }
 
 pub struct Retention {
@@ -259,6 +261,9 @@ impl Retention {
                 disk = (self.probe)(&self.opts.data_dir).map_err(RetentionError::Probe)?;
             }
         }
+        // The index entries of what is gone go too.
+        let (segs, _) = self.store.reclaim_index()?;
+        tick.index_segments = segs;
         // Space came back: sends pass again at once, not a tick later.
         if !tick.reclaimed.is_empty() && !accepting {
             disk = (self.probe)(&self.opts.data_dir).map_err(RetentionError::Probe)?;

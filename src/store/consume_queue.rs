@@ -68,13 +68,51 @@ pub struct ConsumeQueue {
     /// Segments found short, empty or after a gap when opened, and removed (recovery rebuilds
     /// their entries from the commit log).
     removed: Vec<String>,
+    /// Entries below this were reclaimed (persisted in `topics.json`).
+    start: AtomicU64,
 }
 
 impl ConsumeQueue {
-    pub fn open(dir: &Path, entries_per_segment: u32) -> io::Result<Self> {
+    /// Opens the queue whose entries below `start` were reclaimed (0: none).
+    pub fn open(dir: &Path, entries_per_segment: u32, start: u64) -> io::Result<Self> {
         let seg_size = u64::from(entries_per_segment) * ENTRY_LEN as u64;
-        let (segs, removed) = SegmentSet::open_rebuildable(dir, seg_size)?;
-        Ok(Self { segs, next: AtomicU64::new(0), flushed: AtomicU64::new(0), removed })
+        let (segs, removed) = SegmentSet::open_rebuildable_from(dir, seg_size, start * ENTRY_LEN as u64)?;
+        Ok(Self {
+            segs,
+            next: AtomicU64::new(start),
+            flushed: AtomicU64::new(0),
+            removed,
+            start: AtomicU64::new(start),
+        })
+    }
+
+    /// The first entry still on disk: entries below it were reclaimed with their records.
+    pub fn start(&self) -> u64 {
+        self.start.load(Ordering::Acquire)
+    }
+
+    /// Where the queue would start if its first segment went: `Some` if that segment is not
+    /// the last and its last entry points below `log_below` (entries are in log order, so
+    /// every record it indexes was reclaimed).
+    pub fn reclaimable_front(&self, log_below: u64) -> Option<u64> {
+        let first = self.segs.first()?;
+        let end = first.end() / ENTRY_LEN as u64;
+        if end > self.next() || self.segs.last().is_some_and(|l| l.base == first.base) {
+            return None;
+        }
+        let e = self.get(end - 1)?;
+        (e.log_offset < log_below).then_some(end)
+    }
+
+    /// Sets the start recorded for the queue (the registry writes it to `topics.json`).
+    pub(super) fn set_start(&self, start: u64) {
+        self.start.store(start, Ordering::Release);
+    }
+
+    /// Deletes the first segment once the start past it is durable (see
+    /// [`ConsumeQueue::reclaimable_front`]); returns its size.
+    pub fn reclaim_front(&self, new_start: u64) -> io::Result<Option<u64>> {
+        self.segs.remove_first_index_below(new_start * ENTRY_LEN as u64)
     }
 
     /// The damaged segments removed when the queue was opened (see [`SegmentSet::open_rebuildable`]).
@@ -96,7 +134,7 @@ impl ConsumeQueue {
     /// Recovery, step 1: finds the written prefix and drops entries that point at or past
     /// `log_end` (records cut from the commit log). Returns the number of entries kept.
     pub fn recover(&mut self, log_end: u64) -> io::Result<u64> {
-        let mut next = 0u64;
+        let mut next = *self.start.get_mut();
         for seg in self.segs.segments_mut()? {
             let base_idx = seg.base / ENTRY_LEN as u64;
             let bytes = seg.file.recovery_bytes();
@@ -224,7 +262,7 @@ mod tests {
     #[test]
     fn put_get_across_segments_and_recover() {
         let dir = tempfile::tempdir().unwrap();
-        let q = ConsumeQueue::open(dir.path(), 4).unwrap();
+        let q = ConsumeQueue::open(dir.path(), 4, 0).unwrap();
         for i in 0..10 {
             q.put(i, e(i)).unwrap();
         }
@@ -234,7 +272,7 @@ mod tests {
         q.flush().unwrap();
         drop(q);
         // Entries 7.. point past a log cut at offset 700.
-        let mut q = ConsumeQueue::open(dir.path(), 4).unwrap();
+        let mut q = ConsumeQueue::open(dir.path(), 4, 0).unwrap();
         assert_eq!(q.recover(700).unwrap(), 7);
         assert_eq!(q.get(6), Some(e(6)));
         assert_eq!(q.get(7), None);

@@ -136,6 +136,8 @@ pub struct Store {
     accepting: AtomicBool,
     /// Commit-log segments and bytes reclaimed since start.
     reclaimed: Mutex<(u64, u64)>,
+    /// Consume-queue segments and bytes reclaimed since start.
+    index_reclaimed: Mutex<(u64, u64)>,
     _lock: lock::DirLock,
 }
 
@@ -168,6 +170,7 @@ impl Store {
             recovery: recovered.report,
             accepting: AtomicBool::new(true),
             reclaimed: Mutex::new((0, 0)),
+            index_reclaimed: Mutex::new((0, 0)),
             opts,
             _lock: dir_lock,
         });
@@ -409,6 +412,22 @@ impl Store {
     /// Commit-log segments and bytes reclaimed since start.
     pub fn reclaimed(&self) -> (u64, u64) {
         *self.reclaimed.lock()
+    }
+
+    /// Reclaims the consume-queue segments that index only reclaimed records (see
+    /// [`topics::Topics::reclaim_index`]); returns segments and bytes, also counted in
+    /// [`Store::index_reclaimed`].
+    pub fn reclaim_index(&self) -> Result<(u64, u64), StoreError> {
+        let got = self.topics.reclaim_index(self.min_offset())?;
+        let mut r = self.index_reclaimed.lock();
+        r.0 += got.0;
+        r.1 += got.1;
+        Ok(got)
+    }
+
+    /// Consume-queue segments and bytes reclaimed since start.
+    pub fn index_reclaimed(&self) -> (u64, u64) {
+        *self.index_reclaimed.lock()
     }
 
     /// Bytes in the commit log.

@@ -52,7 +52,7 @@ impl SegmentSet {
     /// segment of the wrong size, or a gap between segments, is an error naming the file:
     /// for data that cannot be rebuilt (the commit log).
     pub fn open(dir: &Path, segment_size: u64) -> io::Result<Self> {
-        let (set, damaged) = Self::open_with(dir, segment_size, false)?;
+        let (set, damaged) = Self::open_with(dir, segment_size, false, 0)?;
         debug_assert!(damaged.is_empty());
         Ok(set)
     }
@@ -62,10 +62,18 @@ impl SegmentSet {
     /// after a gap, and every segment after it, are deleted. Returns what was deleted, one
     /// line each; the caller rebuilds it.
     pub fn open_rebuildable(dir: &Path, segment_size: u64) -> io::Result<(Self, Vec<String>)> {
-        Self::open_with(dir, segment_size, true)
+        Self::open_with(dir, segment_size, true, 0)
     }
 
-    fn open_with(dir: &Path, segment_size: u64, rebuildable: bool) -> io::Result<(Self, Vec<String>)> {
+    /// [`SegmentSet::open_rebuildable`] for an index whose segments below `start` (a multiple
+    /// of the segment size) were reclaimed: leftovers below it (a crash between recording the
+    /// start and deleting them) are deleted; a first segment above it means the ones between
+    /// were lost.
+    pub fn open_rebuildable_from(dir: &Path, segment_size: u64, start: u64) -> io::Result<(Self, Vec<String>)> {
+        Self::open_with(dir, segment_size, true, start)
+    }
+
+    fn open_with(dir: &Path, segment_size: u64, rebuildable: bool, start: u64) -> io::Result<(Self, Vec<String>)> {
         fsio::create_dir_all(dir)?;
         fsio::remove_stale_tmp(dir)?;
         let mut bases = Vec::new();
@@ -85,9 +93,17 @@ impl SegmentSet {
         bases.sort_unstable();
         let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
         let mut damaged = Vec::new();
-        // Nothing is ever removed from the front of an index yet: a first segment above 0
-        // means the ones before it were lost.
-        if rebuildable && bases.first().is_some_and(|&b| b != 0) {
+        // Reclaimed segments a crash left behind.
+        let below = bases.partition_point(|&b| b < start);
+        if below > 0 {
+            for &b in &bases[..below] {
+                std::fs::remove_file(dir.join(segment_name(b)))?;
+            }
+            fsio::sync_dir(dir)?;
+            bases.drain(..below);
+        }
+        // A first segment above the start means the ones before it were lost.
+        if rebuildable && bases.first().is_some_and(|&b| b != start) {
             for &b in &bases {
                 let p = dir.join(segment_name(b));
                 damaged.push(format!("{} (the segments before it are missing)", p.display()));
@@ -205,6 +221,12 @@ impl SegmentSet {
                 Arc::get_mut(s).ok_or_else(|| io::Error::other("segment is shared during recovery (a bug in chime)"))
             })
             .collect()
+    }
+
+    /// Deletes the first segment if it lies wholly below `below` and is not the last (an index
+    /// reclaiming its front; the caller recorded the new start first). Returns its size.
+    pub fn remove_first_index_below(&self, below: u64) -> io::Result<Option<u64>> {
+        Ok(self.remove_first_below(below)?.map(|(_, len)| len))
     }
 
     /// Reclaims the first segment if it lies wholly below `below`: drops it from the set (readers

@@ -36,11 +36,22 @@ pub struct Topic {
 }
 
 impl Topic {
-    fn open(data_dir: &Path, name: &str, queues: u16, cq_entries: u32, used: u64) -> Result<Self, StoreError> {
+    fn open(
+        data_dir: &Path,
+        name: &str,
+        queues: u16,
+        cq_entries: u32,
+        used: u64,
+        starts: &[u64],
+    ) -> Result<Self, StoreError> {
         let mut qs = Vec::with_capacity(queues as usize);
         for q in 0..queues {
             let dir = cq_dir(data_dir, name, q);
-            qs.push(ConsumeQueue::open(&dir, cq_entries).map_err(StoreError::io(format!("open {}", dir.display())))?);
+            let start = starts.get(q as usize).copied().unwrap_or(0);
+            qs.push(
+                ConsumeQueue::open(&dir, cq_entries, start)
+                    .map_err(StoreError::io(format!("open {}", dir.display())))?,
+            );
         }
         Ok(Self {
             name: name.to_string(),
@@ -83,6 +94,9 @@ struct TopicMeta {
     queues: u16,
     #[serde(default)]
     used: u64,
+    /// Per queue, the first entry still on disk (the ones before were reclaimed); empty: 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    starts: Vec<u64>,
 }
 
 /// Topics opened but not yet shared, for recovery to repair.
@@ -101,7 +115,7 @@ impl RecoveringTopics {
                 let file: TopicsFile = serde_json::from_slice(&bytes)
                     .map_err(|e| StoreError::Corrupt { what: path.display().to_string(), detail: e.to_string() })?;
                 for t in file.topics {
-                    let topic = Topic::open(data_dir, &t.name, t.queues, cq_entries, t.used)?;
+                    let topic = Topic::open(data_dir, &t.name, t.queues, cq_entries, t.used, &t.starts)?;
                     // Files written before `used` existed: every queue with segments is used.
                     for (q, cq) in topic.queues.iter().enumerate() {
                         if cq.has_segments() {
@@ -140,7 +154,7 @@ impl RecoveringTopics {
         if have.is_none_or(|n| n < need) {
             let queues = need.max(have.unwrap_or(0));
             tracing::warn!(topic = name, queues, "topic missing from topics.json; recreated from the commit log");
-            let topic = Topic::open(&self.data_dir, name, queues, self.cq_entries, 0)?;
+            let topic = Topic::open(&self.data_dir, name, queues, self.cq_entries, 0, &[])?;
             self.map.insert(name.to_string(), topic);
             write_file(&self.data_dir, self.map.values())?;
         }
@@ -205,6 +219,43 @@ impl Topics {
         written
     }
 
+    /// Reclaims the consume-queue segments whose every entry points below `log_below` (the
+    /// commit log's first byte: their records are gone), never a queue's last: the new starts
+    /// are recorded in `topics.json` first, then the files deleted. Returns segments and bytes.
+    pub fn reclaim_index(&self, log_below: u64) -> Result<(u64, u64), StoreError> {
+        let _guard = self.create_lock.lock();
+        let all: Vec<Arc<Topic>> = self.map.read().values().cloned().collect();
+        let mut plan: Vec<(&ConsumeQueue, u64, u64)> = Vec::new(); // (queue, new start, old start)
+        for t in &all {
+            for q in &t.queues {
+                if let Some(start) = q.reclaimable_front(log_below) {
+                    plan.push((q, start, q.start()));
+                }
+            }
+        }
+        if plan.is_empty() {
+            return Ok((0, 0));
+        }
+        // The starts as they will be, written before any file goes.
+        for (q, start, _) in &plan {
+            q.set_start(*start);
+        }
+        if let Err(e) = write_file(&self.data_dir, all.iter().map(|t| t.as_ref())) {
+            for (q, _, old) in &plan {
+                q.set_start(*old);
+            }
+            return Err(e);
+        }
+        let (mut segments, mut bytes) = (0, 0);
+        for (q, start, _) in plan {
+            if let Some(len) = q.reclaim_front(start).map_err(StoreError::io("reclaim a consume-queue segment"))? {
+                segments += 1;
+                bytes += len;
+            }
+        }
+        Ok((segments, bytes))
+    }
+
     /// Sets the quota of [`Topics::create`].
     pub fn set_max_topics(&self, max: u64) {
         self.max_topics.store(max, Ordering::Relaxed);
@@ -245,7 +296,7 @@ impl Topics {
         // prepares segments before it writes), so a topic costs no disk until it is used. The
         // system's own topics get theirs now: scheduled sends go to them whatever the topic,
         // and they must not need a `topics.json` write first.
-        let topic = Arc::new(Topic::open(&self.data_dir, name, queues, self.cq_entries, 0)?);
+        let topic = Arc::new(Topic::open(&self.data_dir, name, queues, self.cq_entries, 0, &[])?);
         if system(name) {
             for (q, cq) in topic.queues.iter().enumerate() {
                 cq.prepare(0, 1).map_err(StoreError::io(format!("create the consume queues of {name}")))?;
@@ -263,10 +314,14 @@ impl Topics {
 
 fn write_file<'a>(data_dir: &Path, topics: impl Iterator<Item = &'a Topic>) -> Result<(), StoreError> {
     let mut metas: Vec<TopicMeta> = topics
-        .map(|t| TopicMeta {
-            name: t.name.clone(),
-            queues: t.queues.len() as u16,
-            used: t.used.load(Ordering::Acquire),
+        .map(|t| {
+            let starts: Vec<u64> = t.queues.iter().map(|q| q.start()).collect();
+            TopicMeta {
+                name: t.name.clone(),
+                queues: t.queues.len() as u16,
+                used: t.used.load(Ordering::Acquire),
+                starts: if starts.iter().all(|&s| s == 0) { Vec::new() } else { starts },
+            }
         })
         .collect();
     metas.sort_by(|a, b| a.name.cmp(&b.name));

@@ -115,7 +115,7 @@ impl TimerEngine {
         let cq = &c.sys_topic.queues[0];
         let now = c.clock.now_ms();
         // System-topic entries are in log order: find the first at or after `from`.
-        let (mut lo, mut hi) = (c.pending_floor.load(Ordering::Relaxed), cq.next());
+        let (mut lo, mut hi) = (c.pending_floor.load(Ordering::Relaxed).max(cq.start()), cq.next());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match cq.get(mid) {

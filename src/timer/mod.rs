@@ -250,7 +250,10 @@ impl TimerEngine {
         if cleared > 0 {
             tracing::warn!(from = sys_end, cells = cleared, "cleared state cells of messages a power cut took");
         }
-        let pending_floor = ckpt.map_or(0, |c| c.pending_floor).min(sys_end);
+        // Entries below the system topic's start were reclaimed with their records, whose
+        // cells were all final: nothing before it is read again.
+        let sys_start = sys_topic.queues[0].start();
+        let pending_floor = ckpt.map_or(0, |c| c.pending_floor).clamp(sys_start, sys_end.max(sys_start));
         // Count what is pending on a second thread while this one recovers the timer log and
         // checks the wheel against it: both read every pending message once (10M pending:
         // several seconds each), and neither depends on the other.
@@ -267,7 +270,11 @@ impl TimerEngine {
             Ok::<_, TimerError>((recovered?, counted?))
         })?;
         // A rebuilt wheel is empty: every pending message is placed again, from the floor.
-        let enqueue_offset = if rebuilt { pending_floor } else { ckpt.map_or(0, |c| c.enqueue_offset).min(sys_end) };
+        let enqueue_offset = if rebuilt {
+            pending_floor
+        } else {
+            ckpt.map_or(0, |c| c.enqueue_offset).clamp(sys_start, sys_end.max(sys_start))
+        };
         let (doorbell, bell_rx) = crossbeam_channel::bounded(1);
         let core = Arc::new(Core {
             clock,
