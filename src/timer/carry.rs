@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use super::state::{self, StateCells};
 use super::{io, Core, TimerEngine, TimerError, PROP_TOPIC, SYSTEM_PROP_PREFIX};
 use crate::store::record::Record;
-use crate::store::{MessageId, NewMessage, VerifiedRecord};
+use crate::store::{Appended, MessageId, NewMessage, VerifiedRecord};
 
 /// Property of a carried-forward copy: the message id it answers for.
 pub const PROP_ORIGIN: &str = "__chime.origin";
@@ -39,7 +39,7 @@ pub const PROP_MOVED_FROM: &str = "__chime.moved_from";
 /// before any original's cell moves: where a crash leaves two scheduled records of a message.
 pub const STOP_BEFORE_MOVE: &str = "timer::carry_stop_before_move";
 
-/// Records copied per append.
+/// Records copied per append (one fsync for them all).
 const CHUNK: usize = 1000;
 
 /// The id a scheduled record answers for: its origin's if it is a carried-forward copy.
@@ -154,62 +154,61 @@ impl TimerEngine {
         if let Some(why) = held {
             return Ok(blocked(why, todo.len() as u64));
         }
-        let mut moved = 0;
+        // All copies appended, then one fsync, then the moves: the copies are durable before
+        // any original's cell moves.
+        let mut appended = Vec::with_capacity(todo.len());
         for chunk in todo.chunks(CHUNK) {
-            moved += self.carry_chunk(chunk)?;
+            let copies: Vec<NewMessage> =
+                chunk.iter().map(|(cell, r)| copy_of(&r.record(), *cell, &message_id(r))).collect();
+            appended.extend(c.store.append(&c.sys_topic, &copies)?.messages);
         }
-        c.states.flush().map_err(io("flush the state cells"))?;
-        Ok(Carried { moved, blocked: None, pinning: 0 })
-    }
-
-    fn carry_chunk(&self, chunk: &[(u64, VerifiedRecord)]) -> Result<u64, TimerError> {
-        let c = &self.core;
-        let origins: Vec<String> = chunk.iter().map(|(_, r)| message_id(r)).collect();
-        let copies: Vec<NewMessage> =
-            chunk.iter().zip(&origins).map(|((cell, r), o)| copy_of(&r.record(), *cell, o)).collect();
-        let appended = c.store.append(&c.sys_topic, &copies)?;
         c.store.flush_all()?;
-        for (a, m) in appended.messages.iter().zip(&copies) {
+        for ((_, r), a) in todo.iter().zip(&appended) {
             c.states.ensure(a.queue_offset).map_err(io("create a state cell"))?;
-            let topic = m.properties.get(PROP_TOPIC).map_or("", String::as_str);
-            c.count(topic, m.deliver_at_ms.expect("scheduled"));
+            let rec = r.record();
+            c.count(rec.property(PROP_TOPIC).unwrap_or(""), rec.deliver_at_ms);
         }
         fail::fail_point!(STOP_BEFORE_MOVE, |_| Err(io("carry forward")(std::io::Error::other(
             "stopped by a failpoint"
         ))));
         let mut moved = 0;
-        for (((cell, r), origin), a) in chunk.iter().zip(&origins).zip(&appended.messages) {
-            let origin: MessageId = origin.parse().map_err(|_| TimerError::NotFound)?;
-            let (topic, due) = {
-                let rec = r.record();
-                (rec.property(PROP_TOPIC).unwrap_or("").to_string(), rec.deliver_at_ms)
-            };
-            c.moved.lock().insert(origin, a.id);
-            match c.states.transition(*cell, state::SCHEDULED, state::MOVED).map_err(io("move a state cell"))? {
-                state::SCHEDULED => {
-                    c.uncount(Some(&topic), [due]);
-                    moved += 1;
-                }
-                _ => {
-                    // Fired or cancelled meanwhile: the copy must never fire (unless a cancel
-                    // that followed the map got to it first).
-                    let was = c
-                        .states
-                        .transition(a.queue_offset, state::SCHEDULED, state::CANCELLED)
-                        .map_err(io("cancel a copy"))?;
-                    if was == state::SCHEDULED {
-                        c.uncount(Some(&topic), [due]);
-                    }
-                    let mut m = c.moved.lock();
-                    if m.get(&origin) == Some(&a.id) {
-                        m.remove(&origin);
-                    }
-                }
-            }
+        for ((cell, r), a) in todo.iter().zip(&appended) {
+            moved += u64::from(self.move_one(*cell, r, a)?);
         }
+        c.states.flush().map_err(io("flush the state cells"))?;
         c.counters.carried.fetch_add(moved, Ordering::Relaxed);
         let _ = c.doorbell.try_send(());
-        Ok(moved)
+        Ok(Carried { moved, blocked: None, pinning: 0 })
+    }
+
+    /// Maps the origin of the record at `cell` to its durable copy `a`, then moves its cell;
+    /// `false` if it fired or was cancelled meanwhile (the copy is cancelled then).
+    fn move_one(&self, cell: u64, r: &VerifiedRecord, a: &Appended) -> Result<bool, TimerError> {
+        let c = &self.core;
+        let origin: MessageId = message_id(r).parse().map_err(|_| TimerError::NotFound)?;
+        let (topic, due) = {
+            let rec = r.record();
+            (rec.property(PROP_TOPIC).unwrap_or("").to_string(), rec.deliver_at_ms)
+        };
+        c.moved.lock().insert(origin, a.id);
+        if c.states.transition(cell, state::SCHEDULED, state::MOVED).map_err(io("move a state cell"))?
+            == state::SCHEDULED
+        {
+            c.uncount(Some(&topic), [due]);
+            return Ok(true);
+        }
+        // Fired or cancelled meanwhile: the copy must never fire (unless a cancel that followed
+        // the map got to it first).
+        let was =
+            c.states.transition(a.queue_offset, state::SCHEDULED, state::CANCELLED).map_err(io("cancel a copy"))?;
+        if was == state::SCHEDULED {
+            c.uncount(Some(&topic), [due]);
+        }
+        let mut m = c.moved.lock();
+        if m.get(&origin) == Some(&a.id) {
+            m.remove(&origin);
+        }
+        Ok(false)
     }
 }
 
