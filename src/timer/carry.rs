@@ -19,7 +19,7 @@
 //!
 //! Start-up settles a move a crash interrupted ([`settle_copy`]): a copy whose source cell is
 //! still SCHEDULED wins (the source becomes MOVED); a copy whose source was cancelled or fired
-//! is cancelled.
+//! is cancelled. A pass that fails in a process that goes on cancels the copies it made.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -157,20 +157,33 @@ impl TimerEngine {
         // All copies appended, then one fsync, then the moves: the copies are durable before
         // any original's cell moves.
         let mut appended = Vec::with_capacity(todo.len());
-        for chunk in todo.chunks(CHUNK) {
-            let copies: Vec<NewMessage> =
-                chunk.iter().map(|(cell, r)| copy_of(&r.record(), *cell, &message_id(r))).collect();
-            appended.extend(c.store.append(&c.sys_topic, &copies)?.messages);
+        let staged = (|| -> Result<(), TimerError> {
+            for chunk in todo.chunks(CHUNK) {
+                let copies: Vec<NewMessage> =
+                    chunk.iter().map(|(cell, r)| copy_of(&r.record(), *cell, &message_id(r))).collect();
+                appended.extend(c.store.append(&c.sys_topic, &copies)?.messages);
+            }
+            c.store.flush_all()?;
+            fail::fail_point!(STOP_BEFORE_MOVE, |_| Err(io("carry forward")(std::io::Error::other(
+                "stopped by a failpoint"
+            ))));
+            Ok(())
+        })();
+        if let Err(e) = staged {
+            // This process goes on, and the next pass copies again: these copies, which no
+            // original will be moved to, must never fire. (After a crash here instead, start-up
+            // settles them: `settle_copy`.)
+            for a in &appended {
+                let _ = c.states.ensure(a.queue_offset);
+                let _ = c.states.transition(a.queue_offset, state::SCHEDULED, state::CANCELLED);
+            }
+            return Err(e);
         }
-        c.store.flush_all()?;
         for ((_, r), a) in todo.iter().zip(&appended) {
             c.states.ensure(a.queue_offset).map_err(io("create a state cell"))?;
             let rec = r.record();
             c.count(rec.property(PROP_TOPIC).unwrap_or(""), rec.deliver_at_ms);
         }
-        fail::fail_point!(STOP_BEFORE_MOVE, |_| Err(io("carry forward")(std::io::Error::other(
-            "stopped by a failpoint"
-        ))));
         let mut moved = 0;
         for ((cell, r), a) in todo.iter().zip(&appended) {
             moved += u64::from(self.move_one(*cell, r, a)?);

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod client;
+pub mod lifecycle;
 pub mod metrics;
 
 use std::path::Path;
