@@ -66,6 +66,7 @@ pub fn retention_options(config: &Config) -> crate::retention::RetentionOptions 
         check_interval: config.store.retention_check_interval.0,
         soft_limit: config.store.disk_soft_limit,
         hard_limit: config.store.disk_hard_limit,
+        carry_margin: crate::retention::carry_margin(config.store.retention_check_interval.0),
     }
 }
 

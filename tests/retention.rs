@@ -17,6 +17,8 @@ use common::lifecycle::{fill, half_full, pad, H, HOUR, T0, TOPIC};
 
 #[test]
 fn reclaimed_segments_keep_every_pending_message_with_its_id_status_and_cancel() {
+    // Failpoints are global: every test of this file takes the scenario lock.
+    let _failpoints = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let h = H::new(dir.path());
     let (normal, far) = fill(&h);
@@ -93,6 +95,8 @@ fn reclaimed_segments_keep_every_pending_message_with_its_id_status_and_cancel()
 
 #[test]
 fn a_message_due_within_the_margin_pins_its_segment_until_it_fires() {
+    // Failpoints are global: every test of this file takes the scenario lock.
+    let _failpoints = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let h = H::new(dir.path());
     let soon = h.send(pad(0), Some(T0 + 2 * HOUR + 30_000));
@@ -154,6 +158,8 @@ fn a_crash_between_copy_and_move_fires_the_message_once() {
 
 #[test]
 fn above_the_hard_limit_sends_are_refused_until_space_returns_and_the_soft_limit_reclaims_early() {
+    // Failpoints are global: every test of this file takes the scenario lock.
+    let _failpoints = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let h = H::new(dir.path());
     let (_, far) = fill(&h);

@@ -2,6 +2,8 @@
 //! milliseconds. Each test checks the hard invariants: never visible before `deliver_at_ms`
 //! (by the server clock: `store_ms >= deliver_at_ms`), nothing lost, cancelled never visible.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use chime::clock::ManualClock;
 use chime::service::{deliver, Broker, BrokerOptions};
 use chime::store::topics::Topic;
 use chime::store::{FlushPolicy, NewMessage, Store, StoreOptions, VerifiedRecord};
-use chime::timer::{Geometry, MessageState, TimerEngine, TimerError, TimerOptions, PROP_TOPIC};
+use chime::timer::{MessageState, TimerEngine, TimerError, PROP_TOPIC};
 
 const T0: i64 = 1_800_000_000_000;
 const TOPIC: &str = "t";
@@ -36,34 +38,8 @@ fn open_with(dir: &Path, clock: Arc<ManualClock>, slots: u64, queue_capacity: us
         flush: FlushPolicy::Async { interval: Duration::from_millis(50) },
         checkpoint_interval: Duration::from_millis(50),
     };
-    // A store dropped just before may still be alive for a moment (its flusher holds it during
-    // a flush), and with it the directory lock; a crashed process would release it at once.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let store = loop {
-        match Store::open(opts.clone(), clock.clone()) {
-            Ok(s) => break s,
-            Err(chime::store::StoreError::Lock(_)) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("store does not open: {e}"),
-        }
-    };
-    let timer = TimerEngine::start(
-        store.clone(),
-        TimerOptions {
-            dir: dir.join("timer"),
-            geometry: Geometry::new(1000, slots),
-            lookahead_ms: 1000,
-            timer_log_segment_units: 4096,
-            checkpoint_interval: Duration::from_millis(50),
-            queue_capacity,
-            default_queues: 2,
-            max_per_slot: None,
-            progress_interval: None,
-            lag_warn_ms: 5_000,
-        },
-    )
-    .unwrap();
+    let store = common::open_store(opts, clock.clone());
+    let timer = TimerEngine::start(store.clone(), common::timer_options(dir, slots, queue_capacity)).unwrap();
     Harness { clock, store, timer, dir: dir.to_path_buf(), slots }
 }
 

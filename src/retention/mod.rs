@@ -14,7 +14,7 @@
 //! Before a segment goes, the timer carries its pending scheduled messages forward
 //! (`timer::carry`: copied to the head of the log, durably, same message id). A message due in
 //! `d` is so copied about `d / retention` times. A segment the timer cannot release yet (a
-//! message in it is due within [`CARRY_MARGIN_MS`] or being fired, or enqueue-get has not read
+//! message in it is due within [`RetentionOptions::carry_margin`] or being fired, or enqueue-get has not read
 //! it) is *pinned*: kept, and tried again next tick. Under size or disk pressure a segment that
 //! is more than half pending messages is pinned too: copying them would free too little, and
 //! the same messages would be copied again at once. Normal
@@ -39,8 +39,10 @@ use crate::clock::SharedClock;
 use crate::store::{Store, StoreError};
 use crate::timer::{TimerEngine, TimerError};
 
-/// Messages due sooner than this are left to fire where they are: their segment waits.
-pub const CARRY_MARGIN_MS: i64 = 60_000;
+/// The carry margin of a check interval: five intervals, between 1 s and 60 s.
+pub fn carry_margin(check_interval: Duration) -> Duration {
+    (check_interval * 5).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
 
 #[derive(Debug, Clone)]
 pub struct RetentionOptions {
@@ -55,6 +57,9 @@ pub struct RetentionOptions {
     pub soft_limit: f64,
     /// Config `store.disk_hard_limit`.
     pub hard_limit: f64,
+    /// Messages due sooner than this are left to fire where they are (their segment waits a
+    /// little) rather than copied: [`carry_margin`] of the check interval.
+    pub carry_margin: Duration,
 }
 
 /// Size and free space of a file system.
@@ -244,7 +249,8 @@ impl Retention {
             // for size or disk pressure only if that frees at least half of it, or the same
             // pending messages would be copied round and round.
             let max_carry = if rule == Rule::Age { u64::MAX } else { (end - base) / 2 };
-            let carried = self.timer.carry_forward(base, end, CARRY_MARGIN_MS, max_carry)?;
+            let margin = self.opts.carry_margin.as_millis() as i64;
+            let carried = self.timer.carry_forward(base, end, margin, max_carry)?;
             if let Some(reason) = carried.blocked {
                 tick.pinned = Pinned {
                     segments: 1,

@@ -11,8 +11,8 @@ use chime::clock::ManualClock;
 use chime::group::{Batch, GroupOptions, Groups, TagExpr};
 use chime::retention::{Disk, DiskProbe, Retention, RetentionOptions};
 use chime::service::{deliver, Broker, BrokerOptions, ServiceError};
-use chime::store::{FlushPolicy, NewMessage, Store, StoreError, StoreOptions};
-use chime::timer::{Geometry, MessageState, TimerEngine, TimerOptions};
+use chime::store::{FlushPolicy, NewMessage, Store, StoreOptions};
+use chime::timer::{MessageState, TimerEngine};
 use parking_lot::Mutex;
 
 pub const T0: i64 = 1_800_000_000_000;
@@ -39,14 +39,7 @@ pub fn open(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>) -> H {
         flush: FlushPolicy::Async { interval: Duration::from_millis(50) },
         checkpoint_interval: Duration::from_millis(50),
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let store = loop {
-        match Store::open(opts.clone(), clock.clone()) {
-            Ok(s) => break s,
-            Err(StoreError::Lock(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("store does not open: {e}"),
-        }
-    };
+    let store = super::open_store(opts, clock.clone());
     let groups = Groups::open(
         store.clone(),
         GroupOptions {
@@ -56,22 +49,7 @@ pub fn open(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>) -> H {
         },
     )
     .unwrap();
-    let timer = TimerEngine::start(
-        store.clone(),
-        TimerOptions {
-            dir: dir.join("timer"),
-            geometry: Geometry::new(1000, 7200),
-            lookahead_ms: 1000,
-            timer_log_segment_units: 4096,
-            checkpoint_interval: Duration::from_millis(50),
-            queue_capacity: 4096,
-            default_queues: 2,
-            max_per_slot: None,
-            progress_interval: None,
-            lag_warn_ms: 5_000,
-        },
-    )
-    .unwrap();
+    let timer = TimerEngine::start(store.clone(), super::timer_options(dir, 7200, 4096)).unwrap();
     let broker =
         Broker::new(store.clone(), timer.clone(), BrokerOptions { auto_create_topics: true, default_queues: 2 });
     let probe_disk = disk.clone();
@@ -87,6 +65,7 @@ pub fn open(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>) -> H {
             check_interval: Duration::from_secs(3600),
             soft_limit: 0.85,
             hard_limit: 0.95,
+            carry_margin: Duration::from_secs(60),
         },
         probe,
     );

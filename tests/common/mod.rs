@@ -106,3 +106,36 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
     assert_eq!(body["error"]["code"], want_code, "body: {body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {body}");
 }
+
+/// Opens a store in-process, retrying while a store dropped just before still holds the
+/// directory lock (its flusher may hold it during a flush; a crashed process would release it
+/// at once).
+pub fn open_store(opts: chime::store::StoreOptions, clock: SharedClock) -> Arc<chime::store::Store> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match chime::store::Store::open(opts.clone(), clock.clone()) {
+            Ok(s) => return s,
+            Err(chime::store::StoreError::Lock(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("store does not open: {e}"),
+        }
+    }
+}
+
+/// The timer options of the in-process tests: 1 s slots, a 1 s lookahead, checkpoints every
+/// 50 ms, small timer-log segments.
+pub fn timer_options(dir: &Path, slots: u64, queue_capacity: usize) -> chime::timer::TimerOptions {
+    chime::timer::TimerOptions {
+        dir: dir.join("timer"),
+        geometry: chime::timer::Geometry::new(1000, slots),
+        lookahead_ms: 1000,
+        timer_log_segment_units: 4096,
+        checkpoint_interval: std::time::Duration::from_millis(50),
+        queue_capacity,
+        default_queues: 2,
+        max_per_slot: None,
+        progress_interval: None,
+        lag_warn_ms: 5_000,
+    }
+}
