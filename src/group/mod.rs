@@ -334,14 +334,21 @@ impl Groups {
         let retained_from = self.store.min_offset();
         for qi in (0..nq).map(|i| (start + i) % nq) {
             let cq = &topic.queues[qi];
-            if let Some(to) = first_retained(cq, st.queues[qi].next, retained_from) {
-                st.queues[qi].expire_to(to);
-                changed = true;
-            }
             while out.len() < max && !full {
                 let p = &mut st.queues[qi];
                 let offset = p.next;
-                let Some(entry) = cq.get(offset) else { break };
+                let Some(entry) = cq.get(offset).filter(|e| e.log_offset >= retained_from) else {
+                    // Not written yet, or reclaimed by retention before the group received it:
+                    // then move on to the first message still there.
+                    match first_retained(cq, offset, retained_from) {
+                        Some(to) => {
+                            p.expire_to(to);
+                            changed = true;
+                            continue;
+                        }
+                        None => break,
+                    }
+                };
                 changed = true;
                 if !expr.may_match_hash(entry.tag_hash) {
                     p.skip_next();

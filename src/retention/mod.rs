@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use chime_pipeline::Supervisor;
 use parking_lot::Mutex;
-use serde::Serialize;
 
 use crate::clock::SharedClock;
 use crate::store::{Store, StoreError};
@@ -63,7 +62,7 @@ pub struct RetentionOptions {
 }
 
 /// Size and free space of a file system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Disk {
     pub total_bytes: u64,
     pub free_bytes: u64,
@@ -105,8 +104,7 @@ pub enum RetentionError {
 }
 
 /// Why a segment was reclaimed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
     Age,
     Size,
@@ -114,19 +112,18 @@ pub enum Rule {
 }
 
 /// What retention keeps beyond its rules, as of the last tick.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Pinned {
     pub segments: u64,
     pub bytes: u64,
     /// Pending messages that hold the pinned segment (due soon, or being fired).
     pub pending_messages: u64,
     /// Why, in words (none when nothing is pinned).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 /// `GET /v1/storage` (API.md "Storage lifecycle").
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StorageReport {
     pub disk: DiskReport,
     pub commitlog: LogReport,
@@ -136,14 +133,14 @@ pub struct StorageReport {
     pub accepting: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DiskReport {
     pub total_bytes: u64,
     pub free_bytes: u64,
     pub used_ratio: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogReport {
     pub segments: u64,
     pub bytes: u64,
@@ -152,7 +149,7 @@ pub struct LogReport {
     pub oldest_store_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reclaimed {
     pub segments: u64,
     pub bytes: u64,
@@ -230,10 +227,6 @@ impl Retention {
     /// Stops the thread (a pass in progress finishes first).
     pub fn shutdown(&self) {
         self.workers.lock().stop_and_join(chime_pipeline::STOP_DEADLINE);
-    }
-
-    pub fn options(&self) -> &RetentionOptions {
-        &self.opts
     }
 
     /// One pass: the disk limits, then the oldest segments while a rule asks (module doc).

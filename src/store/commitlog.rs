@@ -28,6 +28,9 @@ pub struct CommitLog {
     flushed: AtomicU64,
     /// Pages below this offset have been faulted in ahead of the appender.
     prefaulted: AtomicU64,
+    /// Offset of the first byte still on disk: readers ask it for every record (a reclaimed
+    /// one is skipped), so it is kept here rather than looked up in the segment list.
+    min_offset: AtomicU64,
 }
 
 /// The single appender's position. Only the store's append lock holds one.
@@ -115,11 +118,14 @@ pub struct LogRecovery {
 
 impl CommitLog {
     pub fn open(dir: &Path, segment_size: u64) -> io::Result<Self> {
+        let segs = SegmentSet::open(dir, segment_size)?;
+        let min = segs.first().map_or(0, |s| s.base);
         Ok(Self {
-            segs: SegmentSet::open(dir, segment_size)?,
+            segs,
             write_pos: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             prefaulted: AtomicU64::new(0),
+            min_offset: AtomicU64::new(min),
         })
     }
 
@@ -145,12 +151,16 @@ impl CommitLog {
     /// returns its base and size. Its records are gone for good: callers have carried forward
     /// what must live on.
     pub fn reclaim_first(&self, below: u64) -> io::Result<Option<(u64, u64)>> {
-        self.segs.remove_first_below(below.min(self.write_pos()))
+        let got = self.segs.remove_first_below(below.min(self.write_pos()))?;
+        if let Some((base, len)) = got {
+            self.min_offset.fetch_max(base + len, Ordering::AcqRel);
+        }
+        Ok(got)
     }
 
     /// Offset of the first byte still on disk.
     pub fn min_offset(&self) -> u64 {
-        self.segs.first().map_or(0, |s| s.base)
+        self.min_offset.load(Ordering::Acquire)
     }
 
     /// Scans from `from` (a record boundary, normally the checkpoint) for the end of the valid

@@ -112,7 +112,7 @@ impl ConsumeQueue {
     /// Deletes the first segment once the start past it is durable (see
     /// [`ConsumeQueue::reclaimable_front`]); returns its size.
     pub fn reclaim_front(&self, new_start: u64) -> io::Result<Option<u64>> {
-        self.segs.remove_first_index_below(new_start * ENTRY_LEN as u64)
+        Ok(self.segs.remove_first_below(new_start * ENTRY_LEN as u64)?.map(|(_, len)| len))
     }
 
     /// The damaged segments removed when the queue was opened (see [`SegmentSet::open_rebuildable`]).

@@ -223,15 +223,9 @@ impl SegmentSet {
             .collect()
     }
 
-    /// Deletes the first segment if it lies wholly below `below` and is not the last (an index
-    /// reclaiming its front; the caller recorded the new start first). Returns its size.
-    pub fn remove_first_index_below(&self, below: u64) -> io::Result<Option<u64>> {
-        Ok(self.remove_first_below(below)?.map(|(_, len)| len))
-    }
-
-    /// Reclaims the first segment if it lies wholly below `below`: drops it from the set (readers
-    /// holding it keep their mapping), deletes its file and syncs the directory. Returns its
-    /// base and size.
+    /// Reclaims the first segment if it lies wholly below `below` and is not the last: drops it
+    /// from the set (readers holding it keep their mapping), deletes its file and syncs the
+    /// directory. Returns its base and size.
     pub fn remove_first_below(&self, below: u64) -> io::Result<Option<(u64, u64)>> {
         let seg = {
             let mut segs = self.segments.write();
