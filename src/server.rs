@@ -71,6 +71,14 @@ pub fn retention_options(config: &Config) -> crate::retention::RetentionOptions 
 }
 
 /// The timer's options from the config.
+pub fn group_options(config: &Config) -> GroupOptions {
+    GroupOptions {
+        dir: config.data_dir.join("groups"),
+        persist_interval: config.group.persist_interval.0,
+        max_groups_per_topic: config.limits.max_groups_per_topic,
+    }
+}
+
 pub fn timer_options(config: &Config) -> TimerOptions {
     TimerOptions {
         dir: config.data_dir.join("timer"),
@@ -78,6 +86,7 @@ pub fn timer_options(config: &Config) -> TimerOptions {
         lookahead_ms: config.timer.lookahead.0.as_millis() as i64,
         // 64 MiB timer-log segments with 1 GiB commit-log segments; smaller with smaller ones.
         timer_log_segment_units: (config.store.segment_size.0 / 1024).clamp(4096, 1 << 20),
+        state_cells_per_file: crate::timer::state::CELLS_PER_FILE,
         checkpoint_interval: config.store.flush_interval.0,
         queue_capacity: config.timer.queue_capacity as usize,
         default_queues: config.default_queues,
@@ -122,11 +131,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
     let state = AppState::new(limits(config), config.auth.token.clone(), shutdown_rx.clone());
 
     let opts = store_options(config);
-    let group_opts = GroupOptions {
-        dir: config.data_dir.join("groups"),
-        persist_interval: config.group.persist_interval.0,
-        max_groups_per_topic: config.limits.max_groups_per_topic,
-    };
+    let group_opts = group_options(config);
     let timer_opts = timer_options(config);
     let max_topics = config.limits.max_topics;
     let broker_opts = crate::service::BrokerOptions {
@@ -152,6 +157,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         let retention = crate::retention::Retention::start(
             store.clone(),
             timer.clone(),
+            groups.clone(),
             clock_for_retention,
             retention_opts,
             Arc::new(crate::retention::real_disk),

@@ -46,6 +46,8 @@ async fn a_short_retention_keeps_the_log_bounded_and_every_scheduled_message() {
     let log = st["commitlog"]["bytes"].as_u64().unwrap();
     assert!(log < sent_bytes / 2, "the log stays bounded: {log} bytes of {sent_bytes} sent: {st}");
     assert!(st["commitlog"]["first_offset"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["timer"]["moved_ids"].as_u64().unwrap() > 0, "carried ids lead to their copies: {st}");
+    assert!(st["timer"]["state_files"].as_u64().unwrap() >= 1, "{st}");
 
     // A cancel of a carried-forward message, by the id its send returned, holds.
     let (code, v) = s.call("DELETE", &format!("/v1/topics/rt/messages/{}", scheduled[0]), None).await;

@@ -47,6 +47,13 @@ async fn the_hard_limit_refuses_sends_until_space_returns_and_storage_says_so() 
     assert_eq!(v["reclaimed"], json!({"segments": 0, "bytes": 0}), "{v}");
     assert_eq!(v["carried_forward"], 0, "{v}");
     assert_eq!(v["accepting"], true, "{v}");
+    // Nothing scheduled yet: no timer-log segment, no state file.
+    assert_eq!(
+        v["timer"],
+        json!({"timer_log_segments": 0, "state_files": 0, "moved_ids": 0,
+               "timer_log_reclaimed_bytes": 0, "state_reclaimed_bytes": 0}),
+        "{v}"
+    );
 
     // A scheduled message sent before the disk fills still fires while it is full.
     assert_eq!(s.send("t", json!({"body": "scheduled", "delay_ms": 1500})).await.0, 201);

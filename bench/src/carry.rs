@@ -100,9 +100,12 @@ fn one_run(args: &CarryArgs, parent: &std::path::Path) -> Result<Figures, String
         .map_err(|e| format!("send: {e}"))?;
     let segments = store.log_segments().len();
     clock.set(start + 73 * 3_600_000);
+    let groups = chime::group::Groups::open(store.clone(), chime::server::group_options(&config))
+        .map_err(|e| format!("open groups: {e}"))?;
     let retention = Retention::new(
         store.clone(),
         timer.clone(),
+        groups,
         clock.clone(),
         chime::server::retention_options(&config),
         Arc::new(real_disk),

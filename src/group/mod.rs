@@ -388,6 +388,28 @@ impl Groups {
         Ok(Received { messages: out, wake_at_ms })
     }
 
+    /// Moves every group past the messages retention reclaimed, whether or not it receives
+    /// again: those it never received count as `expired`; its progress below them (done, and
+    /// in flight, whose redelivery would find nothing) is forgotten, so a group's state never
+    /// outlives what it describes. Returns the messages so expired.
+    pub fn expire_reclaimed(&self) -> u64 {
+        let retained_from = self.store.min_offset();
+        let groups: Vec<(String, Arc<GroupTopic>)> =
+            self.states.lock().map.iter().map(|((_, topic), gt)| (topic.clone(), gt.clone())).collect();
+        let mut expired = 0;
+        for (topic, gt) in groups {
+            let Some(t) = self.store.topics().get(&topic) else { continue };
+            let mut st = gt.state.lock();
+            for (p, cq) in st.queues.iter_mut().zip(&t.queues) {
+                if let Some(to) = first_retained(cq, p.floor, retained_from) {
+                    expired += p.forget_below(to);
+                    gt.dirty.store(true, Ordering::Release);
+                }
+            }
+        }
+        expired
+    }
+
     /// Messages that consumer groups never received because retention reclaimed them first,
     /// over every group.
     pub fn expired_total(&self) -> u64 {

@@ -131,6 +131,27 @@ impl QueueProgress {
         self.advance_floor();
     }
 
+    /// Forgets everything below `to` (retention reclaimed it): done and in-flight offsets go,
+    /// offsets never handed out count as expired. Returns how many did.
+    pub fn forget_below(&mut self, to: u64) -> u64 {
+        if to <= self.floor {
+            return 0;
+        }
+        let expired = to.saturating_sub(self.next);
+        let gone: Vec<u64> = self.inflight.range(..to).map(|(&o, _)| o).collect();
+        for o in gone {
+            if let Some(f) = self.inflight.remove(&o) {
+                self.by_deadline.remove(&(f.visible_at, o));
+            }
+        }
+        self.done = self.done.split_off(&to);
+        self.floor = to;
+        self.next = self.next.max(to);
+        self.expired += expired;
+        self.advance_floor();
+        expired
+    }
+
     pub fn skip_next(&mut self) {
         self.done.insert(self.next);
         self.next += 1;
@@ -188,6 +209,31 @@ impl QueueProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forget_below_drops_what_was_reclaimed_and_counts_only_the_never_received() {
+        let mut p = QueueProgress::default();
+        for o in 0..6 {
+            p.deliver(o, 100 + o as i64, 1);
+        }
+        assert!(p.ack(1, 1) && p.ack(4, 1));
+        // Offsets 0..8 reclaimed: 0, 2, 3 in flight and 1 done go; 6 and 7 were never handed out.
+        assert_eq!(p.forget_below(8), 2);
+        p.debug_check();
+        assert_eq!((p.floor, p.next, p.expired), (8, 8, 2));
+        assert!(p.expired(i64::MAX, 10).is_empty(), "nothing left to redeliver");
+        assert_eq!(p.forget_below(8), 0, "nothing twice");
+        // A reclaim inside what is in flight keeps what is above it.
+        let mut p = QueueProgress::default();
+        for o in 0..4 {
+            p.deliver(o, 100, 1);
+        }
+        assert!(p.ack(3, 1));
+        assert_eq!(p.forget_below(2), 0);
+        p.debug_check();
+        assert_eq!((p.floor, p.next), (2, 4));
+        assert_eq!(p.expired(i64::MAX, 10), vec![2]);
+    }
 
     #[test]
     fn deliver_ack_redeliver() {

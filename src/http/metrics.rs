@@ -307,6 +307,12 @@ impl Collector for ServiceCollector {
         let (index_segs, index_bytes) = core.store.index_reclaimed();
         counter(&mut e, "storage_index_reclaimed_segments", "Consume-queue segments reclaimed", index_segs)?;
         counter(&mut e, "storage_index_reclaimed_bytes", "Consume-queue bytes reclaimed", index_bytes)?;
+        let t = &s.timer;
+        gauge(&mut e, "storage_timer_log_segments", "Timer-log segment files", t.timer_log_segments as i64)?;
+        gauge(&mut e, "storage_state_files", "Timer state-cell files", t.state_files as i64)?;
+        gauge(&mut e, "storage_moved_ids", "Carried-forward ids that lead to a copy", t.moved_ids as i64)?;
+        counter(&mut e, "storage_timer_log_reclaimed_bytes", "Timer-log bytes reclaimed", t.timer_log_reclaimed_bytes)?;
+        counter(&mut e, "storage_state_reclaimed_bytes", "State-cell bytes reclaimed", t.state_reclaimed_bytes)?;
         counter(
             &mut e,
             "storage_carried_forward",

@@ -19,6 +19,19 @@ pub(crate) struct StorageOut {
     carried_forward: u64,
     /// False while the disk is above `store.disk_hard_limit`: sends answer 503 "disk full".
     accepting: bool,
+    timer: TimerFilesOut,
+}
+
+/// The timer's files (an addition to API.md): reclaimed with the records they describe.
+#[derive(Serialize, ToSchema)]
+struct TimerFilesOut {
+    timer_log_segments: u64,
+    state_files: u64,
+    /// Carried-forward messages whose id leads to a copy.
+    moved_ids: u64,
+    /// Since start.
+    timer_log_reclaimed_bytes: u64,
+    state_reclaimed_bytes: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -79,6 +92,13 @@ pub(crate) async fn storage(State(state): State<AppState>) -> Result<Response, A
         reclaimed: ReclaimedOut { segments: r.reclaimed.segments, bytes: r.reclaimed.bytes },
         carried_forward: r.carried_forward,
         accepting: r.accepting,
+        timer: TimerFilesOut {
+            timer_log_segments: r.timer.timer_log_segments,
+            state_files: r.timer.state_files,
+            moved_ids: r.timer.moved_ids,
+            timer_log_reclaimed_bytes: r.timer.timer_log_reclaimed_bytes,
+            state_reclaimed_bytes: r.timer.state_reclaimed_bytes,
+        },
     })
     .into_response())
 }

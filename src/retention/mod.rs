@@ -9,7 +9,10 @@
 //! 2. reclaims the oldest commit-log segment while a rule asks for it: its newest record is
 //!    older than `retention` (bounded by the store time of the next segment's first record,
 //!    since store times never go backwards), the log is larger than `retention_bytes`, or the
-//!    disk is above `disk_soft_limit`. The segment being written is never reclaimed.
+//!    disk is above `disk_soft_limit`. The segment being written is never reclaimed;
+//! 3. reclaims what described the reclaimed records: consume-queue segments, the timer's
+//!    units, state cells and moved-id entries ([`TimerEngine::reclaim`]), and moves every
+//!    consumer group past them ([`Groups::expire_reclaimed`]).
 //!
 //! Before a segment goes, the timer carries its pending scheduled messages forward
 //! (`timer::carry`: copied to the head of the log, durably, same message id). A message due in
@@ -35,7 +38,9 @@ use chime_pipeline::Supervisor;
 use parking_lot::Mutex;
 
 use crate::clock::SharedClock;
+use crate::group::Groups;
 use crate::store::{Store, StoreError};
+use crate::timer::carry::TimerReclaimed;
 use crate::timer::{TimerEngine, TimerError};
 
 /// The carry margin of a check interval: five intervals, between 1 s and 60 s.
@@ -131,6 +136,19 @@ pub struct StorageReport {
     pub reclaimed: Reclaimed,
     pub carried_forward: u64,
     pub accepting: bool,
+    pub timer: TimerFiles,
+}
+
+/// The timer's files, which go with the records they describe.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TimerFiles {
+    pub timer_log_segments: u64,
+    pub state_files: u64,
+    /// Carried-forward messages whose original id maps to a copy (`timer::moved`).
+    pub moved_ids: u64,
+    /// Since start.
+    pub timer_log_reclaimed_bytes: u64,
+    pub state_reclaimed_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,11 +184,16 @@ pub struct Tick {
     pub accepting: bool,
     /// Consume-queue segments reclaimed (they indexed only reclaimed records).
     pub index_segments: u64,
+    /// Timer-log segments and state-cell files reclaimed.
+    pub timer: TimerReclaimed,
+    /// Messages consumer groups never received, passed over for good by this pass.
+    pub expired: u64,
 }
 
 pub struct Retention {
     store: Arc<Store>,
     timer: Arc<TimerEngine>,
+    groups: Arc<Groups>,
     clock: SharedClock,
     opts: RetentionOptions,
     probe: DiskProbe,
@@ -182,6 +205,7 @@ impl Retention {
     pub fn new(
         store: Arc<Store>,
         timer: Arc<TimerEngine>,
+        groups: Arc<Groups>,
         clock: SharedClock,
         opts: RetentionOptions,
         probe: DiskProbe,
@@ -189,6 +213,7 @@ impl Retention {
         Arc::new(Self {
             store,
             timer,
+            groups,
             clock,
             opts,
             probe,
@@ -201,11 +226,12 @@ impl Retention {
     pub fn start(
         store: Arc<Store>,
         timer: Arc<TimerEngine>,
+        groups: Arc<Groups>,
         clock: SharedClock,
         opts: RetentionOptions,
         probe: DiskProbe,
     ) -> Result<Arc<Self>, RetentionError> {
-        let r = Self::new(store, timer, clock, opts, probe);
+        let r = Self::new(store, timer, groups, clock, opts, probe);
         let weak = Arc::downgrade(&r);
         let every = r.opts.check_interval;
         r.workers
@@ -260,9 +286,12 @@ impl Retention {
                 disk = (self.probe)(&self.opts.data_dir).map_err(RetentionError::Probe)?;
             }
         }
-        // The index entries of what is gone go too.
+        // What describes what is gone goes too: index entries, the timer's units, cells and
+        // map entries, and the groups' progress through it.
         let (segs, _) = self.store.reclaim_index()?;
         tick.index_segments = segs;
+        tick.timer = self.timer.reclaim()?;
+        tick.expired = self.groups.expire_reclaimed();
         // Space came back: sends pass again at once, not a tick later.
         if !tick.reclaimed.is_empty() && !accepting {
             disk = (self.probe)(&self.opts.data_dir).map_err(RetentionError::Probe)?;
@@ -320,6 +349,17 @@ impl Retention {
             reclaimed: Reclaimed { segments, bytes },
             carried_forward: self.timer.carried_forward(),
             accepting: self.store.accepting(),
+            timer: {
+                let (timer_log_segments, state_files, moved_ids) = self.timer.files();
+                let (timer_log_reclaimed_bytes, state_reclaimed_bytes) = self.timer.reclaimed_bytes();
+                TimerFiles {
+                    timer_log_segments,
+                    state_files,
+                    moved_ids,
+                    timer_log_reclaimed_bytes,
+                    state_reclaimed_bytes,
+                }
+            },
         }
     }
 }

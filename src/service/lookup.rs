@@ -20,14 +20,21 @@ pub enum Found {
 
 impl Broker {
     /// Resolves `id` in `topic`; `NotFound` for an unknown or malformed id, or another topic's.
-    pub fn find(&self, topic: &str, id: &str) -> Result<Found, ServiceError> {
+    /// A message retention carried forward is answered for by its copy: when its own record is
+    /// gone, or first if `copy_first` (its own record said MOVED). Its own record, while it is
+    /// there and not moved, is the truth (a map entry of a carry that did not complete is not).
+    pub fn find(&self, topic: &str, id: &str, copy_first: bool) -> Result<Found, ServiceError> {
         let unknown = || ServiceError::NotFound(format!("no message {id:?} in topic {topic:?}"));
         let mid: MessageId = id.parse().map_err(|_| unknown())?;
-        // Carried forward by retention: the copy answers for it (the original may be gone).
-        if let Some(r) = self.timer.current(mid).and_then(|cur| self.store.read_id(cur)) {
-            return Ok(Found::Scheduled(mid, r));
+        let copy = || self.timer.current(mid).and_then(|cur| self.store.read_id(cur));
+        if copy_first {
+            if let Some(r) = copy() {
+                return Ok(Found::Scheduled(mid, r));
+            }
         }
-        let r = self.store.read_id(mid).ok_or_else(unknown)?;
+        let Some(r) = self.store.read_id(mid) else {
+            return copy().map(|r| Found::Scheduled(mid, r)).ok_or_else(unknown);
+        };
         let rec = r.record();
         if rec.topic == SYSTEM_TOPIC {
             return Ok(Found::Scheduled(mid, r));
@@ -43,8 +50,8 @@ impl Broker {
         let unknown = || format!("no message {id:?} in topic {topic:?}");
         // A carry-forward may finish between the lookup and the read of the cell: the second
         // lookup finds the copy (it is mapped before the original's cell moves).
-        for _ in 0..2 {
-            match self.find(topic, id)? {
+        for attempt in 0..3 {
+            match self.find(topic, id, attempt > 0)? {
                 Found::Normal(mid, at) => return Ok((mid, at, MessageState::Delivered)),
                 Found::Scheduled(mid, r) => match self.timer.status(topic, &r) {
                     Ok((st, at)) => return Ok((mid, at, st)),
@@ -60,8 +67,8 @@ impl Broker {
     /// too. A normal message (or a fired one) is `AlreadyDelivered`.
     pub async fn cancel(&self, topic: &str, id: &str) -> Result<MessageId, ServiceError> {
         let unknown = || format!("no message {id:?} in topic {topic:?}");
-        for _ in 0..2 {
-            let (mid, r) = match self.find(topic, id)? {
+        for attempt in 0..3 {
+            let (mid, r) = match self.find(topic, id, attempt > 0)? {
                 Found::Normal(mid, _) => return Err(ServiceError::AlreadyDelivered(mid)),
                 Found::Scheduled(mid, r) => (mid, r),
             };

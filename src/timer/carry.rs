@@ -12,14 +12,20 @@
 //!
 //! Order, so that a crash or a power cut at any point loses nothing and fires nothing twice:
 //! 1. the copies are appended and made durable (the store's fsync), then counted as pending;
-//! 2. the origin is mapped to the copy, then the old cell goes SCHEDULED → MOVED (one CAS);
+//! 2. each origin is mapped to its copy, durably (`timer::moved`, one fsync for the pass), then
+//!    the old cell goes SCHEDULED → MOVED (one CAS);
 //!    if the CAS fails, the old one fired or was cancelled meanwhile: the copy is cancelled and
-//!    the map entry dropped;
+//!    a tombstone replaces its map entry;
 //! 3. the state cells are fsync'd; only then may the caller delete the segment.
 //!
 //! Start-up settles a move a crash interrupted ([`settle_copy`]): a copy whose source cell is
 //! still SCHEDULED wins (the source becomes MOVED); a copy whose source was cancelled or fired
-//! is cancelled. A pass that fails in a process that goes on cancels the copies it made.
+//! is cancelled (and its map entry tombstoned). A pass that fails in a process that goes on
+//! cancels the copies it made and tombstones their entries.
+//!
+//! What the timer keeps of messages long gone goes with the commit log ([`TimerEngine::reclaim`]):
+//! timer-log segments whose slots have all closed, state-cell files below the system topic's
+//! first retained entry, and map entries whose copy was reclaimed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -85,7 +91,7 @@ fn copy_of(rec: &Record<'_>, cell: u64, origin: &str) -> NewMessage {
 impl TimerEngine {
     /// Where the message `id` lives now, if retention carried it forward (the id of its copy).
     pub fn current(&self, id: MessageId) -> Option<MessageId> {
-        self.core.moved.lock().get(&id).copied()
+        self.core.moved.get(&id)
     }
 
     /// Messages carried forward since start.
@@ -157,6 +163,7 @@ impl TimerEngine {
         // All copies appended, then one fsync, then the moves: the copies are durable before
         // any original's cell moves.
         let mut appended = Vec::with_capacity(todo.len());
+        let mut mapped = Vec::with_capacity(todo.len());
         let staged = (|| -> Result<(), TimerError> {
             for chunk in todo.chunks(CHUNK) {
                 let copies: Vec<NewMessage> =
@@ -164,6 +171,14 @@ impl TimerEngine {
                 appended.extend(c.store.append(&c.sys_topic, &copies)?.messages);
             }
             c.store.flush_all()?;
+            // Each origin mapped to its copy, durably, before any original's cell moves.
+            for ((_, r), a) in todo.iter().zip(&appended) {
+                if let Ok(origin) = message_id(r).parse::<MessageId>() {
+                    mapped.push((origin, a.id));
+                }
+            }
+            let pairs: Vec<_> = mapped.iter().map(|&(o, a)| (o, Some(a))).collect();
+            c.moved.record(&pairs).map_err(io("write the moved-id map"))?;
             fail::fail_point!(STOP_BEFORE_MOVE, |_| Err(io("carry forward")(std::io::Error::other(
                 "stopped by a failpoint"
             ))));
@@ -176,6 +191,9 @@ impl TimerEngine {
             for a in &appended {
                 let _ = c.states.ensure(a.queue_offset);
                 let _ = c.states.transition(a.queue_offset, state::SCHEDULED, state::CANCELLED);
+            }
+            if let Err(e) = c.moved.forget(&mapped) {
+                tracing::error!(error = %e, "moved-id map: cannot forget the cancelled copies");
             }
             return Err(e);
         }
@@ -203,7 +221,6 @@ impl TimerEngine {
             let rec = r.record();
             (rec.property(PROP_TOPIC).unwrap_or("").to_string(), rec.deliver_at_ms)
         };
-        c.moved.lock().insert(origin, a.id);
         if c.states.transition(cell, state::SCHEDULED, state::MOVED).map_err(io("move a state cell"))?
             == state::SCHEDULED
         {
@@ -217,11 +234,54 @@ impl TimerEngine {
         if was == state::SCHEDULED {
             c.uncount(Some(&topic), [due]);
         }
-        let mut m = c.moved.lock();
-        if m.get(&origin) == Some(&a.id) {
-            m.remove(&origin);
-        }
+        c.moved.forget(&[(origin, a.id)]).map_err(io("write the moved-id map"))?;
         Ok(false)
+    }
+}
+
+/// What [`TimerEngine::reclaim`] deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TimerReclaimed {
+    pub timer_log_segments: u64,
+    pub timer_log_bytes: u64,
+    pub state_files: u64,
+    pub state_bytes: u64,
+}
+
+impl TimerEngine {
+    /// Deletes what the timer keeps of messages long gone (module doc); retention calls it
+    /// after reclaiming commit-log segments. Safe at any time: each file goes only once nothing
+    /// can read it again, and a crash between two deletions leaves files the next pass takes.
+    pub fn reclaim(&self) -> Result<TimerReclaimed, TimerError> {
+        let c = &self.core;
+        let mut out = TimerReclaimed::default();
+        // The last checkpoint is what a restart resumes from: units before its position, of
+        // slots before its read time, are never read again.
+        if let Some(cp) = *c.last_checkpoint.lock() {
+            let (n, bytes) =
+                c.log.reclaim_front(cp.timer_log_pos, cp.read_time).map_err(io("reclaim the timer log"))?;
+            (out.timer_log_segments, out.timer_log_bytes) = (n, bytes);
+        }
+        let floor = c.sys_topic.queues[0].start().min(c.pending_floor.load(Ordering::Acquire));
+        let (n, bytes) = c.states.reclaim_below(floor).map_err(io("reclaim state cells"))?;
+        (out.state_files, out.state_bytes) = (n, bytes);
+        c.moved.prune(c.store.min_offset()).map_err(io("prune the moved-id map"))?;
+        let r = &c.counters;
+        r.timer_log_reclaimed_bytes.fetch_add(out.timer_log_bytes, Ordering::Relaxed);
+        r.state_reclaimed_bytes.fetch_add(out.state_bytes, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Bytes of timer-log segments and state-cell files reclaimed since start.
+    pub fn reclaimed_bytes(&self) -> (u64, u64) {
+        let r = &self.core.counters;
+        (r.timer_log_reclaimed_bytes.load(Ordering::Relaxed), r.state_reclaimed_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Timer-log segments, state-cell files and moved-id entries held now.
+    pub fn files(&self) -> (u64, u64, u64) {
+        let c = &self.core;
+        (c.log.segments(), c.states.files(), c.moved.len() as u64)
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Counters {
     pub refused_slot_full: AtomicU64,
     /// Messages carried forward by retention (`carry`).
     pub carried: AtomicU64,
+    /// Bytes of timer-log segments and state-cell files reclaimed (`carry`).
+    pub timer_log_reclaimed_bytes: AtomicU64,
+    pub state_reclaimed_bytes: AtomicU64,
     /// Next system-topic offset enqueue-get will read.
     pub enqueue_next: AtomicU64,
 }
@@ -58,7 +61,7 @@ pub(crate) struct Core {
     pub(super) congestion: Mutex<Congestion>,
     pub(super) pending_floor: AtomicU64,
     /// Origin id → current copy, of messages retention carried forward (`carry`).
-    pub(super) moved: Mutex<HashMap<crate::store::MessageId, crate::store::MessageId>>,
+    pub(super) moved: super::moved::MovedMap,
     pub(super) lateness: Mutex<hdrhistogram::Histogram<u64>>,
     pub(super) counters: Counters,
     pub(super) doorbell: crossbeam_channel::Sender<()>,

@@ -31,6 +31,7 @@ pub mod carry;
 pub mod checkpoint;
 pub mod congestion;
 mod core;
+pub mod moved;
 pub mod progress;
 mod recovery;
 mod report;
@@ -87,6 +88,8 @@ pub struct TimerOptions {
     pub geometry: Geometry,
     pub lookahead_ms: i64,
     pub timer_log_segment_units: u64,
+    /// State cells per file: [`state::CELLS_PER_FILE`] (smaller only in tests of reclamation).
+    pub state_cells_per_file: u64,
     pub checkpoint_interval: Duration,
     pub queue_capacity: usize,
     /// Queues of a topic created when its first scheduled message fires.
@@ -241,7 +244,8 @@ impl TimerEngine {
             }
         };
         let read_time = ckpt.map_or(geo.slot_time(now), |c| c.read_time);
-        let states = StateCells::open(&opts.dir.join("state")).map_err(io("open the state cells"))?;
+        let states =
+            StateCells::open(&opts.dir.join("state"), opts.state_cells_per_file).map_err(io("open the state cells"))?;
         // Cells past the end of the system topic belong to records a power cut took (a cancel
         // of a message whose send was not yet durable): clear them before new messages get
         // those offsets. The checkpoint's positions cannot be past that end either.
@@ -275,6 +279,7 @@ impl TimerEngine {
         } else {
             ckpt.map_or(0, |c| c.enqueue_offset).clamp(sys_start, sys_end.max(sys_start))
         };
+        let moved = open_moved(&opts, &store, &counted)?;
         let (doorbell, bell_rx) = crossbeam_channel::bounded(1);
         let core = Arc::new(Core {
             clock,
@@ -288,7 +293,7 @@ impl TimerEngine {
             pending: Mutex::new(counted.per_topic),
             congestion: Mutex::new(counted.congestion),
             pending_floor: AtomicU64::new(counted.floor),
-            moved: Mutex::new(counted.moved),
+            moved,
             lateness: Mutex::new(crate::histogram::new()),
             counters: Counters::default(),
             doorbell,
@@ -492,6 +497,22 @@ impl TimerEngine {
     pub fn checkpoint(&self) -> Result<(), TimerError> {
         self.core.checkpoint()
     }
+}
+
+/// Opens the moved-id map and brings it in line with what start-up settled: each pending copy
+/// mapped from its origin, and no origin mapped to a copy start-up cancelled.
+fn open_moved(
+    opts: &TimerOptions,
+    store: &Store,
+    counted: &recovery::PendingCount,
+) -> Result<moved::MovedMap, TimerError> {
+    let map =
+        moved::MovedMap::open(&opts.dir.join("moved"), store.min_offset()).map_err(io("open the moved-id map"))?;
+    let mut fix: Vec<_> =
+        counted.moved.iter().filter(|&(o, c)| map.get(o) != Some(*c)).map(|(&o, &c)| (o, Some(c))).collect();
+    fix.extend(counted.dropped.iter().filter(|&&(o, c)| map.get(&o) == Some(c)).map(|&(o, _)| (o, None)));
+    map.record(&fix).map_err(io("write the moved-id map"))?;
+    Ok(map)
 }
 
 fn state_of(s: u8) -> MessageState {

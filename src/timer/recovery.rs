@@ -82,6 +82,8 @@ pub(super) struct PendingCount {
     pub(super) congestion: Congestion,
     /// Origin id → current copy, of the carried-forward messages still pending.
     pub(super) moved: HashMap<MessageId, MessageId>,
+    /// (origin, copy) of copies start-up cancelled (their move never completed).
+    pub(super) dropped: Vec<(MessageId, MessageId)>,
 }
 
 /// Counts the messages still scheduled, per topic and in a fresh congestion index, from the
@@ -168,14 +170,14 @@ pub(super) fn count_pending(
         states.set(off, state::SCHEDULED).map_err(io("reset a state cell"))?;
         tally.count(states, sys_topic, store, off)?;
     }
-    let Tally { n, per_topic, mut times, minus, moved } = tally;
+    let Tally { n, per_topic, mut times, minus, moved, dropped } = tally;
     // In time order the index's updates touch its memory in order, which more than pays for
     // the sort (bench/RESULTS.md, `TimerEngine::start` with 1M pending).
     times.sort_unstable();
     let mut congestion = congestion;
     times.iter().for_each(|&t| congestion.add(t, 1));
     minus.iter().for_each(|&t| congestion.add(t, -1));
-    Ok(PendingCount { n, floor, per_topic, congestion, moved })
+    Ok(PendingCount { n, floor, per_topic, congestion, moved, dropped })
 }
 
 /// What [`count_pending`] counts of the messages still scheduled.
@@ -188,6 +190,8 @@ struct Tally {
     minus: Vec<i64>,
     /// Origin id → current copy, of the carried-forward messages still pending.
     moved: HashMap<MessageId, MessageId>,
+    /// (origin, copy) of the copies settled as cancelled.
+    dropped: Vec<(MessageId, MessageId)>,
 }
 
 impl Tally {
@@ -204,8 +208,13 @@ impl Tally {
             return Ok(false);
         };
         if let Some(src) = rec.property(PROP_MOVED_FROM).and_then(|s| s.parse::<u64>().ok()) {
+            let r = read.as_ref().expect("read above");
+            let origin = rec.property(PROP_ORIGIN).and_then(|o| o.parse::<MessageId>().ok());
             match settle_copy(states, off, src)? {
-                Settled::Cancelled => return Ok(false),
+                Settled::Cancelled => {
+                    self.dropped.extend(origin.map(|o| (o, r.id())));
+                    return Ok(false);
+                }
                 Settled::LivesSourceMoved => {
                     // The source was counted above (a lower cell, still scheduled then).
                     *self.per_topic.entry(topic.to_string()).or_insert(0) -= 1;
@@ -214,8 +223,7 @@ impl Tally {
                 }
                 Settled::Lives => {}
             }
-            let r = read.as_ref().expect("read above");
-            if let Some(origin) = rec.property(PROP_ORIGIN).and_then(|o| o.parse().ok()) {
+            if let Some(origin) = origin {
                 self.moved.insert(origin, r.id());
             }
         }

@@ -1,6 +1,6 @@
 //! One state cell per scheduled message: what makes cancel O(1) and exact.
 //!
-//! On disk: `timer/state/{base:020}` files of `CELLS_PER_FILE` bytes; the cell of a scheduled
+//! On disk: `timer/state/{base:020}` files of [`CELLS_PER_FILE`] bytes (fewer in tests); the cell of a scheduled
 //! message is the byte at its queue offset in the system topic (so its message id, which holds
 //! the record's offset, leads to its cell in O(1)). Files are zero-filled: a new message is
 //! `SCHEDULED` without a write.
@@ -22,13 +22,19 @@
 //! most a duplicate, never a loss).
 //!
 //! Durability: a cancel fsyncs its cell's page before it answers; the timer checkpoint fsyncs
-//! every file. Cells past the end of the system topic (a power cut took those records) are
+//! every file.
+//!
+//! Reclamation: a file whose cells all lie below the system topic's first retained entry (the
+//! records they describe were reclaimed, after every one of them was final) is deleted
+//! ([`StateCells::reclaim_below`]). A cell of a deleted file reads as `MOVED` (final) and is
+//! never created again. Start-up opens every file on disk, so one a crash left behind is
+//! deleted by the next pass. Cells past the end of the system topic (a power cut took those records) are
 //! cleared at start-up ([`StateCells::clear_from`]), so a new message at a reused offset never
 //! inherits a state.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -55,6 +61,9 @@ const PAGE: u64 = 4096;
 pub struct StateCells {
     dir: PathBuf,
     files: RwLock<Vec<Option<Arc<AtomicMap>>>>,
+    per_file: u64,
+    /// Files below this index were reclaimed: their cells read as `MOVED`.
+    reclaimed_files: AtomicUsize,
     sync: GroupSync,
 }
 
@@ -81,7 +90,10 @@ struct SyncState {
 }
 
 impl StateCells {
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    /// Opens the cells under `dir`, `per_file` cells to a file (a power of two;
+    /// [`CELLS_PER_FILE`] but in tests, and never changed for a directory).
+    pub fn open(dir: &Path, per_file: u64) -> io::Result<Self> {
+        debug_assert!(per_file.is_power_of_two());
         crate::store::fsio::create_dir_all(dir)?;
         crate::store::fsio::remove_stale_tmp(dir)?;
         let mut files: Vec<Option<Arc<AtomicMap>>> = Vec::new();
@@ -89,17 +101,54 @@ impl StateCells {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
             let Ok(base) = name.parse::<u64>() else { continue };
-            if name.len() != 20 || base % CELLS_PER_FILE != 0 {
+            if name.len() != 20 || !base.is_multiple_of(per_file) {
                 continue;
             }
-            let idx = (base / CELLS_PER_FILE) as usize;
+            let idx = (base / per_file) as usize;
             if files.len() <= idx {
                 files.resize(idx + 1, None);
             }
-            let (m, _) = AtomicMap::open_or_create(&dir.join(name), CELLS_PER_FILE as usize)?;
+            let (m, _) = AtomicMap::open_or_create(&dir.join(name), per_file as usize)?;
             files[idx] = Some(Arc::new(m));
         }
-        Ok(Self { dir: dir.to_path_buf(), files: RwLock::new(files), sync: GroupSync::default() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files: RwLock::new(files),
+            per_file,
+            reclaimed_files: AtomicUsize::new(0),
+            sync: GroupSync::default(),
+        })
+    }
+
+    /// Deletes every file whose cells all lie below `offset` (see the module doc); returns how
+    /// many files and bytes went. The caller guarantees every cell below `offset` is final and
+    /// never asked for again but as `MOVED`.
+    pub fn reclaim_below(&self, offset: u64) -> io::Result<(u64, u64)> {
+        let upto = (offset / self.per_file) as usize;
+        if upto <= self.reclaimed_files.load(Ordering::Acquire) {
+            return Ok((0, 0));
+        }
+        let gone: Vec<Arc<AtomicMap>> = {
+            let mut files = self.files.write();
+            self.reclaimed_files.store(upto, Ordering::Release);
+            let n = upto.min(files.len());
+            files[..n].iter_mut().filter_map(Option::take).collect()
+        };
+        let (mut n, mut bytes) = (0, 0);
+        for m in &gone {
+            std::fs::remove_file(m.path())?;
+            n += 1;
+            bytes += self.per_file;
+        }
+        if n > 0 {
+            crate::store::fsio::sync_dir(&self.dir)?;
+        }
+        Ok((n, bytes))
+    }
+
+    /// Files of cells on disk.
+    pub fn files(&self) -> u64 {
+        self.files.read().iter().flatten().count() as u64
     }
 
     fn file(&self, idx: usize, create: bool) -> io::Result<Option<Arc<AtomicMap>>> {
@@ -110,13 +159,16 @@ impl StateCells {
             return Ok(None);
         }
         let mut files = self.files.write();
+        if idx < self.reclaimed_files.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         if files.len() <= idx {
             files.resize(idx + 1, None);
         }
         if files[idx].is_none() {
-            let path = self.dir.join(format!("{:020}", idx as u64 * CELLS_PER_FILE));
+            let path = self.dir.join(format!("{:020}", idx as u64 * self.per_file));
             // Durable when it returns (`fsio::create_allocated`).
-            let (m, _) = AtomicMap::open_or_create(&path, CELLS_PER_FILE as usize)?;
+            let (m, _) = AtomicMap::open_or_create(&path, self.per_file as usize)?;
             files[idx] = Some(Arc::new(m));
         }
         Ok(files[idx].clone())
@@ -124,12 +176,16 @@ impl StateCells {
 
     /// Makes sure the cell of `offset` exists (called when a message is scheduled).
     pub fn ensure(&self, offset: u64) -> io::Result<()> {
-        self.file((offset / CELLS_PER_FILE) as usize, true).map(|_| ())
+        self.file((offset / self.per_file) as usize, true).map(|_| ())
     }
 
+    /// Runs `f` on the cell of `offset`; a reclaimed cell is a fresh `MOVED` one (a write to it
+    /// goes nowhere).
     fn with_cell<R>(&self, offset: u64, f: impl FnOnce(&AtomicU8) -> R) -> io::Result<R> {
-        let file = self.file((offset / CELLS_PER_FILE) as usize, true)?.expect("created");
-        Ok(f(&file.bytes()[(offset % CELLS_PER_FILE) as usize]))
+        match self.file((offset / self.per_file) as usize, true)? {
+            Some(file) => Ok(f(&file.bytes()[(offset % self.per_file) as usize])),
+            None => Ok(f(&AtomicU8::new(MOVED))),
+        }
     }
 
     pub fn get(&self, offset: u64) -> io::Result<u8> {
@@ -150,8 +206,8 @@ impl StateCells {
     /// Makes the cell of `offset` durable before it returns (a cancel), sharing the msync
     /// with concurrent callers (group commit).
     pub fn flush_cell(&self, offset: u64) -> io::Result<()> {
-        let idx = (offset / CELLS_PER_FILE) as usize;
-        let page = (offset % CELLS_PER_FILE) / PAGE;
+        let idx = (offset / self.per_file) as usize;
+        let page = (offset % self.per_file) / PAGE;
         let sync = &self.sync;
         let mut st = sync.state.lock();
         st.pending.insert((idx, page));
@@ -186,7 +242,7 @@ impl StateCells {
         for &(idx, page) in pages {
             if let Some(f) = self.file(idx, false)? {
                 let at = (page * PAGE) as usize;
-                f.flush_range(at, at + PAGE as usize)?;
+                f.flush_range(at, (at + PAGE as usize).min(f.len()))?;
             }
         }
         Ok(())
@@ -200,8 +256,8 @@ impl StateCells {
             self.files.read().iter().enumerate().filter_map(|(i, f)| Some((i, f.clone()?))).collect();
         let mut cleared = 0;
         for (idx, f) in files {
-            let base = idx as u64 * CELLS_PER_FILE;
-            if base + CELLS_PER_FILE <= offset {
+            let base = idx as u64 * self.per_file;
+            if base + self.per_file <= offset {
                 continue;
             }
             let from = offset.saturating_sub(base) as usize;
@@ -237,7 +293,7 @@ mod tests {
     #[test]
     fn transitions_are_exclusive_and_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let s = StateCells::open(dir.path()).unwrap();
+        let s = StateCells::open(dir.path(), CELLS_PER_FILE).unwrap();
         let far = 3 * CELLS_PER_FILE + 5;
         assert_eq!(s.get(far).unwrap(), SCHEDULED);
         // Cancel wins; the fire then finds CANCELLED.
@@ -249,16 +305,41 @@ mod tests {
         s.set(7, DELIVERED).unwrap();
         s.flush().unwrap();
         drop(s);
-        let s = StateCells::open(dir.path()).unwrap();
+        let s = StateCells::open(dir.path(), CELLS_PER_FILE).unwrap();
         assert_eq!(s.get(far).unwrap(), CANCELLED);
         assert_eq!(s.get(7).unwrap(), DELIVERED);
         assert_eq!(s.get(8).unwrap(), SCHEDULED);
     }
 
     #[test]
+    fn files_wholly_below_the_floor_are_reclaimed_and_read_as_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateCells::open(dir.path(), CELLS_PER_FILE).unwrap();
+        for f in 0..3 {
+            s.set(f * CELLS_PER_FILE + 1, CANCELLED).unwrap();
+        }
+        assert_eq!(s.files(), 3);
+        // The floor inside the second file: only the first goes.
+        assert_eq!(s.reclaim_below(CELLS_PER_FILE + 5).unwrap(), (1, CELLS_PER_FILE));
+        assert_eq!(s.reclaim_below(CELLS_PER_FILE + 5).unwrap(), (0, 0), "nothing twice");
+        assert_eq!(s.files(), 2);
+        assert!(!dir.path().join(format!("{:020}", 0)).exists());
+        assert_eq!(s.get(1).unwrap(), MOVED, "a reclaimed cell is final");
+        assert_eq!(s.transition(1, SCHEDULED, FIRING).unwrap(), MOVED, "and never fires");
+        s.ensure(2).unwrap();
+        assert!(!dir.path().join(format!("{:020}", 0)).exists(), "never created again");
+        assert_eq!(s.get(CELLS_PER_FILE + 1).unwrap(), CANCELLED, "above the floor: kept");
+        s.flush().unwrap();
+        drop(s);
+        let s = StateCells::open(dir.path(), CELLS_PER_FILE).unwrap();
+        assert_eq!(s.files(), 2);
+        assert_eq!(s.get(2 * CELLS_PER_FILE + 1).unwrap(), CANCELLED);
+    }
+
+    #[test]
     fn clear_from_resets_cells_past_an_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let s = StateCells::open(dir.path()).unwrap();
+        let s = StateCells::open(dir.path(), CELLS_PER_FILE).unwrap();
         for off in [3, 10, 11, CELLS_PER_FILE + 2] {
             s.set(off, CANCELLED).unwrap();
         }
@@ -274,7 +355,7 @@ mod tests {
         // Whether batches are shared depends on timing; what must hold is that every caller
         // returns (no lost wake-up) and every batch taken was synced.
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(StateCells::open(dir.path()).unwrap());
+        let s = Arc::new(StateCells::open(dir.path(), CELLS_PER_FILE).unwrap());
         let threads: Vec<_> = (0..8u64)
             .map(|t| {
                 let s = s.clone();

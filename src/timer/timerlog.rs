@@ -23,6 +23,14 @@
 //! Invariants: units are written in order by one writer (enqueue-put); a unit is immutable
 //! once written; `prev` always points to an earlier position. Recovery keeps the longest
 //! prefix of units whose CRC checks and zeroes the rest.
+//!
+//! Reclamation ([`TimerLog::reclaim_front`]): the first segment is deleted once every unit in
+//! it belongs to a slot that closed before the last checkpoint's read time, and the checkpoint
+//! is past its end: then no slot that can still be read, no recovery and no rebuild ever reads
+//! it again (a slot's chain holds only units of that slot's time). Its end is first recorded,
+//! durably, in `timer/timerlog/start` (magic `u32`, start `u64`, CRC32C `u32`), so start-up
+//! knows the segments below it were reclaimed, not lost; a missing or corrupt file means
+//! start 0 (a set that does not begin there is rebuilt, as any damaged index).
 
 use std::io;
 use std::path::Path;
@@ -90,8 +98,16 @@ impl Unit {
     }
 }
 
+const START_MAGIC: u32 = 0xC41E_5747;
+const START_LEN: usize = 16;
+
 pub struct TimerLog {
     segs: SegmentSet,
+    /// The first segment's base and the latest slot time of its units, once computed (units
+    /// are immutable, so the scan is done once per segment).
+    front: parking_lot::Mutex<Option<(u64, i64)>>,
+    /// Everything below was reclaimed (the `start` file).
+    start: AtomicU64,
     /// Next append position (bytes), published.
     write_pos: AtomicU64,
     flushed: AtomicU64,
@@ -103,8 +119,70 @@ impl TimerLog {
     /// what they held from the system topic.
     pub fn open(dir: &Path, units_per_segment: u64) -> io::Result<(Self, Vec<String>)> {
         let seg = units_per_segment * UNIT_LEN as u64;
-        let (segs, removed) = SegmentSet::open_rebuildable(dir, seg)?;
-        Ok((Self { segs, write_pos: AtomicU64::new(0), flushed: AtomicU64::new(0) }, removed))
+        crate::store::fsio::create_dir_all(dir)?;
+        let start = match read_start(&dir.join("start")) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "timer-log start unreadable; taking it as 0");
+                0
+            }
+        };
+        let start = start / seg * seg;
+        let (segs, removed) = SegmentSet::open_rebuildable_from(dir, seg, start)?;
+        let log = Self {
+            segs,
+            front: parking_lot::Mutex::new(None),
+            start: AtomicU64::new(start),
+            write_pos: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+        };
+        Ok((log, removed))
+    }
+
+    /// Deletes the first segments while each lies wholly below `below` (the last checkpoint's
+    /// timer-log position) and holds only units of slots before `closed_before` (its read
+    /// time); never the last segment. Returns the segments and bytes deleted.
+    pub fn reclaim_front(&self, below: u64, closed_before: i64) -> io::Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        while let Some(seg) = self.segs.first() {
+            if seg.end() > below || self.segs.last().is_some_and(|l| l.base == seg.base) {
+                break;
+            }
+            let latest = {
+                let mut front = self.front.lock();
+                match *front {
+                    Some((base, latest)) if base == seg.base => latest,
+                    _ => {
+                        let latest = (seg.base..seg.end())
+                            .step_by(UNIT_LEN)
+                            .filter_map(|pos| self.read(pos))
+                            .map(|u| u.slot_time)
+                            .max()
+                            .unwrap_or(i64::MIN);
+                        *front = Some((seg.base, latest));
+                        latest
+                    }
+                }
+            };
+            if latest >= closed_before {
+                break;
+            }
+            write_start(&self.segs.dir().join("start"), seg.end())?;
+            self.start.store(seg.end(), Ordering::Release);
+            match self.segs.remove_first_below(seg.end())? {
+                Some((_, size)) => {
+                    n += 1;
+                    bytes += size;
+                }
+                None => break,
+            }
+        }
+        Ok((n, bytes))
+    }
+
+    /// Segments on disk.
+    pub fn segments(&self) -> u64 {
+        self.segs.all().len() as u64
     }
 
     pub fn write_pos(&self) -> u64 {
@@ -116,6 +194,9 @@ impl TimerLog {
     /// `from`. Units before `from` are trusted (they were flushed before the checkpoint).
     pub fn recover(&mut self, from: u64, mut visit: impl FnMut(u64, &Unit)) -> io::Result<u64> {
         let seg_size = self.segs.segment_size();
+        // Nothing is ever written again below the reclaimed start (even if every segment was
+        // found damaged and removed).
+        let from = from.max(self.start.load(Ordering::Acquire));
         let mut end = from;
         let mut stop = false;
         for seg in self.segs.segments_mut()? {
@@ -209,6 +290,28 @@ impl TimerLog {
     }
 }
 
+fn read_start(path: &Path) -> io::Result<u64> {
+    let b = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut g = Get::new(&b);
+    let valid = b.len() == START_LEN && g.u32() == START_MAGIC;
+    let start = if valid { g.u64() } else { 0 };
+    if valid && g.crc_ok() {
+        Ok(start)
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt", path.display())))
+    }
+}
+
+fn write_start(path: &Path, start: u64) -> io::Result<()> {
+    let mut b = [0u8; START_LEN];
+    Put::new(&mut b).u32(START_MAGIC).u64(start).crc();
+    crate::store::atomic_file::replace(path, &b)
+}
+
 /// End of the non-zero units from `at` (torn or stale bytes to zero).
 fn dirty_units(bytes: &[u8], mut at: usize) -> usize {
     let mut end = at;
@@ -278,5 +381,36 @@ mod tests {
         assert_eq!(log.read(9 * 64), None, "units after the tear are gone");
         assert_eq!(log.append(&unit(42)).unwrap(), 8 * 64);
         assert_eq!(log.read(8 * 64), Some(unit(42)));
+    }
+
+    #[test]
+    fn front_segments_of_closed_slots_are_reclaimed_and_stay_reclaimed_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = TimerLog::open(dir.path(), 4).unwrap();
+        // Four segments of four units; unit i is in slot 1000 * i, except one late slot in
+        // the second segment.
+        for i in 0..16u64 {
+            let slot = if i == 5 { 99_000 } else { 1000 * i as i64 };
+            log.append(&Unit { slot_time: slot, ..unit(i) }).unwrap();
+        }
+        log.flush(log.write_pos()).unwrap();
+        assert_eq!(log.reclaim_front(16 * 64, 3_000).unwrap(), (0, 0), "slot 3000 of the first is still open");
+        assert_eq!(log.reclaim_front(2 * 64, 50_000).unwrap(), (0, 0), "the checkpoint is inside the first");
+        assert_eq!(log.reclaim_front(16 * 64, 50_000).unwrap(), (1, 4 * 64), "the second holds slot 99000");
+        assert_eq!(log.read(0), None);
+        assert_eq!(log.read(4 * 64).map(|u| u.sys_offset), Some(4));
+        assert_eq!(log.reclaim_front(16 * 64, i64::MAX).unwrap(), (2, 8 * 64), "never the last");
+        assert_eq!(log.segments(), 1);
+        drop(log);
+        // A restart: the start says the missing segments were reclaimed, not lost.
+        let (mut log, removed) = TimerLog::open(dir.path(), 4).unwrap();
+        assert!(removed.is_empty(), "{removed:?}");
+        assert_eq!(log.recover(0, |_, _| {}).unwrap(), 16 * 64);
+        assert_eq!(log.append(&unit(16)).unwrap(), 16 * 64);
+        drop(log);
+        // A corrupt start file: the set no longer starts where it should, so it is rebuilt.
+        std::fs::write(dir.path().join("start"), b"junk").unwrap();
+        let (_, removed) = TimerLog::open(dir.path(), 4).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
     }
 }

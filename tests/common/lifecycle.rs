@@ -20,8 +20,24 @@ pub const TOPIC: &str = "orders";
 pub const HOUR: i64 = 3_600_000;
 const SEGMENT: u64 = 256 << 10;
 
+/// What a scenario sets: the retention and the wheel's geometry.
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    pub retention_ms: i64,
+    pub precision_ms: i64,
+    pub slots: u64,
+}
+
+impl Default for Params {
+    /// One hour of retention, a wheel of 7200 one-second slots.
+    fn default() -> Self {
+        Self { retention_ms: HOUR, precision_ms: 1000, slots: 7200 }
+    }
+}
+
 pub struct H {
     pub dir: PathBuf,
+    pub params: Params,
     pub clock: Arc<ManualClock>,
     pub disk: Arc<Mutex<Disk>>,
     pub store: Arc<Store>,
@@ -32,6 +48,10 @@ pub struct H {
 }
 
 pub fn open(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>) -> H {
+    open_with(dir, clock, disk, Params::default())
+}
+
+pub fn open_with(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>, params: Params) -> H {
     let opts = StoreOptions {
         dir: dir.to_path_buf(),
         segment_size: SEGMENT,
@@ -49,7 +69,14 @@ pub fn open(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>) -> H {
         },
     )
     .unwrap();
-    let timer = TimerEngine::start(store.clone(), super::timer_options(dir, 7200, 4096)).unwrap();
+    // Small timer-log segments and state files, so they are reclaimed too.
+    let timer_opts = chime::timer::TimerOptions {
+        timer_log_segment_units: 16,
+        state_cells_per_file: 64,
+        geometry: chime::timer::Geometry::new(params.precision_ms, params.slots),
+        ..super::timer_options(dir, params.slots, 4096)
+    };
+    let timer = TimerEngine::start(store.clone(), timer_opts).unwrap();
     let broker =
         Broker::new(store.clone(), timer.clone(), BrokerOptions { auto_create_topics: true, default_queues: 2 });
     let probe_disk = disk.clone();
@@ -57,10 +84,11 @@ pub fn open(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>) -> H {
     let retention = Retention::new(
         store.clone(),
         timer.clone(),
+        groups.clone(),
         clock.clone(),
         RetentionOptions {
             data_dir: dir.to_path_buf(),
-            retention: Duration::from_millis(HOUR as u64),
+            retention: Duration::from_millis(params.retention_ms as u64),
             retention_bytes: 0,
             check_interval: Duration::from_secs(3600),
             soft_limit: 0.85,
@@ -69,7 +97,7 @@ pub fn open(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>) -> H {
         },
         probe,
     );
-    H { dir: dir.to_path_buf(), clock, disk, store, timer, groups, broker, retention }
+    H { dir: dir.to_path_buf(), params, clock, disk, store, timer, groups, broker, retention }
 }
 
 pub fn half_full() -> Disk {
@@ -109,6 +137,21 @@ impl H {
                 return;
             }
             assert!(Instant::now() < deadline, "timer not idle: {s:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the timer has also read every slot up to now and fired what is due.
+    pub fn wait_caught_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.wait_idle();
+            if self.timer.stats().dequeue_lag_ms == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+                self.wait_idle();
+                return;
+            }
+            assert!(Instant::now() < deadline, "timer not caught up: {:?}", self.timer.stats());
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -159,10 +202,10 @@ impl H {
 
     /// As a crash leaves it: nothing shut down cleanly.
     pub fn crash(self) -> Self {
-        let (dir, clock, disk) = (self.dir.clone(), self.clock.clone(), self.disk.clone());
+        let (dir, clock, disk, params) = (self.dir.clone(), self.clock.clone(), self.disk.clone(), self.params);
         self.timer.halt_like_a_crash();
         drop(self);
-        open(&dir, clock, disk)
+        open_with(&dir, clock, disk, params)
     }
 }
 

@@ -131,6 +131,7 @@ pub fn timer_options(dir: &Path, slots: u64, queue_capacity: usize) -> chime::ti
         geometry: chime::timer::Geometry::new(1000, slots),
         lookahead_ms: 1000,
         timer_log_segment_units: 4096,
+        state_cells_per_file: chime::timer::state::CELLS_PER_FILE,
         checkpoint_interval: std::time::Duration::from_millis(50),
         queue_capacity,
         default_queues: 2,
