@@ -138,6 +138,8 @@ class Run:
                     "rate": round((n - last_n) / (now - last_t)),
                     "du_mb": round(du(os.path.join(self.dir, "data")) / 1e6, 1),
                     "log_mb": round(st["commitlog"]["bytes"] / 1e6, 1),
+                    "timer_mb": round(du(os.path.join(self.dir, "data", "timer")) / 1e6, 1),
+                    "index_mb": round(du(os.path.join(self.dir, "data", "consumequeue")) / 1e6, 1),
                     "pending": self.stats()["pending_total"],
                     "reclaimed": st["reclaimed"]["segments"],
                     "carried": st["carried_forward"],
@@ -189,10 +191,10 @@ def main():
     finally:
         r.close()
     print(json.dumps({"rate": round(rate), "errors": r.errors}))
-    print("| t (s) | sent | msgs/s | data dir MB | log MB | pending | reclaimed segs | carried |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| t (s) | sent | msgs/s | data dir MB | log MB | index MB | timer MB | pending | reclaimed segs | carried |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for x in rows:
-        print(f"| {x['t']} | {x['sent']} | {x['rate']} | {x['du_mb']} | {x['log_mb']} | {x['pending']} | {x['reclaimed']} | {x['carried']} |")
+        print(f"| {x['t']} | {x['sent']} | {x['rate']} | {x['du_mb']} | {x['log_mb']} | {x['index_mb']} | {x['timer_mb']} | {x['pending']} | {x['reclaimed']} | {x['carried']} |")
 
 
 if __name__ == "__main__":
