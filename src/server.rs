@@ -162,7 +162,8 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
             retention_opts,
             Arc::new(crate::retention::real_disk),
         )?;
-        Ok(Core { store, groups, timer, broker, retention })
+        let consumers = crate::service::Consumers::new(broker.clone(), groups.clone());
+        Ok(Core { store, groups, timer, broker, consumers, retention })
     });
 
     let app = http::router(state.clone());

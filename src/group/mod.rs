@@ -14,6 +14,7 @@
 //! the time the write takes, so the message was in flight at the last completed persist. Filtered messages (tag not matching the request's expression) are
 //! skipped for the group for good, as in RocketMQ, where a group has one subscription.
 
+pub mod config;
 pub mod progress;
 pub mod tag;
 
@@ -29,8 +30,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::topics::Topic;
 use crate::store::{Store, VerifiedRecord};
+pub use config::GroupConfig;
 use progress::{QueueProgress, QueueSnapshot};
 pub use tag::TagExpr;
+
+/// Property of a delayed redelivery (in the group's retry topic): the deliveries the message
+/// had before it. Properties starting with `__` are reserved and never shown to consumers.
+pub const PROP_ATTEMPTS: &str = "__group.attempts";
+/// Properties of a dead letter: where it came from and after how many deliveries.
+pub const PROP_DLQ_TOPIC: &str = "__group.dlq_topic";
+pub const PROP_DLQ_GROUP: &str = "__group.dlq_group";
+pub const PROP_DLQ_ATTEMPTS: &str = "__group.dlq_attempts";
+/// Property of a dead letter: `{topic}/{group}/{queue}/{offset}` of the delivery it ends, so
+/// a dead letter whose storing a crash interrupted is found again, not stored twice.
+pub const PROP_DLQ_OF: &str = "__group.dlq_of";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -94,6 +107,56 @@ pub struct Received {
     pub messages: Vec<Delivery>,
     /// When an in-flight message of this group becomes receivable again (wakes long polls).
     pub wake_at_ms: Option<i64>,
+    /// Messages this receive took out of delivery for their dead letter topic (past
+    /// `max_delivery_attempts`): the caller stores them ([`Groups::dead_lettering`]).
+    pub dead_lettered: usize,
+}
+
+/// A valid handle of a nack: what to redeliver, and after how many deliveries.
+pub struct Nacked {
+    pub queue: usize,
+    pub offset: u64,
+    nonce: u32,
+    /// Deliveries so far (this one included).
+    pub attempts: u32,
+    pub record: VerifiedRecord,
+}
+
+/// A dead letter being stored: the message, its deliveries, and the position before which its
+/// dead letter cannot be.
+pub struct DeadLettering {
+    pub queue: usize,
+    pub offset: u64,
+    pub attempts: u32,
+    pub from: u64,
+    /// `None`: reclaimed meanwhile (nothing to store; it is finished as expired).
+    pub record: Option<VerifiedRecord>,
+    /// `{topic}/{group}/{queue}/{offset}` ([`PROP_DLQ_OF`]).
+    pub key: String,
+}
+
+/// One group's figures (API.md group listing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSummary {
+    pub name: String,
+    /// Visible to the group and not handed out: new messages, and in-flight ones whose
+    /// invisibility ended.
+    pub backlog: u64,
+    pub in_flight: u64,
+    pub dead_lettered: u64,
+    pub expired: u64,
+    pub config: GroupConfig,
+    /// Configured with PUT (else the defaults apply).
+    pub configured: bool,
+}
+
+/// Where a seek moves a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    Earliest,
+    Latest,
+    /// The first message stored at or after this time.
+    Time(i64),
 }
 
 struct GroupTopic {
@@ -102,15 +165,30 @@ struct GroupTopic {
 }
 
 struct State {
+    /// The topic's queues, then those of the group's retry topic ([`config::retry_topic`]).
     queues: Vec<QueueProgress>,
     /// Queue to start the next receive at (fairness across queues).
     rr: usize,
+    /// `None` until configured (the defaults apply).
+    config: Option<GroupConfig>,
+}
+
+impl State {
+    fn file(&self) -> GroupFile {
+        GroupFile {
+            version: 1,
+            queues: self.queues.iter().map(|q| q.snapshot()).collect(),
+            config: self.config.clone(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
 struct GroupFile {
     version: u32,
     queues: Vec<QueueSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config: Option<GroupConfig>,
 }
 
 type Key = (String, String);
@@ -241,8 +319,9 @@ impl Groups {
         if limited && n >= max {
             return Err(GroupError::LimitExceeded { max, topic: topic.name.clone(), group: group.to_string() });
         }
-        let queues = self.load(group, topic);
-        let gt = Arc::new(GroupTopic { state: Mutex::new(State { queues, rr: 0 }), dirty: AtomicBool::new(false) });
+        let (queues, config) = self.load(group, topic);
+        let gt =
+            Arc::new(GroupTopic { state: Mutex::new(State { queues, rr: 0, config }), dirty: AtomicBool::new(false) });
         states.map.insert(key, gt.clone());
         states.per_topic.insert(topic.name.clone(), n + 1);
         Ok(gt)
@@ -253,25 +332,42 @@ impl Groups {
         self.states.lock().map.get(&(group.to_string(), topic.name.clone())).cloned()
     }
 
-    fn load(&self, group: &str, topic: &Topic) -> Vec<QueueProgress> {
+    fn load(&self, group: &str, topic: &Topic) -> (Vec<QueueProgress>, Option<GroupConfig>) {
         let mut path = self.path(group, topic.name.as_str());
-        let available: Vec<u64> = topic.queues.iter().map(|q| q.next()).collect();
+        let mut available: Vec<u64> = topic.queues.iter().map(|q| q.next()).collect();
+        if let Some(r) = self.store.topics().get(&config::retry_topic(&topic.name, group)) {
+            available.extend(r.queues.iter().map(|q| q.next()));
+        }
         let bytes = std::fs::read(&path).unwrap_or_else(|_| {
             path = self.legacy_path(group, topic.name.as_str());
             std::fs::read(&path).unwrap_or_default()
         });
+        let config = serde_json::from_slice::<GroupFile>(&bytes).ok().and_then(|f| f.config);
         match decode_progress(&bytes, &available) {
-            Ok(p) => p,
+            Ok(p) => (p, config),
             Err(e) => {
                 // At-least-once wins: start the group over rather than lose messages.
                 tracing::error!(path = %path.display(), error = %e, "corrupt group progress; redelivering from the start");
-                decode_progress(b"", &available).expect("empty progress decodes")
+                (decode_progress(b"", &available).expect("empty progress decodes"), config)
             }
         }
     }
 
+    /// The group's retry topic, if it exists, with the group's queues extended to cover it.
+    fn attach_retry(&self, group: &str, topic: &Topic, st: &mut State) -> Option<Arc<Topic>> {
+        let retry = self.store.topics().get(&config::retry_topic(&topic.name, group))?;
+        let want = topic.queues.len() + retry.queues.len();
+        while st.queues.len() < want {
+            st.queues.push(QueueProgress::default());
+        }
+        Some(retry)
+    }
+
     /// Hands out up to `max` messages of `topic` to `group`: expired in-flight ones first, then
-    /// new ones. Messages whose tag does not match `expr` are skipped for this group.
+    /// new ones, from the topic's queues and then from the group's retry topic (delayed
+    /// redeliveries that have fired). Messages whose tag does not match `expr` are skipped for
+    /// this group. A message whose next delivery would pass the group's `max_delivery_attempts`
+    /// is taken out of delivery instead, for its dead letter topic (`dead_lettered`).
     /// A group's first receive creates it: [`GroupError::LimitExceeded`] past the quota.
     pub fn receive(
         &self,
@@ -288,11 +384,23 @@ impl Groups {
         let now = self.store.clock().now_ms();
         let gt = self.state(group, topic, true)?;
         let mut st = gt.state.lock();
+        let retry = self.attach_retry(group, topic, &mut st);
+        let max_attempts =
+            st.config.as_ref().map_or(GroupConfig::default().max_delivery_attempts, |c| c.max_delivery_attempts);
+        let nt = topic.queues.len();
         let nq = st.queues.len();
+        // Queue `qi` of the group: the topic's, or the retry topic's after them.
+        let source = |qi: usize| -> (&Topic, usize) {
+            match &retry {
+                Some(r) if qi >= nt => (r.as_ref(), qi - nt),
+                _ => (topic, qi),
+            }
+        };
         let start = st.rr % nq.max(1);
         st.rr = st.rr.wrapping_add(1);
         let mut out = Vec::new();
         let mut changed = false;
+        let mut dead_lettered = 0;
         let visible_at = now.saturating_add(invisible_ms);
 
         // 1. Redeliveries whose invisibility has ended.
@@ -300,12 +408,20 @@ impl Groups {
             if out.len() >= max || full {
                 break;
             }
-            let cq = &topic.queues[qi];
+            let (t, tq) = source(qi);
+            let cq = &t.queues[tq];
             for offset in st.queues[qi].expired(now, max - out.len()) {
                 let p = &mut st.queues[qi];
                 let entry = cq.get(offset);
-                match self.record_at(topic, qi as u16, offset, entry, &TagExpr::All) {
+                match self.record_at(t, tq as u16, offset, entry, &TagExpr::All) {
                     Some(Checked { record, payload, .. }) => {
+                        let before = attempts_before(&record) + p.attempts_so_far(offset);
+                        if before >= max_attempts {
+                            p.begin_dead_letter(offset, before, self.store.write_pos());
+                            changed = true;
+                            dead_lettered += 1;
+                            continue;
+                        }
                         if !batch.admits(&out, bytes, payload) {
                             full = true;
                             break;
@@ -313,7 +429,7 @@ impl Groups {
                         bytes += payload;
                         changed = true;
                         let nonce = rand::random::<u32>().max(1);
-                        let attempt = p.deliver(offset, visible_at, nonce);
+                        let attempt = p.deliver(offset, visible_at, nonce) + attempts_before(&record);
                         out.push(Delivery {
                             record,
                             log_offset: entry.map_or(0, |e| e.log_offset),
@@ -333,7 +449,8 @@ impl Groups {
         // 2. New messages.
         let retained_from = self.store.min_offset();
         for qi in (0..nq).map(|i| (start + i) % nq) {
-            let cq = &topic.queues[qi];
+            let (t, tq) = source(qi);
+            let cq = &t.queues[tq];
             while out.len() < max && !full {
                 let p = &mut st.queues[qi];
                 let offset = p.next;
@@ -355,7 +472,7 @@ impl Groups {
                     continue;
                 }
                 let Some(Checked { record, payload, tag_matches }) =
-                    self.record_at(topic, qi as u16, offset, Some(entry), expr)
+                    self.record_at(t, tq as u16, offset, Some(entry), expr)
                 else {
                     p.skip_next();
                     continue;
@@ -370,7 +487,7 @@ impl Groups {
                 }
                 bytes += payload;
                 let nonce = rand::random::<u32>().max(1);
-                let attempt = p.deliver(offset, visible_at, nonce);
+                let attempt = p.deliver(offset, visible_at, nonce) + attempts_before(&record);
                 out.push(Delivery {
                     record,
                     log_offset: entry.log_offset,
@@ -385,7 +502,240 @@ impl Groups {
             gt.dirty.store(true, Ordering::Release);
         }
         let wake_at_ms = st.queues.iter().filter_map(|q| q.next_deadline()).min();
-        Ok(Received { messages: out, wake_at_ms })
+        Ok(Received { messages: out, wake_at_ms, dead_lettered })
+    }
+
+    /// The group's configuration: `None` if the group does not exist (never received, never
+    /// configured); the defaults for one never configured.
+    pub fn config(&self, group: &str, topic: &Topic) -> Option<GroupConfig> {
+        let gt = self.existing_state(group, topic)?;
+        let cfg = gt.state.lock().config.clone();
+        Some(cfg.unwrap_or_default())
+    }
+
+    /// Sets the group's configuration (creating the group), durably before it returns; `true`
+    /// if the group had none before. It applies at once, to what is in flight too.
+    pub fn configure(&self, group: &str, topic: &Topic, config: GroupConfig) -> Result<bool, GroupError> {
+        let gt = self.state(group, topic, true)?;
+        let created = gt.state.lock().config.replace(config).is_none();
+        gt.dirty.store(true, Ordering::Release);
+        self.persist_one(group, topic)?;
+        Ok(created)
+    }
+
+    /// The figures of every group of `topic`, by name.
+    pub fn list(&self, topic: &Topic) -> Vec<GroupSummary> {
+        let mut groups: Vec<(String, Arc<GroupTopic>)> = self
+            .states
+            .lock()
+            .map
+            .iter()
+            .filter(|((_, t), _)| *t == topic.name)
+            .map(|((g, _), gt)| (g.clone(), gt.clone()))
+            .collect();
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        groups.into_iter().map(|(name, gt)| self.summarize(name, topic, &gt)).collect()
+    }
+
+    /// The figures of one group, if it exists.
+    pub fn summary(&self, group: &str, topic: &Topic) -> Option<GroupSummary> {
+        let gt = self.existing_state(group, topic)?;
+        Some(self.summarize(group.to_string(), topic, &gt))
+    }
+
+    fn summarize(&self, name: String, topic: &Topic, gt: &GroupTopic) -> GroupSummary {
+        let now = self.store.clock().now_ms();
+        let mut st = gt.state.lock();
+        let retry = self.attach_retry(&name, topic, &mut st);
+        let ends = topic.queues.iter().chain(retry.iter().flat_map(|r| r.queues.iter())).map(|q| q.next());
+        let (mut backlog, mut in_flight, mut dead, mut expired) = (0, 0, 0, 0);
+        for (p, end) in st.queues.iter().zip(ends) {
+            let flying = p.in_flight(now);
+            backlog += end.saturating_sub(p.next) + p.expired(now, usize::MAX).len() as u64;
+            in_flight += flying;
+            dead += p.dead_lettered;
+            expired += p.expired;
+        }
+        GroupSummary {
+            name,
+            backlog,
+            in_flight,
+            dead_lettered: dead,
+            expired,
+            configured: st.config.is_some(),
+            config: st.config.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Makes each valid delivery invisible for `invisible_ms` from now (its handle stays
+    /// valid); returns how many, and the handles that were not valid.
+    pub fn extend(&self, group: &str, topic: &Topic, handles: &[String], invisible_ms: i64) -> (usize, Vec<String>) {
+        let Some(gt) = self.existing_state(group, topic) else { return (0, handles.to_vec()) };
+        let visible_at = self.store.clock().now_ms().saturating_add(invisible_ms);
+        let mut st = gt.state.lock();
+        let (mut n, mut invalid) = (0, Vec::new());
+        for h in handles {
+            let ok = parse_receipt(h).is_some_and(|(q, offset, nonce)| {
+                st.queues.get_mut(q as usize).is_some_and(|p| p.extend(offset, nonce, visible_at))
+            });
+            if ok {
+                n += 1;
+            } else {
+                invalid.push(h.clone());
+            }
+        }
+        if n > 0 {
+            gt.dirty.store(true, Ordering::Release);
+        }
+        (n, invalid)
+    }
+
+    /// The valid deliveries among `handles`, with their records and attempts, for a nack;
+    /// nothing changes until [`Groups::nack_done`] (or [`Groups::begin_dead_letters`]).
+    /// Returns them and the handles that were not valid.
+    pub fn nack_take(&self, group: &str, topic: &Topic, handles: &[String]) -> (Vec<Nacked>, Vec<String>) {
+        let Some(gt) = self.existing_state(group, topic) else { return (Vec::new(), handles.to_vec()) };
+        let mut st = gt.state.lock();
+        let retry = self.attach_retry(group, topic, &mut st);
+        let nt = topic.queues.len();
+        let (mut out, mut invalid) = (Vec::new(), Vec::new());
+        for h in handles {
+            let found = parse_receipt(h).and_then(|(q, offset, nonce)| {
+                let attempt = st.queues.get(q as usize)?.attempt(offset, nonce)?;
+                let q = q as usize;
+                let (t, tq) = match &retry {
+                    Some(r) if q >= nt => (r.as_ref(), q - nt),
+                    _ => (topic, q),
+                };
+                let entry = t.queues.get(tq)?.get(offset);
+                let Checked { record, .. } = self.record_at(t, tq as u16, offset, entry, &TagExpr::All)?;
+                let attempts = attempt + attempts_before(&record);
+                Some(Nacked { queue: q, offset, nonce, attempts, record })
+            });
+            match found {
+                Some(n) => out.push(n),
+                None => invalid.push(h.clone()),
+            }
+        }
+        (out, invalid)
+    }
+
+    /// The nacked deliveries were rescheduled: they are done here (a delivery redelivered
+    /// meanwhile is left as it is). Returns how many.
+    pub fn nack_done(&self, group: &str, topic: &Topic, nacked: &[Nacked]) -> usize {
+        let Some(gt) = self.existing_state(group, topic) else { return 0 };
+        let mut st = gt.state.lock();
+        let n = nacked.iter().filter(|k| st.queues.get_mut(k.queue).is_some_and(|p| p.ack(k.offset, k.nonce))).count();
+        gt.dirty.store(true, Ordering::Release);
+        n
+    }
+
+    /// Takes nacked deliveries on their last attempt out of delivery, for their dead letter
+    /// topic (stored by the caller: [`Groups::dead_lettering`]).
+    pub fn begin_dead_letters(&self, group: &str, topic: &Topic, nacked: &[Nacked]) {
+        let Some(gt) = self.existing_state(group, topic) else { return };
+        let from = self.store.write_pos();
+        let mut st = gt.state.lock();
+        for k in nacked {
+            if let Some(p) = st.queues.get_mut(k.queue).filter(|p| p.attempt(k.offset, k.nonce).is_some()) {
+                p.begin_dead_letter(k.offset, k.attempts, from);
+            }
+        }
+        gt.dirty.store(true, Ordering::Release);
+    }
+
+    /// Whether the group has dead letters being stored.
+    pub fn has_dead_lettering(&self, group: &str, topic: &Topic) -> bool {
+        self.existing_state(group, topic)
+            .is_some_and(|gt| gt.state.lock().queues.iter().any(|p| p.dead_lettering().next().is_some()))
+    }
+
+    /// The dead letters of the group being stored (taken out of delivery, not yet known stored).
+    pub fn dead_lettering(&self, group: &str, topic: &Topic) -> Vec<DeadLettering> {
+        let Some(gt) = self.existing_state(group, topic) else { return Vec::new() };
+        let mut st = gt.state.lock();
+        let retry = self.attach_retry(group, topic, &mut st);
+        let nt = topic.queues.len();
+        let mut out = Vec::new();
+        for (qi, p) in st.queues.iter().enumerate() {
+            let (t, tq) = match &retry {
+                Some(r) if qi >= nt => (r.as_ref(), qi - nt),
+                _ => (topic, qi),
+            };
+            for (offset, attempts, from) in p.dead_lettering() {
+                let entry = t.queues[tq].get(offset);
+                let record = self.record_at(t, tq as u16, offset, entry, &TagExpr::All).map(|c| c.record);
+                let key = format!("{}/{group}/{qi}/{offset}", topic.name);
+                out.push(DeadLettering { queue: qi, offset, attempts, from, record, key });
+            }
+        }
+        out
+    }
+
+    /// Their dead letters are stored: the messages are done for the group.
+    pub fn end_dead_letters(&self, group: &str, topic: &Topic, done: &[(usize, u64)]) {
+        let Some(gt) = self.existing_state(group, topic) else { return };
+        let mut st = gt.state.lock();
+        for &(q, offset) in done {
+            if let Some(p) = st.queues.get_mut(q) {
+                p.end_dead_letter(offset);
+            }
+        }
+        gt.dirty.store(true, Ordering::Release);
+    }
+
+    /// Moves the group to `to` in every queue of the topic (its retry topic to its end: the
+    /// redeliveries waiting there are dropped); what was in flight is forgotten. Returns the
+    /// backlog after the move.
+    pub fn seek(&self, group: &str, topic: &Topic, to: SeekTo) -> Result<u64, GroupError> {
+        let gt = self.state(group, topic, true)?;
+        {
+            let mut st = gt.state.lock();
+            let retry = self.attach_retry(group, topic, &mut st);
+            let nt = topic.queues.len();
+            let retained_from = self.store.min_offset();
+            for (qi, p) in st.queues.iter_mut().enumerate() {
+                let target = match (&retry, qi >= nt) {
+                    (Some(r), true) => r.queues[qi - nt].next(),
+                    _ => {
+                        let cq = &topic.queues[qi];
+                        let first = first_retained(cq, cq.start(), retained_from).unwrap_or(cq.start());
+                        match to {
+                            SeekTo::Earliest => first,
+                            SeekTo::Latest => cq.next(),
+                            SeekTo::Time(ms) => self.first_stored_at(cq, first, ms),
+                        }
+                    }
+                };
+                p.seek(target);
+            }
+        }
+        gt.dirty.store(true, Ordering::Release);
+        Ok(self.summarize(group.to_string(), topic, &gt).backlog)
+    }
+
+    /// The first offset of `cq` from `from` whose record was stored at or after `ms` (store
+    /// times never go backwards, so a binary search).
+    fn first_stored_at(&self, cq: &crate::store::consume_queue::ConsumeQueue, from: u64, ms: i64) -> u64 {
+        let (mut lo, mut hi) = (from, cq.next());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let stored = cq.get(mid).and_then(|e| self.store.read_verified(e.log_offset)).map(|r| r.record().store_ms);
+            match stored {
+                Some(t) if t < ms => lo = mid + 1,
+                None => lo = mid + 1, // unreadable: never a place to start
+                _ => hi = mid,
+            }
+        }
+        lo
+    }
+
+    /// Writes one group's progress and configuration now, durably.
+    pub fn persist_one(&self, group: &str, topic: &Topic) -> Result<(), GroupError> {
+        let Some(gt) = self.existing_state(group, topic) else { return Ok(()) };
+        gt.dirty.store(false, Ordering::Release);
+        let file = gt.state.lock().file();
+        self.write(group, &topic.name, &file).inspect_err(|_| gt.dirty.store(true, Ordering::Release))
     }
 
     /// Moves every group past the messages retention reclaimed, whether or not it receives
@@ -481,10 +831,7 @@ impl Groups {
             if !gt.dirty.swap(false, Ordering::AcqRel) {
                 continue;
             }
-            let file = {
-                let st = gt.state.lock();
-                GroupFile { version: 1, queues: st.queues.iter().map(|q| q.snapshot()).collect() }
-            };
+            let file = gt.state.lock().file();
             if let Err(e) = self.write(&group, &topic, &file) {
                 gt.dirty.store(true, Ordering::Release);
                 first_err.get_or_insert(e);
@@ -539,6 +886,11 @@ fn first_retained(cq: &crate::store::consume_queue::ConsumeQueue, next: u64, ret
         }
     }
     Some(lo)
+}
+
+/// Deliveries a message had before this record (a delayed redelivery carries them).
+fn attempts_before(r: &VerifiedRecord) -> u32 {
+    r.record().property(PROP_ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(0)
 }
 
 /// Decodes a group-progress file (empty = no progress yet) and restores one queue per entry of

@@ -3,8 +3,9 @@
 //! Invariants (checked by `debug_check` in tests):
 //! - every offset below `floor` is done (acked, or skipped by the group's tag filter);
 //! - every offset in `[floor, next)` is exactly one of: done (in `done`), in flight (in
-//!   `inflight`), or waiting for redelivery after a restart (in neither; treated as in flight
-//!   with an expired deadline);
+//!   `inflight`), being dead-lettered (in `dead_lettering`: out of delivery, its dead letter
+//!   not yet known stored), or waiting for redelivery after a restart (in none; treated as in
+//!   flight with an expired deadline);
 //! - offsets at or after `next` have never been handed out;
 //! - `by_deadline` holds exactly one `(visible_at, offset)` pair per in-flight entry.
 //!
@@ -33,6 +34,11 @@ pub struct QueueProgress {
     by_deadline: BTreeSet<(i64, u64)>,
     /// Messages the group never received because retention reclaimed them first.
     pub expired: u64,
+    /// Offsets whose dead letter is being stored: offset → (delivery attempts, the commit-log
+    /// position before which their dead letter cannot be).
+    dead_lettering: BTreeMap<u64, (u32, u64)>,
+    /// Messages moved to the dead letter topic.
+    pub dead_lettered: u64,
 }
 
 /// The persisted form (see `persist`).
@@ -48,6 +54,11 @@ pub struct QueueSnapshot {
     /// Messages reclaimed before the group received them.
     #[serde(default)]
     pub expired: u64,
+    /// `[offset, attempts, log position]` of dead letters being stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_lettering: Vec<(u64, u32, u64)>,
+    #[serde(default)]
+    pub dead_lettered: u64,
 }
 
 impl QueueProgress {
@@ -58,6 +69,8 @@ impl QueueProgress {
             done: self.done.iter().copied().collect(),
             inflight: self.inflight.iter().map(|(&o, i)| (o, i.attempt, i.visible_at)).collect(),
             expired: self.expired,
+            dead_lettering: self.dead_lettering.iter().map(|(&o, &(a, at))| (o, a, at)).collect(),
+            dead_lettered: self.dead_lettered,
         }
     }
 
@@ -67,16 +80,21 @@ impl QueueProgress {
     pub fn restore(s: &QueueSnapshot, available: u64) -> Self {
         let next = s.next.min(available);
         let floor = s.floor.min(next);
-        let mut p = Self { floor, next, expired: s.expired, ..Self::default() };
+        let mut p = Self { floor, next, expired: s.expired, dead_lettered: s.dead_lettered, ..Self::default() };
         p.done = s.done.iter().copied().filter(|&o| o >= floor && o < next).collect();
-        for &(o, attempt, visible_at) in &s.inflight {
+        for &(o, attempts, at) in &s.dead_lettering {
             if o >= floor && o < next && !p.done.contains(&o) {
+                p.dead_lettering.insert(o, (attempts, at));
+            }
+        }
+        for &(o, attempt, visible_at) in &s.inflight {
+            if o >= floor && o < next && !p.done.contains(&o) && !p.dead_lettering.contains_key(&o) {
                 p.set_inflight(o, Inflight { attempt, visible_at, nonce: 0 });
             }
         }
         // Offsets handed out but in neither set (acked state lost) are redelivered now.
         for o in floor..next {
-            if !p.done.contains(&o) && !p.inflight.contains_key(&o) {
+            if !p.done.contains(&o) && !p.inflight.contains_key(&o) && !p.dead_lettering.contains_key(&o) {
                 p.set_inflight(o, Inflight { attempt: 1, visible_at: i64::MIN, nonce: 0 });
             }
         }
@@ -145,6 +163,7 @@ impl QueueProgress {
             }
         }
         self.done = self.done.split_off(&to);
+        self.dead_lettering = self.dead_lettering.split_off(&to);
         self.floor = to;
         self.next = self.next.max(to);
         self.expired += expired;
@@ -165,6 +184,65 @@ impl QueueProgress {
             self.done.insert(offset);
             self.advance_floor();
         }
+    }
+
+    /// Deliveries of `offset` so far (0 if it was never handed out).
+    pub fn attempts_so_far(&self, offset: u64) -> u32 {
+        self.inflight.get(&offset).map_or(0, |f| f.attempt)
+    }
+
+    /// The delivery attempt of a valid handle (`offset`, `nonce`), if it is valid.
+    pub fn attempt(&self, offset: u64, nonce: u32) -> Option<u32> {
+        self.inflight.get(&offset).filter(|f| f.nonce == nonce && nonce != 0).map(|f| f.attempt)
+    }
+
+    /// Makes a valid delivery invisible until `visible_at`; its handle stays valid.
+    pub fn extend(&mut self, offset: u64, nonce: u32, visible_at: i64) -> bool {
+        let Some(f) = self.inflight.get(&offset).copied().filter(|f| f.nonce == nonce && nonce != 0) else {
+            return false;
+        };
+        self.set_inflight(offset, Inflight { visible_at, ..f });
+        true
+    }
+
+    /// Takes an in-flight offset out of delivery for good: its dead letter (after `attempts`
+    /// deliveries) is being stored, and cannot be before commit-log position `from`.
+    pub fn begin_dead_letter(&mut self, offset: u64, attempts: u32, from: u64) {
+        if let Some(f) = self.inflight.remove(&offset) {
+            self.by_deadline.remove(&(f.visible_at, offset));
+        }
+        self.dead_lettering.insert(offset, (attempts, from));
+    }
+
+    /// Dead letters being stored: (offset, attempts, position).
+    pub fn dead_lettering(&self) -> impl Iterator<Item = (u64, u32, u64)> + '_ {
+        self.dead_lettering.iter().map(|(&o, &(a, at))| (o, a, at))
+    }
+
+    /// The dead letter of `offset` is stored: the offset is done.
+    pub fn end_dead_letter(&mut self, offset: u64) {
+        if self.dead_lettering.remove(&offset).is_some() {
+            self.done.insert(offset);
+            self.dead_lettered += 1;
+            self.advance_floor();
+        }
+    }
+
+    /// In flight now (handed out, invisible until a deadline still ahead of `now`).
+    pub fn in_flight(&self, now: i64) -> u64 {
+        self.by_deadline.range((now.saturating_add(1), 0)..).count() as u64
+    }
+
+    /// Starts over at `to`: the next message handed out is the one at `to`; everything in
+    /// flight is forgotten (its handles become invalid). The caller finishes the dead letters
+    /// being stored first; any left are forgotten too.
+    pub fn seek(&mut self, to: u64) {
+        self.inflight.clear();
+        self.by_deadline.clear();
+        self.done.clear();
+        self.dead_lettering.clear();
+        self.floor = to;
+        self.next = to;
     }
 
     /// Acks a delivery; false if the handle is stale (redelivered since) or unknown.
@@ -198,6 +276,10 @@ impl QueueProgress {
         }
         for &o in self.inflight.keys() {
             assert!(o >= self.floor && o < self.next);
+            assert!(!self.dead_lettering.contains_key(&o));
+        }
+        for &o in self.dead_lettering.keys() {
+            assert!(o >= self.floor && o < self.next && !self.done.contains(&o));
         }
         assert_eq!(self.by_deadline.len(), self.inflight.len());
         for &(t, o) in &self.by_deadline {
@@ -287,7 +369,14 @@ mod tests {
 
     #[test]
     fn restore_fills_gaps_for_redelivery() {
-        let s = QueueSnapshot { floor: 2, next: 6, done: vec![3], inflight: vec![(5, 2, 50)], expired: 0 };
+        let s = QueueSnapshot {
+            floor: 2,
+            next: 6,
+            done: vec![3],
+            inflight: vec![(5, 2, 50)],
+            expired: 0,
+            ..Default::default()
+        };
         let r = QueueProgress::restore(&s, 10);
         r.debug_check();
         // 2 and 4 were handed out but their state is unknown: redeliver immediately.

@@ -77,6 +77,19 @@ pub(crate) struct MessageOut<'a> {
     delivery_attempt: u32,
     /// Acks this delivery; valid until the message is redelivered.
     receipt_handle: &'a str,
+    /// The ordering key it was sent with (ordered messages are not implemented yet: null).
+    #[schema(required = true)]
+    message_group: Option<&'a str>,
+    /// Null, or for a message in a dead letter topic: where it came from.
+    #[schema(required = true)]
+    dead_letter: Option<DeadLetterOut<'a>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeadLetterOut<'a> {
+    topic: &'a str,
+    group: &'a str,
+    delivery_attempts: u32,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -129,8 +142,8 @@ pub async fn receive(
         }
         tokio::select! {
             _ = &mut created => {}
-            _ = tokio::time::sleep_until(deadline) => return Ok(render(&[])),
-            _ = state.shutting_down() => return Ok(render(&[])),
+            _ = tokio::time::sleep_until(deadline) => return Ok(render(&topic_name, &[])),
+            _ = state.shutting_down() => return Ok(render(&topic_name, &[])),
         }
     };
     loop {
@@ -138,10 +151,17 @@ pub async fn receive(
         let appended = topic.appended.notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
-        let got = core.groups.receive(&group, &topic, Batch { max, max_bytes }, invisible_ms, &expr)?;
+        // Delayed redeliveries fire into the group's retry topic: a long poll wakes for them too.
+        let retry = core.store.topics().get(&crate::group::config::retry_topic(&topic.name, &group));
+        let retried = retry.as_ref().map(|r| r.appended.notified());
+        tokio::pin!(retried);
+        if let Some(n) = retried.as_mut().as_pin_mut() {
+            n.enable();
+        }
+        let got = core.consumers.receive(&group, &topic, Batch { max, max_bytes }, invisible_ms, &expr).await?;
         let now = tokio::time::Instant::now();
         if !got.messages.is_empty() || now >= deadline {
-            return Ok(render(&got.messages));
+            return Ok(render(&topic.name, &got.messages));
         }
         // Sleep until a message arrives, an in-flight one becomes visible again, or the wait ends.
         let mut wake = deadline;
@@ -151,13 +171,21 @@ pub async fn receive(
         }
         tokio::select! {
             _ = &mut appended => {}
+            _ = async {
+                match retried.as_mut().as_pin_mut() {
+                    Some(n) => n.await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             _ = tokio::time::sleep_until(wake) => {}
-            _ = state.shutting_down() => return Ok(render(&[])),
+            _ = state.shutting_down() => return Ok(render(&topic.name, &[])),
         }
     }
 }
 
-fn render(deliveries: &[Delivery]) -> Response {
+/// The answer of a receive on `topic` (a redelivery from the group's retry topic is shown as
+/// the topic's).
+fn render(topic: &str, deliveries: &[Delivery]) -> Response {
     let mut out = Vec::with_capacity(deliveries.len());
     for d in deliveries {
         let m = crate::service::deliver(&d.record.record(), d.log_offset);
@@ -172,7 +200,7 @@ fn render(deliveries: &[Delivery]) -> Response {
         };
         out.push(MessageOut {
             message_id: m.id,
-            topic: m.topic,
+            topic,
             tag: m.tag,
             keys: m.keys,
             properties: m.properties.into_iter().collect(),
@@ -183,6 +211,12 @@ fn render(deliveries: &[Delivery]) -> Response {
             visible_at_ms: m.visible_at_ms,
             delivery_attempt: d.attempt,
             receipt_handle: &d.receipt_handle,
+            message_group: None,
+            dead_letter: m.dead_letter.map(|x| DeadLetterOut {
+                topic: x.topic,
+                group: x.group,
+                delivery_attempts: x.delivery_attempts,
+            }),
         });
     }
     Json(ReceiveOut { messages: out }).into_response()

@@ -99,6 +99,10 @@ impl ApiError {
         Self::new(Code::InvalidArgument, message)
     }
 
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(Code::NotFound, message)
     }
@@ -126,6 +130,8 @@ impl From<crate::service::ServiceError> for ApiError {
             E::Busy(m) => ApiError::new(Code::Busy, m),
             E::Store(e) => e.into(),
             E::Unavailable(m) => ApiError::new(Code::Unavailable, m),
+            E::Invalid(m) => ApiError::invalid(m),
+            E::LimitExceeded(m) => ApiError::new(Code::LimitExceeded, m),
         }
     }
 }

@@ -31,6 +31,7 @@ use prometheus_client::registry::Registry;
 use super::admission::Admission;
 use super::error::ErrorCode;
 use super::{AppState, Core};
+use crate::group::GroupSummary;
 
 /// The send route, whose refusals are counted by code.
 const SEND_ROUTE: &str = "/v1/topics/:topic/messages";
@@ -40,6 +41,12 @@ const LATENESS_BOUNDS_MS: &[u64] = &[0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1_00
 /// Upper bounds of the fsync histogram, µs.
 const FSYNC_BOUNDS_US: &[u64] =
     &[100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    topic: String,
+    group: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -325,11 +332,48 @@ impl Collector for ServiceCollector {
             "1 while sends are accepted, 0 above store.disk_hard_limit",
             i64::from(s.accepting),
         )?;
-        counter(
+        // Per consumer group: the lag operators alert on, and what left the group otherwise.
+        let mut rows = Vec::new();
+        for t in core.store.topics().list() {
+            for g in core.groups.list(&t) {
+                rows.push((GroupLabels { topic: t.name.clone(), group: g.name.clone() }, g));
+            }
+        }
+        let each =
+            |e: &mut DescriptorEncoder, name: &str, help: &str, ty: MetricType, f: &dyn Fn(&GroupSummary) -> u64| {
+                let mut m = e.encode_descriptor(name, help, None, ty)?;
+                for (labels, g) in &rows {
+                    let enc = m.encode_family(labels)?;
+                    match ty {
+                        MetricType::Counter => ConstCounter::new(f(g)).encode(enc)?,
+                        _ => ConstGauge::new(f(g) as i64).encode(enc)?,
+                    }
+                }
+                Ok::<(), std::fmt::Error>(())
+            };
+        each(
+            &mut e,
+            "group_backlog",
+            "Messages visible to the group, not handed out (consumer lag)",
+            MetricType::Gauge,
+            &|g| g.backlog,
+        )?;
+        each(&mut e, "group_in_flight", "Messages handed out, neither acked nor expired", MetricType::Gauge, &|g| {
+            g.in_flight
+        })?;
+        each(
+            &mut e,
+            "group_dead_lettered",
+            "Messages moved to the group's dead letter topic",
+            MetricType::Counter,
+            &|g| g.dead_lettered,
+        )?;
+        each(
             &mut e,
             "group_expired",
-            "Messages consumer groups never received: reclaimed first",
-            core.groups.expired_total(),
+            "Messages the group never received: reclaimed first",
+            MetricType::Counter,
+            &|g| g.expired,
         )?;
         let fsync = core.store.fsync_buckets(FSYNC_BOUNDS_US);
         histogram(&mut e, "store_fsync_seconds", "Commit-log fsync latency", FSYNC_BOUNDS_US, 1e-6, &fsync)?;

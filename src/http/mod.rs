@@ -9,6 +9,7 @@ mod body;
 mod congestion;
 mod consume;
 pub mod error;
+mod groups;
 mod metrics;
 pub mod openapi;
 mod path;
@@ -56,6 +57,8 @@ pub struct Core {
     pub timer: Arc<TimerEngine>,
     /// The use cases (send, status, cancel) over the store and the timer.
     pub broker: crate::service::Broker,
+    /// The consumer use cases (receive, nack, dead letters, seek, configuration).
+    pub consumers: crate::service::Consumers,
     /// The storage lifecycle (retention, disk limits).
     pub retention: Arc<crate::retention::Retention>,
 }
@@ -129,8 +132,14 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/v1/topics/{topic}/messages", Method::POST, post(send::send)),
         ("/v1/topics/{topic}/messages/{message_id}", Method::GET, get(send::get_message)),
         ("/v1/topics/{topic}/messages/{message_id}", Method::DELETE, delete(send::cancel_message)),
+        ("/v1/topics/{topic}/groups", Method::GET, get(groups::list_groups)),
+        ("/v1/topics/{topic}/groups/{group}", Method::PUT, put(groups::put_group)),
+        ("/v1/topics/{topic}/groups/{group}", Method::GET, get(groups::get_group)),
         ("/v1/topics/{topic}/groups/{group}/receive", Method::POST, post(consume::receive)),
         ("/v1/topics/{topic}/groups/{group}/ack", Method::POST, post(consume::ack)),
+        ("/v1/topics/{topic}/groups/{group}/nack", Method::POST, post(groups::nack)),
+        ("/v1/topics/{topic}/groups/{group}/extend", Method::POST, post(groups::extend)),
+        ("/v1/topics/{topic}/groups/{group}/seek", Method::POST, post(groups::seek)),
         ("/v1/timer/stats", Method::GET, get(timer_stats)),
         ("/v1/timer/congestion", Method::GET, get(congestion::congestion)),
         ("/v1/storage", Method::GET, get(storage::storage)),

@@ -37,8 +37,14 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
         super::send::send,
         super::send::get_message,
         super::send::cancel_message,
+        super::groups::list_groups,
+        super::groups::put_group,
+        super::groups::get_group,
         super::consume::receive,
         super::consume::ack,
+        super::groups::nack,
+        super::groups::extend,
+        super::groups::seek,
         super::timer_stats,
         super::congestion::congestion,
         super::storage::storage,
@@ -47,7 +53,7 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
     modifiers(&BearerAuth, &V1Common),
     tags(
         (name = "topics"), (name = "messages", description = "Send, schedule, look up and cancel"),
-        (name = "consumers", description = "Consumer groups: receive and ack (at least once)"),
+        (name = "consumers", description = "Consumer groups: receive and ack (at least once), nack with backoff, dead letters, extend, seek, configuration and lag"),
         (name = "timer", description = "Timer observability"),
         (name = "storage", description = "Disk use, retention and reclamation"), (name = "health"), (name = "meta"),
     )

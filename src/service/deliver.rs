@@ -1,9 +1,19 @@
-//! Delivery: what a consumer sees of a stored record. A fired message carries the id its
-//! sender was given (in a reserved property); the timer's reserved properties are not shown.
+//! Delivery: what a consumer sees of a stored record. A fired message (and a redelivery or a
+//! dead letter) carries the id its sender was given (in a reserved property); reserved
+//! properties are not shown, but a dead letter's say where it came from.
 
+use crate::group::{PROP_DLQ_ATTEMPTS, PROP_DLQ_GROUP, PROP_DLQ_TOPIC};
 use crate::store::record::Record;
 use crate::store::MessageId;
-use crate::timer::{PROP_ID, SYSTEM_PROP_PREFIX};
+use crate::timer::PROP_ID;
+
+/// Where a dead letter came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterInfo<'a> {
+    pub topic: &'a str,
+    pub group: &'a str,
+    pub delivery_attempts: u32,
+}
 
 /// A message as delivered, borrowing from its decoded record.
 #[derive(Debug, Clone)]
@@ -22,6 +32,8 @@ pub struct DeliveredMessage<'a> {
     pub deliver_at_ms: i64,
     /// When it became visible (the store time of this record).
     pub visible_at_ms: i64,
+    /// For a message in a dead letter topic: where it came from.
+    pub dead_letter: Option<DeadLetterInfo<'a>>,
 }
 
 /// The delivered view of `rec`, stored at commit-log offset `log_offset`.
@@ -31,12 +43,23 @@ pub fn deliver<'a>(rec: &Record<'a>, log_offset: u64) -> DeliveredMessage<'a> {
         Some((_, id)) => id.to_string(),
         None => MessageId { offset: log_offset, crc: rec.crc }.to_string(),
     };
+    let prop = |name: &str| props.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let dead_letter = match (prop(PROP_DLQ_TOPIC), prop(PROP_DLQ_GROUP)) {
+        (Some(topic), Some(group)) => Some(DeadLetterInfo {
+            topic,
+            group,
+            delivery_attempts: prop(PROP_DLQ_ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(0),
+        }),
+        _ => None,
+    };
     DeliveredMessage {
+        dead_letter,
         id,
         topic: rec.topic,
         tag: rec.tag,
         keys: rec.keys(),
-        properties: props.into_iter().filter(|(k, _)| !k.starts_with(SYSTEM_PROP_PREFIX)).collect(),
+        // Every property starting with `__` is reserved (a send cannot set one): not shown.
+        properties: props.into_iter().filter(|(k, _)| !k.starts_with("__")).collect(),
         body: rec.body,
         binary: rec.binary(),
         born_ms: rec.born_ms,

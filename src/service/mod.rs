@@ -7,6 +7,7 @@
 //! message is appended to the timer's system topic with its destination in a reserved property,
 //! and a fired one carries the id the client was given in another; [`deliver`] maps both back.
 
+pub mod consume;
 pub mod deliver;
 pub mod lookup;
 pub mod send;
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use crate::store::{MessageId, Store, StoreError};
 use crate::timer::{TimerEngine, TimerError};
 
-pub use deliver::{deliver, DeliveredMessage};
+pub use consume::{Consumers, NackOutcome};
+pub use deliver::{deliver, DeadLetterInfo, DeliveredMessage};
 pub use lookup::Found;
 pub use send::{Appended, Sent};
 
@@ -55,6 +57,12 @@ pub enum ServiceError {
     /// The timer cannot serve the request now (an I/O error, a stopped pipeline).
     #[error("{0}")]
     Unavailable(String),
+    /// The request is not acceptable (a value out of range); the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// A configured quota (`limits.*`) refused it.
+    #[error("{0}")]
+    LimitExceeded(String),
 }
 
 impl ServiceError {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chime::clock::ManualClock;
 use chime::group::{Batch, GroupOptions, Groups, TagExpr};
 use chime::retention::{Disk, DiskProbe, Retention, RetentionOptions};
-use chime::service::{deliver, Broker, BrokerOptions, ServiceError};
+use chime::service::{deliver, Broker, BrokerOptions, Consumers, ServiceError};
 use chime::store::{FlushPolicy, NewMessage, Store, StoreOptions};
 use chime::timer::{MessageState, TimerEngine};
 use parking_lot::Mutex;
@@ -44,6 +44,7 @@ pub struct H {
     pub timer: Arc<TimerEngine>,
     pub groups: Arc<Groups>,
     pub broker: Broker,
+    pub consumers: Consumers,
     pub retention: Arc<Retention>,
 }
 
@@ -97,7 +98,8 @@ pub fn open_with(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>, pa
         },
         probe,
     );
-    H { dir: dir.to_path_buf(), params, clock, disk, store, timer, groups, broker, retention }
+    let consumers = Consumers::new(broker.clone(), groups.clone());
+    H { dir: dir.to_path_buf(), params, clock, disk, store, timer, groups, broker, consumers, retention }
 }
 
 pub fn half_full() -> Disk {

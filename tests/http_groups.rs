@@ -1,0 +1,125 @@
+//! The consumer-group routes over HTTP (API.md "Consumer groups: retry, dead letters, lag,
+//! seek, lookup by key"): configuration, listing with lag, nack (at once and delayed), dead
+//! letters with where they came from, extend, seek, and their errors.
+
+mod common;
+
+use common::{test_config, TestServer};
+use serde_json::{json, Value};
+
+fn handles(msgs: &[Value]) -> Value {
+    Value::from(msgs.iter().map(|m| m["receipt_handle"].clone()).collect::<Vec<_>>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_list_nack_dead_letter_extend_and_seek() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(&test_config(dir.path())).await;
+    let (code, v) = s.call("GET", "/v1/topics/t/groups/g", None).await;
+    assert_eq!(code, 404, "{v}");
+    let (code, _) = s.call("GET", "/v1/topics/t/groups", None).await;
+    assert_eq!(code, 404, "no such topic");
+
+    // Configure: 201 the first time, 200 after; the whole configuration comes back.
+    let cfg = json!({"max_delivery_attempts": 2, "retry": {"initial_ms": 0, "max_ms": 0}}).to_string();
+    let (code, v) = s.call("PUT", "/v1/topics/t/groups/g", Some(&cfg)).await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["max_delivery_attempts"], 2);
+    assert_eq!(v["retry"], json!({"initial_ms": 0, "max_ms": 0, "multiplier": 2.0}));
+    assert_eq!(v["dead_letter_topic"], "%DLQ%g");
+    assert_eq!(v["fifo"], false);
+    let (code, _) = s.call("PUT", "/v1/topics/t/groups/g", Some(&cfg)).await;
+    assert_eq!(code, 200);
+    for bad in [
+        json!({"max_delivery_attempts": 0}),
+        json!({"max_delivery_attempts": 1001}),
+        json!({"retry": {"multiplier": 0.5}}),
+        json!({"retry": {"initial_ms": 10, "max_ms": 5}}),
+        json!({"dead_letter_topic": "__x"}),
+        json!({"unknown": 1}),
+        json!({"fifo": true}),
+    ] {
+        let (code, v) = s.call("PUT", "/v1/topics/t/groups/g", Some(&bad.to_string())).await;
+        assert_eq!((code, v["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{bad}: {v}");
+    }
+
+    // Two messages; the listing shows the lag.
+    for body in ["a", "b"] {
+        assert_eq!(s.send("t", json!({"body": body})).await.0, 201);
+    }
+    let (_, v) = s.call("GET", "/v1/topics/t/groups", None).await;
+    assert_eq!(
+        v["groups"],
+        json!([{"name": "g", "backlog": 2, "in_flight": 0, "dead_lettered": 0, "expired": 0, "fifo": false,
+                "max_delivery_attempts": 2}])
+    );
+    let msgs = s.receive("t", "g", json!({"max_messages": 10})).await;
+    assert_eq!(msgs.len(), 2);
+    assert!(msgs.iter().all(|m| m["message_group"].is_null() && m["dead_letter"].is_null()), "{msgs:?}");
+    let (_, v) = s.call("GET", "/v1/topics/t/groups/g", None).await;
+    assert_eq!((v["backlog"].as_u64(), v["in_flight"].as_u64()), (Some(0), Some(2)), "{v}");
+
+    // Extend one, nack the other (no backoff configured: at once).
+    let (code, v) = s
+        .call(
+            "POST",
+            "/v1/topics/t/groups/g/extend",
+            Some(&json!({"receipt_handles": [msgs[0]["receipt_handle"]], "invisible_ms": 60000}).to_string()),
+        )
+        .await;
+    assert_eq!((code, v["extended"].as_u64()), (200, Some(1)), "{v}");
+    let (code, v) = s
+        .call(
+            "POST",
+            "/v1/topics/t/groups/g/nack",
+            Some(&json!({"receipt_handles": [msgs[1]["receipt_handle"], "junk"]}).to_string()),
+        )
+        .await;
+    assert_eq!((code, v["nacked"].as_u64(), v["invalid"].clone()), (200, Some(1), json!(["junk"])), "{v}");
+    let again = s.receive("t", "g", json!({"max_messages": 10, "wait_ms": 5000})).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["message_id"], msgs[1]["message_id"], "redelivered under its id");
+    assert_eq!(again[0]["topic"], "t", "shown as the topic's, not the retry topic's");
+    assert_eq!((again[0]["delivery_attempt"].as_u64(), again[0]["body"].as_str()), (Some(2), msgs[1]["body"].as_str()));
+    // Its last attempt nacked: to the dead letter topic, where any group receives it.
+    let (_, v) = s
+        .call("POST", "/v1/topics/t/groups/g/nack", Some(&json!({"receipt_handles": handles(&again)}).to_string()))
+        .await;
+    assert_eq!(v["nacked"], 1, "{v}");
+    let dead = s.receive("%DLQ%g", "ops", json!({"wait_ms": 5000})).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["message_id"], msgs[1]["message_id"]);
+    assert_eq!(dead[0]["dead_letter"], json!({"topic": "t", "group": "g", "delivery_attempts": 2}));
+    let (_, v) = s.call("GET", "/v1/topics/t/groups/g", None).await;
+    assert_eq!(v["dead_lettered"], 1, "{v}");
+    // The same figures per group in /metrics.
+    let m = common::metrics::scrape(&s.http, &s.url("")).await;
+    let labels = [("topic", "t"), ("group", "g")];
+    assert_eq!(common::metrics::value(&m, "chime_group_dead_lettered_total", &labels), 1.0);
+    assert_eq!(common::metrics::value(&m, "chime_group_in_flight", &labels), 1.0, "the extended one");
+    assert_eq!(common::metrics::value(&m, "chime_group_backlog", &labels), 0.0);
+
+    // Seek: back to the earliest (both again), to the latest (nothing); errors named.
+    let seek = |body: Value| {
+        let s = &s;
+        async move { s.call("POST", "/v1/topics/t/groups/g/seek", Some(&body.to_string())).await }
+    };
+    assert_eq!(seek(json!({"to": "earliest"})).await, (200, json!({"backlog": 2})));
+    assert_eq!(seek(json!({"to": "latest"})).await, (200, json!({"backlog": 0})));
+    assert_eq!(seek(json!({"to_ms": 0})).await, (200, json!({"backlog": 2})));
+    for bad in [json!({}), json!({"to": "middle"}), json!({"to": "latest", "to_ms": 5})] {
+        let (code, v) = seek(bad.clone()).await;
+        assert_eq!((code, v["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{bad}: {v}");
+    }
+    for (route, bad) in [
+        ("nack", json!({"receipt_handles": [], "delay_ms": -1})),
+        ("nack", json!({"receipt_handles": [], "delay_ms": 43200001})),
+        ("nack", json!({})),
+        ("extend", json!({"receipt_handles": [], "invisible_ms": 999})),
+        ("extend", json!({"receipt_handles": []})),
+    ] {
+        let (code, v) = s.call("POST", &format!("/v1/topics/t/groups/g/{route}"), Some(&bad.to_string())).await;
+        assert_eq!((code, v["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{route} {bad}: {v}");
+    }
+    s.stop().await;
+}
