@@ -171,10 +171,26 @@ async fn spec_lists_every_served_route_and_nothing_else() {
             "deliver_at_ms",
             "visible_at_ms",
             "delivery_attempt",
-            "receipt_handle"
+            "receipt_handle",
+            "message_group",
+            "dead_letter"
         ])
     );
     assert_eq!(props(&spec, "AckIn"), set(&["receipt_handles"]));
+    // The consumer lifecycle (API.md v1 additions).
+    assert_eq!(props(&spec, "DeadLetterOut"), set(&["topic", "group", "delivery_attempts"]));
+    assert_eq!(
+        props(&spec, "GroupListed"),
+        set(&["name", "backlog", "in_flight", "dead_lettered", "expired", "fifo", "max_delivery_attempts"])
+    );
+    assert_eq!(props(&spec, "GroupConfigIn"), set(&["max_delivery_attempts", "retry", "dead_letter_topic", "fifo"]));
+    assert_eq!(props(&spec, "RetryIn"), set(&["initial_ms", "max_ms", "multiplier"]));
+    assert_eq!(props(&spec, "NackIn"), set(&["receipt_handles", "delay_ms"]));
+    assert_eq!(props(&spec, "NackOut"), set(&["nacked", "invalid"]));
+    assert_eq!(props(&spec, "ExtendIn"), set(&["receipt_handles", "invisible_ms"]));
+    assert_eq!(props(&spec, "ExtendOut"), set(&["extended", "invalid"]));
+    assert_eq!(props(&spec, "SeekIn"), set(&["to", "to_ms"]));
+    assert_eq!(props(&spec, "SeekOut"), set(&["backlog"]));
     assert_eq!(props(&spec, "AckOut"), set(&["acked", "invalid"]));
     let stats = props(&spec, "TimerStatsOut");
     for f in ["pending_total", "enqueue_lag", "dequeue_lag_ms", "stages", "lateness_ms"] {
