@@ -217,3 +217,30 @@ fn extend_keeps_a_message_invisible_and_its_handle_valid_and_seek_moves_the_grou
     assert_eq!(rt.block_on(h.consumers.seek(G, &topic(&h), SeekTo::Latest)).unwrap(), 0);
     assert!(receive(&h, G, 60_000).is_empty());
 }
+
+#[test]
+fn a_crash_while_storing_a_delayed_redelivery_redelivers_it_once() {
+    for failpoint in [consume::STOP_BEFORE_DEAD_LETTER, consume::STOP_AFTER_DEAD_LETTER] {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let h = H::new(dir.path());
+        let id = h.send("again".into(), None);
+        configure(&h, 5);
+        let got = receive(&h, G, 30_000);
+        fail::cfg(failpoint, "return").unwrap();
+        let r = rt().block_on(h.consumers.nack(G, &topic(&h), &[got[0].3.clone()], Some(10_000)));
+        assert!(r.is_err(), "{failpoint}: stopped");
+        fail::remove(failpoint);
+        let h = h.crash();
+        // Past the original's invisibility and the redelivery's time: it comes back once, as
+        // attempt 2, whether the crash came before or after the redelivery was stored.
+        assert!(receive(&h, G, 30_000).is_empty(), "{failpoint}: taken out of delivery for good");
+        h.clock.set(T0 + 60_000);
+        let again = receive_soon(&h, G, 30_000);
+        assert_eq!(again.len(), 1, "{failpoint}: {again:?}");
+        assert_eq!((&again[0].0, again[0].2), (&id, 2), "{failpoint}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(receive(&h, G, 30_000).is_empty(), "{failpoint}: once");
+        scenario.teardown();
+    }
+}

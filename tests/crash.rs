@@ -397,3 +397,87 @@ async fn group_progress_survives_sigkill() {
     server.terminate().await;
     eprintln!("group progress test in {:?}", t_start.elapsed());
 }
+
+/// Nacks and dead letters under SIGKILL (API.md "Consumer groups"): a group with two attempts
+/// and no backoff nacks everything it receives, so every message is redelivered once through
+/// the retry topic and then dead-lettered; the server is killed twice while that runs. At the
+/// end every message is in the dead letter topic exactly once, with its id and where it came
+/// from, and the group has nothing left (nothing lost, nothing both dead-lettered and pending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_and_dead_letters_survive_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _dump = DumpLogsOnPanic(tmp.path().to_path_buf());
+    let data = tmp.path().join("data");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let (topic, group) = ("nacked", "g");
+    let mut server = Proc::start(&data, tmp.path(), "gen0", &http).await;
+    let cfg = json!({"max_delivery_attempts": 2, "retry": {"initial_ms": 0, "max_ms": 0}});
+    let r = http.put(format!("{}/v1/topics/{topic}/groups/{group}", server.base)).json(&cfg).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let url = format!("{}/v1/topics/{topic}/messages", server.base);
+    let mut ids = HashSet::new();
+    for chunk in 0..4 {
+        let batch: Vec<Value> = (0..50).map(|i| json!({"body": format!("n{chunk}-{i}")})).collect();
+        let (s, v) = post(&http, &url, &Value::from(batch)).await;
+        assert_eq!(s, 201, "{v}");
+        ids.extend(v["messages"].as_array().unwrap().iter().map(|m| m["message_id"].as_str().unwrap().to_string()));
+    }
+    // Nack whatever arrives; kill the server after a few rounds, twice.
+    let mut rng = Rng::new(std::env::var("CRASH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7));
+    for gen in 1..=3 {
+        let rounds = if gen == 3 { usize::MAX } else { 1 + rng.range(0, 4) as usize };
+        let mut quiet = 0;
+        let mut round = 0;
+        while round < rounds && quiet < 3 {
+            round += 1;
+            let msgs = receive(
+                &http,
+                &server.base,
+                topic,
+                group,
+                json!({"max_messages": 20, "wait_ms": 300, "invisible_ms": 1000}),
+            )
+            .await;
+            if msgs.is_empty() {
+                quiet += 1;
+                continue;
+            }
+            quiet = 0;
+            let handles: Vec<Value> = msgs.iter().map(|m| m["receipt_handle"].clone()).collect();
+            let r = http
+                .post(format!("{}/v1/topics/{topic}/groups/{group}/nack", server.base))
+                .json(&json!({"receipt_handles": handles}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        if gen < 3 {
+            server.kill9().await;
+            server = Proc::start(&data, tmp.path(), &format!("gen{gen}"), &http).await;
+        }
+    }
+    // Everything reached the dead letter topic, once.
+    let dead = client::drain(&http, &server.base, "%25DLQ%25g", "audit", Until::Quiet).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in &dead {
+        assert_eq!(m["dead_letter"]["topic"], topic, "{m}");
+        assert_eq!(m["dead_letter"]["group"], group, "{m}");
+        assert!(m["dead_letter"]["delivery_attempts"].as_u64().unwrap() >= 2, "{m}");
+        *seen.entry(m["message_id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "dead-lettered twice: {twice:?}");
+    let missing: Vec<_> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "{} of {} never dead-lettered: {missing:?}", missing.len(), ids.len());
+    let r: Value = http
+        .get(format!("{}/v1/topics/{topic}/groups/{group}", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((r["backlog"].as_u64(), r["in_flight"].as_u64()), (Some(0), Some(0)), "{r}");
+    server.terminate().await;
+}

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::topics::Topic;
 use crate::store::{Store, VerifiedRecord};
 pub use config::GroupConfig;
+pub use progress::Move;
 use progress::{QueueProgress, QueueSnapshot};
 pub use tag::TagExpr;
 
@@ -44,6 +45,8 @@ pub const PROP_DLQ_ATTEMPTS: &str = "__group.dlq_attempts";
 /// Property of a dead letter: `{topic}/{group}/{queue}/{offset}` of the delivery it ends, so
 /// a dead letter whose storing a crash interrupted is found again, not stored twice.
 pub const PROP_DLQ_OF: &str = "__group.dlq_of";
+/// Property of a delayed redelivery: the key of the delivery it follows (as [`PROP_DLQ_OF`]).
+pub const PROP_RETRY_OF: &str = "__group.retry_of";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -108,7 +111,7 @@ pub struct Received {
     /// When an in-flight message of this group becomes receivable again (wakes long polls).
     pub wake_at_ms: Option<i64>,
     /// Messages this receive took out of delivery for their dead letter topic (past
-    /// `max_delivery_attempts`): the caller stores them ([`Groups::dead_lettering`]).
+    /// `max_delivery_attempts`): the caller stores them ([`Groups::moving`]).
     pub dead_lettered: usize,
 }
 
@@ -122,16 +125,15 @@ pub struct Nacked {
     pub record: VerifiedRecord,
 }
 
-/// A dead letter being stored: the message, its deliveries, and the position before which its
-/// dead letter cannot be.
-pub struct DeadLettering {
+/// A delivery on its way out of its queue (a dead letter, or a delayed redelivery), with the
+/// message and the key that finds what it stored.
+pub struct Moving {
     pub queue: usize,
     pub offset: u64,
-    pub attempts: u32,
-    pub from: u64,
-    /// `None`: reclaimed meanwhile (nothing to store; it is finished as expired).
+    pub m: Move,
+    /// `None`: reclaimed meanwhile (nothing to store; it is finished).
     pub record: Option<VerifiedRecord>,
-    /// `{topic}/{group}/{queue}/{offset}` ([`PROP_DLQ_OF`]).
+    /// `{topic}/{group}/{queue}/{offset}/{attempts}` ([`PROP_DLQ_OF`], [`PROP_RETRY_OF`]).
     pub key: String,
 }
 
@@ -417,7 +419,10 @@ impl Groups {
                     Some(Checked { record, payload, .. }) => {
                         let before = attempts_before(&record) + p.attempts_so_far(offset);
                         if before >= max_attempts {
-                            p.begin_dead_letter(offset, before, self.store.write_pos());
+                            p.begin_move(
+                                offset,
+                                Move { attempts: before, from: self.store.write_pos(), retry_at: None },
+                            );
                             changed = true;
                             dead_lettered += 1;
                             continue;
@@ -591,7 +596,7 @@ impl Groups {
     }
 
     /// The valid deliveries among `handles`, with their records and attempts, for a nack;
-    /// nothing changes until [`Groups::nack_done`] (or [`Groups::begin_dead_letters`]).
+    /// nothing changes until [`Groups::begin_moves`].
     /// Returns them and the handles that were not valid.
     pub fn nack_take(&self, group: &str, topic: &Topic, handles: &[String]) -> (Vec<Nacked>, Vec<String>) {
         let Some(gt) = self.existing_state(group, topic) else { return (Vec::new(), handles.to_vec()) };
@@ -620,38 +625,33 @@ impl Groups {
         (out, invalid)
     }
 
-    /// The nacked deliveries were rescheduled: they are done here (a delivery redelivered
-    /// meanwhile is left as it is). Returns how many.
-    pub fn nack_done(&self, group: &str, topic: &Topic, nacked: &[Nacked]) -> usize {
+    /// Takes nacked deliveries out of delivery, each to a delayed redelivery at its time (or
+    /// to the dead letter topic for `None`), stored by the caller ([`Groups::moving`]). A
+    /// delivery redelivered meanwhile is left as it is. Returns how many were taken.
+    pub fn begin_moves(&self, group: &str, topic: &Topic, nacked: &[(&Nacked, Option<i64>)]) -> usize {
         let Some(gt) = self.existing_state(group, topic) else { return 0 };
+        let from = self.store.write_pos();
         let mut st = gt.state.lock();
-        let n = nacked.iter().filter(|k| st.queues.get_mut(k.queue).is_some_and(|p| p.ack(k.offset, k.nonce))).count();
+        let mut n = 0;
+        for &(k, retry_at) in nacked {
+            if let Some(p) = st.queues.get_mut(k.queue).filter(|p| p.attempt(k.offset, k.nonce).is_some()) {
+                p.begin_move(k.offset, Move { attempts: k.attempts, from, retry_at });
+                n += 1;
+            }
+        }
         gt.dirty.store(true, Ordering::Release);
         n
     }
 
-    /// Takes nacked deliveries on their last attempt out of delivery, for their dead letter
-    /// topic (stored by the caller: [`Groups::dead_lettering`]).
-    pub fn begin_dead_letters(&self, group: &str, topic: &Topic, nacked: &[Nacked]) {
-        let Some(gt) = self.existing_state(group, topic) else { return };
-        let from = self.store.write_pos();
-        let mut st = gt.state.lock();
-        for k in nacked {
-            if let Some(p) = st.queues.get_mut(k.queue).filter(|p| p.attempt(k.offset, k.nonce).is_some()) {
-                p.begin_dead_letter(k.offset, k.attempts, from);
-            }
-        }
-        gt.dirty.store(true, Ordering::Release);
-    }
-
-    /// Whether the group has dead letters being stored.
-    pub fn has_dead_lettering(&self, group: &str, topic: &Topic) -> bool {
+    /// Whether the group has deliveries on their way out.
+    pub fn has_moving(&self, group: &str, topic: &Topic) -> bool {
         self.existing_state(group, topic)
-            .is_some_and(|gt| gt.state.lock().queues.iter().any(|p| p.dead_lettering().next().is_some()))
+            .is_some_and(|gt| gt.state.lock().queues.iter().any(|p| p.moving().next().is_some()))
     }
 
-    /// The dead letters of the group being stored (taken out of delivery, not yet known stored).
-    pub fn dead_lettering(&self, group: &str, topic: &Topic) -> Vec<DeadLettering> {
+    /// The group's deliveries on their way out (taken out of delivery, what they move to not
+    /// yet known stored).
+    pub fn moving(&self, group: &str, topic: &Topic) -> Vec<Moving> {
         let Some(gt) = self.existing_state(group, topic) else { return Vec::new() };
         let mut st = gt.state.lock();
         let retry = self.attach_retry(group, topic, &mut st);
@@ -662,23 +662,23 @@ impl Groups {
                 Some(r) if qi >= nt => (r.as_ref(), qi - nt),
                 _ => (topic, qi),
             };
-            for (offset, attempts, from) in p.dead_lettering() {
+            for (offset, m) in p.moving() {
                 let entry = t.queues[tq].get(offset);
                 let record = self.record_at(t, tq as u16, offset, entry, &TagExpr::All).map(|c| c.record);
-                let key = format!("{}/{group}/{qi}/{offset}", topic.name);
-                out.push(DeadLettering { queue: qi, offset, attempts, from, record, key });
+                let key = format!("{}/{group}/{qi}/{offset}/{}", topic.name, m.attempts);
+                out.push(Moving { queue: qi, offset, m, record, key });
             }
         }
         out
     }
 
-    /// Their dead letters are stored: the messages are done for the group.
-    pub fn end_dead_letters(&self, group: &str, topic: &Topic, done: &[(usize, u64)]) {
+    /// What they moved to is stored: the deliveries are done for the group.
+    pub fn end_moves(&self, group: &str, topic: &Topic, done: &[(usize, u64)]) {
         let Some(gt) = self.existing_state(group, topic) else { return };
         let mut st = gt.state.lock();
         for &(q, offset) in done {
             if let Some(p) = st.queues.get_mut(q) {
-                p.end_dead_letter(offset);
+                p.end_move(offset);
             }
         }
         gt.dirty.store(true, Ordering::Release);

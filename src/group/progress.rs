@@ -3,8 +3,8 @@
 //! Invariants (checked by `debug_check` in tests):
 //! - every offset below `floor` is done (acked, or skipped by the group's tag filter);
 //! - every offset in `[floor, next)` is exactly one of: done (in `done`), in flight (in
-//!   `inflight`), being dead-lettered (in `dead_lettering`: out of delivery, its dead letter
-//!   not yet known stored), or waiting for redelivery after a restart (in none; treated as in
+//!   `inflight`), moving (in `moving`: out of delivery, its dead letter or its delayed
+//!   redelivery not yet known stored), or waiting for redelivery after a restart (in none; treated as in
 //!   flight with an expired deadline);
 //! - offsets at or after `next` have never been handed out;
 //! - `by_deadline` holds exactly one `(visible_at, offset)` pair per in-flight entry.
@@ -34,11 +34,22 @@ pub struct QueueProgress {
     by_deadline: BTreeSet<(i64, u64)>,
     /// Messages the group never received because retention reclaimed them first.
     pub expired: u64,
-    /// Offsets whose dead letter is being stored: offset → (delivery attempts, the commit-log
-    /// position before which their dead letter cannot be).
-    dead_lettering: BTreeMap<u64, (u32, u64)>,
+    /// Offsets whose dead letter or delayed redelivery is being stored.
+    moving: BTreeMap<u64, Move>,
     /// Messages moved to the dead letter topic.
     pub dead_lettered: u64,
+}
+
+/// A delivery on its way out of the queue: to the dead letter topic, or to a delayed
+/// redelivery through the retry topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    /// Deliveries so far.
+    pub attempts: u32,
+    /// The commit-log position before which what it stores cannot be.
+    pub from: u64,
+    /// `None`: a dead letter; `Some(at)`: redelivered at `at` (ms).
+    pub retry_at: Option<i64>,
 }
 
 /// The persisted form (see `persist`).
@@ -57,6 +68,9 @@ pub struct QueueSnapshot {
     /// `[offset, attempts, log position]` of dead letters being stored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dead_lettering: Vec<(u64, u32, u64)>,
+    /// `[offset, attempts, log position, due]` of delayed redeliveries being stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retrying: Vec<(u64, u32, u64, i64)>,
     #[serde(default)]
     pub dead_lettered: u64,
 }
@@ -69,7 +83,13 @@ impl QueueProgress {
             done: self.done.iter().copied().collect(),
             inflight: self.inflight.iter().map(|(&o, i)| (o, i.attempt, i.visible_at)).collect(),
             expired: self.expired,
-            dead_lettering: self.dead_lettering.iter().map(|(&o, &(a, at))| (o, a, at)).collect(),
+            dead_lettering: self
+                .moving
+                .iter()
+                .filter(|(_, m)| m.retry_at.is_none())
+                .map(|(&o, m)| (o, m.attempts, m.from))
+                .collect(),
+            retrying: self.moving.iter().filter_map(|(&o, m)| Some((o, m.attempts, m.from, m.retry_at?))).collect(),
             dead_lettered: self.dead_lettered,
         }
     }
@@ -82,19 +102,22 @@ impl QueueProgress {
         let floor = s.floor.min(next);
         let mut p = Self { floor, next, expired: s.expired, dead_lettered: s.dead_lettered, ..Self::default() };
         p.done = s.done.iter().copied().filter(|&o| o >= floor && o < next).collect();
-        for &(o, attempts, at) in &s.dead_lettering {
+        let moves = s.dead_lettering.iter().map(|&(o, attempts, from)| (o, Move { attempts, from, retry_at: None }));
+        let retries =
+            s.retrying.iter().map(|&(o, attempts, from, at)| (o, Move { attempts, from, retry_at: Some(at) }));
+        for (o, m) in moves.chain(retries) {
             if o >= floor && o < next && !p.done.contains(&o) {
-                p.dead_lettering.insert(o, (attempts, at));
+                p.moving.insert(o, m);
             }
         }
         for &(o, attempt, visible_at) in &s.inflight {
-            if o >= floor && o < next && !p.done.contains(&o) && !p.dead_lettering.contains_key(&o) {
+            if o >= floor && o < next && !p.done.contains(&o) && !p.moving.contains_key(&o) {
                 p.set_inflight(o, Inflight { attempt, visible_at, nonce: 0 });
             }
         }
         // Offsets handed out but in neither set (acked state lost) are redelivered now.
         for o in floor..next {
-            if !p.done.contains(&o) && !p.inflight.contains_key(&o) && !p.dead_lettering.contains_key(&o) {
+            if !p.done.contains(&o) && !p.inflight.contains_key(&o) && !p.moving.contains_key(&o) {
                 p.set_inflight(o, Inflight { attempt: 1, visible_at: i64::MIN, nonce: 0 });
             }
         }
@@ -163,7 +186,7 @@ impl QueueProgress {
             }
         }
         self.done = self.done.split_off(&to);
-        self.dead_lettering = self.dead_lettering.split_off(&to);
+        self.moving = self.moving.split_off(&to);
         self.floor = to;
         self.next = self.next.max(to);
         self.expired += expired;
@@ -205,25 +228,27 @@ impl QueueProgress {
         true
     }
 
-    /// Takes an in-flight offset out of delivery for good: its dead letter (after `attempts`
-    /// deliveries) is being stored, and cannot be before commit-log position `from`.
-    pub fn begin_dead_letter(&mut self, offset: u64, attempts: u32, from: u64) {
+    /// Takes an in-flight offset out of delivery: its dead letter or delayed redelivery
+    /// (`m`) is being stored.
+    pub fn begin_move(&mut self, offset: u64, m: Move) {
         if let Some(f) = self.inflight.remove(&offset) {
             self.by_deadline.remove(&(f.visible_at, offset));
         }
-        self.dead_lettering.insert(offset, (attempts, from));
+        self.moving.insert(offset, m);
     }
 
-    /// Dead letters being stored: (offset, attempts, position).
-    pub fn dead_lettering(&self) -> impl Iterator<Item = (u64, u32, u64)> + '_ {
-        self.dead_lettering.iter().map(|(&o, &(a, at))| (o, a, at))
+    /// What is being stored: (offset, move).
+    pub fn moving(&self) -> impl Iterator<Item = (u64, Move)> + '_ {
+        self.moving.iter().map(|(&o, &m)| (o, m))
     }
 
-    /// The dead letter of `offset` is stored: the offset is done.
-    pub fn end_dead_letter(&mut self, offset: u64) {
-        if self.dead_lettering.remove(&offset).is_some() {
+    /// What `offset` moved to is stored: the offset is done here.
+    pub fn end_move(&mut self, offset: u64) {
+        if let Some(m) = self.moving.remove(&offset) {
             self.done.insert(offset);
-            self.dead_lettered += 1;
+            if m.retry_at.is_none() {
+                self.dead_lettered += 1;
+            }
             self.advance_floor();
         }
     }
@@ -240,7 +265,7 @@ impl QueueProgress {
         self.inflight.clear();
         self.by_deadline.clear();
         self.done.clear();
-        self.dead_lettering.clear();
+        self.moving.clear();
         self.floor = to;
         self.next = to;
     }
@@ -276,9 +301,9 @@ impl QueueProgress {
         }
         for &o in self.inflight.keys() {
             assert!(o >= self.floor && o < self.next);
-            assert!(!self.dead_lettering.contains_key(&o));
+            assert!(!self.moving.contains_key(&o));
         }
-        for &o in self.dead_lettering.keys() {
+        for &o in self.moving.keys() {
             assert!(o >= self.floor && o < self.next && !self.done.contains(&o));
         }
         assert_eq!(self.by_deadline.len(), self.inflight.len());

@@ -3,22 +3,25 @@
 //! and figures. The bookkeeping lives in `crate::group`; what needs the rest of the broker is
 //! here:
 //!
-//! - **A delayed redelivery is a timer job.** A nack stores a copy of the message as a
-//!   scheduled message for the group's retry topic (`%RETRY%{topic}%{group}`, one queue), due
-//!   after the delay, with the deliveries so far in a reserved property, and only then marks
-//!   the delivery done. While it waits it costs the timer's usual nothing-in-memory; it
-//!   survives restarts like any scheduled message; the group receives its retry topic after
-//!   the topic itself, under the original id. A crash between the two steps redelivers the
-//!   message once more (at least once), never loses it.
-//! - **Dead letters, exactly once.** A message whose next delivery would pass
-//!   `max_delivery_attempts` is taken out of delivery and marked *dead-lettering* in the
-//!   group's state; the mark is made durable (the group's file is written) before its dead
-//!   letter is stored in the dead letter topic, with a property naming the delivery it ends
-//!   (`group::PROP_DLQ_OF`); then it is done. After a crash, a mark whose dead letter the
-//!   dead letter topic already holds (looked for from the commit-log position the mark
-//!   records) is finished without storing it again; one whose dead letter is not there is
-//!   stored now. So a kill at any moment neither loses the message nor leaves it both in the
-//!   dead letter topic and redelivered.
+//! - **A delivery leaves its queue in two steps**, whether to a delayed redelivery (a nack) or
+//!   to the dead letter topic (after the last attempt): it is taken out of delivery and marked
+//!   *moving* in the group's state, and the mark is made durable (the group's file is written);
+//!   then what it moves to is stored, carrying a property with the delivery's key
+//!   (`{topic}/{group}/{queue}/{offset}/{attempts}`); then it is done. After a crash, a mark
+//!   whose copy is already stored (looked for from the commit-log position the mark records)
+//!   is finished without storing it again, and one whose copy is not there is stored now. So a
+//!   kill at any moment neither loses the message nor leaves it both moved and redelivered (a
+//!   message is dead-lettered once).
+//! - **A delayed redelivery is a timer job**: a copy of the message, scheduled for the
+//!   group's retry topic (`%RETRY%{topic}%{group}`, one queue) after the delay, with the
+//!   deliveries so far in a reserved property (`group::PROP_ATTEMPTS`). While it waits it costs
+//!   no memory of the group's; it survives restarts like any scheduled message; the group
+//!   receives its retry topic after the topic itself, under the original id.
+//! - **A dead letter** keeps the message's id, body, tag, keys and properties, and says where it
+//!   came from (`group::PROP_DLQ_*`).
+//!
+//! The cost: a nack writes the group's file (one fsync, shared by the handles of one call) and
+//! one record.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,16 +32,16 @@ use super::{Broker, ServiceError};
 use crate::group::config::retry_topic;
 use crate::group::{
     Batch, GroupConfig, GroupError, Groups, Nacked, Received, SeekTo, TagExpr, PROP_ATTEMPTS, PROP_DLQ_ATTEMPTS,
-    PROP_DLQ_GROUP, PROP_DLQ_OF, PROP_DLQ_TOPIC,
+    PROP_DLQ_GROUP, PROP_DLQ_OF, PROP_DLQ_TOPIC, PROP_RETRY_OF,
 };
 use crate::store::topics::Topic;
 use crate::store::{NewMessage, VerifiedRecord};
 use crate::timer::carry::PROP_ORIGIN;
 use crate::timer::PROP_ID;
 
-/// Failpoints (test builds): `return` stops storing dead letters right after their marks are
-/// durable (before any is stored), or right after they are stored (before the group knows):
-/// where a crash leaves a mark.
+/// Failpoints (test builds): `return` stops storing dead letters and redeliveries right after
+/// their marks are durable (before any is stored), or right after they are stored (before the
+/// group knows): where a crash leaves a mark.
 pub const STOP_BEFORE_DEAD_LETTER: &str = "service::before_dead_letter";
 pub const STOP_AFTER_DEAD_LETTER: &str = "service::after_dead_letter";
 
@@ -89,8 +92,8 @@ impl Consumers {
         expr: &TagExpr,
     ) -> Result<Received, ServiceError> {
         let r = self.groups.receive(group, topic, batch, invisible_ms, expr)?;
-        if r.dead_lettered > 0 || self.groups.has_dead_lettering(group, topic) {
-            self.finish_dead_letters(group, topic).await?;
+        if r.dead_lettered > 0 || self.groups.has_moving(group, topic) {
+            self.finish_moves(group, topic).await?;
         }
         Ok(r)
     }
@@ -106,34 +109,27 @@ impl Consumers {
     ) -> Result<NackOutcome, ServiceError> {
         let (taken, invalid) = self.groups.nack_take(group, topic, handles);
         let cfg = self.groups.config(group, topic).unwrap_or_default();
-        let (last, again): (Vec<Nacked>, Vec<Nacked>) =
-            taken.into_iter().partition(|k| k.attempts >= cfg.max_delivery_attempts);
-        let mut nacked = 0;
-        if !again.is_empty() {
-            let name = retry_topic(&topic.name, group);
-            self.broker.store.topics().create_unlimited(&name, 1)?;
-            let now = self.broker.store.clock().now_ms();
-            let msgs = again
-                .iter()
-                .map(|k| {
-                    let at = now.saturating_add(delay_ms.unwrap_or_else(|| cfg.backoff_ms(k.attempts)));
-                    redelivery_of(&k.record, k.attempts, (at > now).then_some(at))
-                })
-                .collect();
-            self.broker.send(&name, msgs).await?;
-            nacked += self.groups.nack_done(group, topic, &again);
+        let now = self.broker.store.clock().now_ms();
+        let moves: Vec<(&Nacked, Option<i64>)> = taken
+            .iter()
+            .map(|k| {
+                let last = k.attempts >= cfg.max_delivery_attempts;
+                let at = now.saturating_add(delay_ms.unwrap_or_else(|| cfg.backoff_ms(k.attempts)));
+                (k, (!last).then_some(at))
+            })
+            .collect();
+        let dead = moves.iter().filter(|(_, at)| at.is_none()).count();
+        let nacked = self.groups.begin_moves(group, topic, &moves);
+        if nacked > 0 {
+            self.finish_moves(group, topic).await?;
         }
-        let dead = last.len();
-        if dead > 0 {
-            self.groups.begin_dead_letters(group, topic, &last);
-            self.finish_dead_letters(group, topic).await?;
-        }
-        Ok(NackOutcome { nacked: nacked + dead, invalid, dead_lettered: dead })
+        Ok(NackOutcome { nacked, invalid, dead_lettered: dead })
     }
 
-    /// Stores the dead letters of `group` being stored (module doc): the marks made durable
-    /// first, those already stored (by a run a crash stopped) not stored again.
-    pub async fn finish_dead_letters(&self, group: &str, topic: &Arc<Topic>) -> Result<usize, ServiceError> {
+    /// Stores what the group's deliveries on their way out move to (module doc): dead letters
+    /// and delayed redeliveries. Their marks are made durable first; what a run a crash
+    /// stopped already stored is not stored again.
+    pub async fn finish_moves(&self, group: &str, topic: &Arc<Topic>) -> Result<usize, ServiceError> {
         let key = (group.to_string(), topic.name.clone());
         if !self.finishing.lock().insert(key.clone()) {
             return Ok(0); // another call is storing them
@@ -142,7 +138,7 @@ impl Consumers {
         let _guard = scopeguard(move || {
             finishing.lock().remove(&key);
         });
-        let pending = self.groups.dead_lettering(group, topic);
+        let pending = self.groups.moving(group, topic);
         if pending.is_empty() {
             return Ok(0);
         }
@@ -152,44 +148,55 @@ impl Consumers {
             .map_err(|e| ServiceError::Unavailable(format!("persist task failed: {e}")))??;
         let cfg = self.groups.config(group, topic).unwrap_or_default();
         let dlq = cfg.dead_letter_topic(group);
-        let since = pending.iter().map(|d| d.from).min().unwrap_or(0);
-        let stored = self.stored_dead_letters(&dlq, since);
-        let mut msgs = Vec::new();
+        let retry = retry_topic(&topic.name, group);
+        let since = pending.iter().map(|d| d.m.from).min().unwrap_or(0);
+        // A delayed redelivery waits in the timer's system topic until it fires into the
+        // retry topic; one due at once is in the retry topic.
+        let stored_dead = self.stored(&[&dlq], PROP_DLQ_OF, since);
+        let stored_retries = self.stored(&[&retry, crate::timer::SYSTEM_TOPIC], PROP_RETRY_OF, since);
+        let (mut dead, mut again) = (Vec::new(), Vec::new());
         for d in &pending {
-            if stored.contains(&d.key) {
-                continue;
-            }
-            if let Some(r) = &d.record {
-                msgs.push(dead_letter_of(r, &topic.name, group, d.attempts, &d.key));
+            let Some(r) = &d.record else { continue };
+            match d.m.retry_at {
+                None if !stored_dead.contains(&d.key) => {
+                    dead.push(dead_letter_of(r, &topic.name, group, d.m.attempts, &d.key))
+                }
+                Some(at) if !stored_retries.contains(&d.key) => {
+                    let now = self.broker.store.clock().now_ms();
+                    again.push(redelivery_of(r, d.m.attempts, (at > now).then_some(at), &d.key));
+                }
+                _ => {}
             }
         }
         fail::fail_point!(STOP_BEFORE_DEAD_LETTER, |_| Err(ServiceError::Unavailable("stopped by a failpoint".into())));
-        if !msgs.is_empty() {
-            self.broker.store.topics().create_unlimited(&dlq, 1)?;
-            self.broker.send(&dlq, msgs).await?;
+        for (name, msgs) in [(&dlq, dead), (&retry, again)] {
+            if !msgs.is_empty() {
+                self.broker.store.topics().create_unlimited(name, 1)?;
+                self.broker.send(name, msgs).await?;
+            }
         }
         fail::fail_point!(STOP_AFTER_DEAD_LETTER, |_| Err(ServiceError::Unavailable("stopped by a failpoint".into())));
         let done: Vec<(usize, u64)> = pending.iter().map(|d| (d.queue, d.offset)).collect();
-        self.groups.end_dead_letters(group, topic, &done);
+        self.groups.end_moves(group, topic, &done);
         Ok(done.len())
     }
 
-    /// The `PROP_DLQ_OF` keys of the dead letters stored in `dlq` at or after commit-log
-    /// position `since` (read backwards from each queue's end).
-    fn stored_dead_letters(&self, dlq: &str, since: u64) -> HashSet<String> {
+    /// The values of property `prop` of the records stored in `topics` at or after commit-log
+    /// position `since` (each queue read backwards from its end).
+    fn stored(&self, topics: &[&str], prop: &str, since: u64) -> HashSet<String> {
         let mut out = HashSet::new();
         let store = &self.broker.store;
-        let Some(t) = store.topics().get(dlq) else { return out };
-        for q in &t.queues {
-            for i in (q.start()..q.next()).rev() {
-                let Some(e) = q.get(i) else { break };
-                if e.log_offset < since {
-                    break;
-                }
-                if let Some(k) =
-                    store.read_verified(e.log_offset).and_then(|r| r.record().property(PROP_DLQ_OF).map(str::to_string))
-                {
-                    out.insert(k);
+        for name in topics {
+            let Some(t) = store.topics().get(name) else { continue };
+            for q in &t.queues {
+                for i in (q.start()..q.next()).rev() {
+                    let Some(e) = q.get(i) else { break };
+                    if e.log_offset < since {
+                        break;
+                    }
+                    let found =
+                        store.read_verified(e.log_offset).and_then(|r| r.record().property(prop).map(str::to_string));
+                    out.extend(found);
                 }
             }
         }
@@ -211,7 +218,7 @@ impl Consumers {
 
     /// Moves a group (module `group::Groups::seek`), after storing its pending dead letters.
     pub async fn seek(&self, group: &str, topic: &Arc<Topic>, to: SeekTo) -> Result<u64, ServiceError> {
-        self.finish_dead_letters(group, topic).await?;
+        self.finish_moves(group, topic).await?;
         Ok(self.groups.seek(group, topic, to)?)
     }
 }
@@ -253,10 +260,12 @@ fn copy_of(r: &VerifiedRecord) -> NewMessage {
     }
 }
 
-/// The delayed redelivery of `r` after `attempts` deliveries, due at `at` (`None`: at once).
-fn redelivery_of(r: &VerifiedRecord, attempts: u32, at: Option<i64>) -> NewMessage {
+/// The delayed redelivery of `r` after `attempts` deliveries, due at `at` (`None`: at once),
+/// following the delivery `key`.
+fn redelivery_of(r: &VerifiedRecord, attempts: u32, at: Option<i64>, key: &str) -> NewMessage {
     let mut m = copy_of(r);
     m.properties.insert(PROP_ATTEMPTS.into(), attempts.to_string());
+    m.properties.insert(PROP_RETRY_OF.into(), key.to_string());
     // A scheduled one fires under the id its record answers for (`PROP_ORIGIN`); one stored
     // at once carries it as a fired message does.
     let id_prop = if at.is_some() { PROP_ORIGIN } else { PROP_ID };
