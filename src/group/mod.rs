@@ -417,7 +417,8 @@ impl Groups {
                 let entry = cq.get(offset);
                 match self.record_at(t, tq as u16, offset, entry, &TagExpr::All) {
                     Some(Checked { record, payload, .. }) => {
-                        let before = attempts_before(&record) + p.attempts_so_far(offset);
+                        let earlier = if qi >= nt { attempts_before(&record) } else { 0 };
+                        let before = earlier + p.attempts_so_far(offset);
                         if before >= max_attempts {
                             p.begin_move(
                                 offset,
@@ -434,7 +435,7 @@ impl Groups {
                         bytes += payload;
                         changed = true;
                         let nonce = rand::random::<u32>().max(1);
-                        let attempt = p.deliver(offset, visible_at, nonce) + attempts_before(&record);
+                        let attempt = p.deliver(offset, visible_at, nonce) + earlier;
                         out.push(Delivery {
                             record,
                             log_offset: entry.map_or(0, |e| e.log_offset),
@@ -492,7 +493,9 @@ impl Groups {
                 }
                 bytes += payload;
                 let nonce = rand::random::<u32>().max(1);
-                let attempt = p.deliver(offset, visible_at, nonce) + attempts_before(&record);
+                // Only a redelivery (from the retry topic) had deliveries before this record.
+                let earlier = if qi >= nt { attempts_before(&record) } else { 0 };
+                let attempt = p.deliver(offset, visible_at, nonce) + earlier;
                 out.push(Delivery {
                     record,
                     log_offset: entry.log_offset,
@@ -614,7 +617,7 @@ impl Groups {
                 };
                 let entry = t.queues.get(tq)?.get(offset);
                 let Checked { record, .. } = self.record_at(t, tq as u16, offset, entry, &TagExpr::All)?;
-                let attempts = attempt + attempts_before(&record);
+                let attempts = attempt + if q >= nt { attempts_before(&record) } else { 0 };
                 Some(Nacked { queue: q, offset, nonce, attempts, record })
             });
             match found {
