@@ -191,6 +191,11 @@ async fn spec_lists_every_served_route_and_nothing_else() {
     assert_eq!(props(&spec, "ExtendOut"), set(&["extended", "invalid"]));
     assert_eq!(props(&spec, "SeekIn"), set(&["to", "to_ms"]));
     assert_eq!(props(&spec, "SeekOut"), set(&["backlog"]));
+    assert_eq!(
+        props(&spec, "KeyedMessage"),
+        set(&["message_id", "tag", "keys", "born_at_ms", "deliver_at_ms", "state"])
+    );
+    assert_eq!(props(&spec, "KeyedMessages"), set(&["messages"]));
     assert_eq!(props(&spec, "AckOut"), set(&["acked", "invalid"]));
     let stats = props(&spec, "TimerStatsOut");
     for f in ["pending_total", "enqueue_lag", "dequeue_lag_ms", "stages", "lateness_ms"] {

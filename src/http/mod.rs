@@ -130,6 +130,7 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/v1/topics", Method::GET, get(send::list_topics)),
         ("/v1/topics/{topic}", Method::PUT, put(send::create_topic)),
         ("/v1/topics/{topic}/messages", Method::POST, post(send::send)),
+        ("/v1/topics/{topic}/messages", Method::GET, get(send::find_by_key)),
         ("/v1/topics/{topic}/messages/{message_id}", Method::GET, get(send::get_message)),
         ("/v1/topics/{topic}/messages/{message_id}", Method::DELETE, delete(send::cancel_message)),
         ("/v1/topics/{topic}/groups", Method::GET, get(groups::list_groups)),

@@ -35,6 +35,7 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
         super::send::list_topics,
         super::send::create_topic,
         super::send::send,
+        super::send::find_by_key,
         super::send::get_message,
         super::send::cancel_message,
         super::groups::list_groups,

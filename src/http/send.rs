@@ -451,3 +451,68 @@ pub async fn cancel_message(
     let mid = state.core()?.broker.cancel(&topic, &id).await?;
     Ok(Json(CancelResult { message_id: mid.to_string(), state: CancelledState::Cancelled }).into_response())
 }
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ByKeyQuery {
+    /// The business key (one of the `keys` a message was sent with).
+    key: Option<String>,
+    /// Most messages to return: 1..=1000. Default: 100
+    limit: Option<i64>,
+}
+
+/// A message found by key.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyedMessage {
+    #[schema(pattern = "^[0-9A-F]{24}$")]
+    message_id: String,
+    /// Null when none was sent.
+    #[schema(required = true)]
+    tag: Option<String>,
+    keys: Vec<String>,
+    born_at_ms: i64,
+    deliver_at_ms: i64,
+    state: StateOut,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyedMessages {
+    messages: Vec<KeyedMessage>,
+}
+
+/// The messages of a topic sent with a business key, newest first (scheduled ones included,
+/// whatever their state), from the key index.
+#[utoipa::path(get, path = "/v1/topics/{topic}/messages", tag = "messages",
+    params(
+        ("topic" = String, Path, description = "Topic name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$"),
+        ByKeyQuery,
+    ),
+    responses(
+        (status = 200, body = KeyedMessages),
+        (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT (no key, a limit out of range)", body = ErrorBody),
+    ))]
+pub async fn find_by_key(
+    State(state): State<AppState>,
+    TopicPath(topic): TopicPath,
+    query: Result<axum::extract::Query<ByKeyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid(format!("bad query: {e}")))?;
+    let key = q.key.filter(|k| !k.is_empty()).ok_or_else(|| ApiError::invalid("key is required"))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
+    }
+    let hits = state.core()?.broker.find_by_key(&topic, &key, limit as usize);
+    let messages = hits
+        .into_iter()
+        .map(|h| KeyedMessage {
+            message_id: h.id,
+            tag: h.tag,
+            keys: h.keys,
+            born_at_ms: h.born_ms,
+            deliver_at_ms: h.deliver_at_ms,
+            state: h.state.into(),
+        })
+        .collect();
+    Ok(Json(KeyedMessages { messages }).into_response())
+}

@@ -1,4 +1,5 @@
-//! Lookup and cancel: what a message id names, its state, and cancelling a scheduled one.
+//! Lookup and cancel: what a message id names, its state, cancelling a scheduled one, and the
+//! messages sent with a business key.
 //!
 //! An id is the record's commit-log offset and CRC. A normal message's record is in its topic;
 //! a scheduled message's is in the timer's system topic (its topic in a reserved property),
@@ -7,7 +8,7 @@
 
 use super::{Broker, ServiceError};
 use crate::store::{MessageId, VerifiedRecord};
-use crate::timer::{MessageState, TimerError, SYSTEM_TOPIC};
+use crate::timer::{MessageState, TimerError, PROP_TOPIC, SYSTEM_TOPIC};
 
 /// What an id names in a topic.
 pub enum Found {
@@ -86,4 +87,60 @@ impl Broker {
         }
         Err(ServiceError::NotFound(unknown()))
     }
+
+    /// The messages of `topic` sent with `key` among their keys, newest first, at most
+    /// `limit`: normal ones, and scheduled ones whether pending, delivered or cancelled (a
+    /// scheduled message is indexed under the timer's system topic until it fires, and its
+    /// fired copy under the topic: one answer per id). From the key index: the cost is the
+    /// messages with that key, not the log.
+    pub fn find_by_key(&self, topic: &str, key: &str, limit: usize) -> Vec<KeyHit> {
+        let mut offsets = self.store.find_by_key(topic, key, limit * 3);
+        offsets.extend(self.store.find_by_key(SYSTEM_TOPIC, key, limit * 3));
+        offsets.sort_unstable_by(|a, b| b.cmp(a));
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for off in offsets {
+            if out.len() >= limit {
+                break;
+            }
+            let Some(r) = self.store.read_verified(off) else { continue };
+            let rec = r.record();
+            let ours = rec.topic == topic || (rec.topic == SYSTEM_TOPIC && rec.property(PROP_TOPIC) == Some(topic));
+            if !ours || !rec.keys().contains(&key) {
+                continue; // a hash collision, or another topic's scheduled message
+            }
+            let id = if rec.topic == SYSTEM_TOPIC {
+                crate::timer::carry::message_id(&r)
+            } else {
+                super::deliver(&rec, off).id
+            };
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Ok((_, deliver_at_ms, state)) = self.status(topic, &id) else { continue };
+            out.push(KeyHit {
+                id,
+                tag: rec.tag.map(str::to_string),
+                keys: rec.keys().into_iter().map(str::to_string).collect(),
+                born_ms: rec.born_ms,
+                deliver_at_ms,
+                state,
+            });
+        }
+        // Newest first by when each was sent (its id holds the offset of its first record; a
+        // fired copy lies later in the log than the messages sent after it).
+        out.sort_by_key(|h| std::cmp::Reverse(h.id.parse::<MessageId>().map_or(0, |m| m.offset)));
+        out
+    }
+}
+
+/// A message found by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHit {
+    pub id: String,
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    pub born_ms: i64,
+    pub deliver_at_ms: i64,
+    pub state: MessageState,
 }

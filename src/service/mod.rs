@@ -19,7 +19,7 @@ use crate::timer::{TimerEngine, TimerError};
 
 pub use consume::{Consumers, NackOutcome};
 pub use deliver::{deliver, DeadLetterInfo, DeliveredMessage};
-pub use lookup::Found;
+pub use lookup::{Found, KeyHit};
 pub use send::{Appended, Sent};
 
 /// What the use cases are configured with.

@@ -22,6 +22,7 @@ pub mod commitlog;
 pub mod consume_queue;
 pub mod fault;
 pub mod fsio;
+pub mod key_index;
 pub mod lock;
 pub mod mmap;
 pub mod powercut;
@@ -121,6 +122,8 @@ pub struct Store {
     clock: SharedClock,
     log: commitlog::CommitLog,
     topics: Topics,
+    /// Business keys → records (`key_index`).
+    keys: key_index::KeyIndex,
     writer: Mutex<Writer>,
     durability: Arc<Durability>,
     /// Runs the flusher thread.
@@ -162,6 +165,7 @@ impl Store {
             clock,
             log: recovered.log,
             topics: recovered.topics,
+            keys: recovered.keys,
             writer: Mutex::new(Writer { log: recovered.writer, last_store_ms: 0, scratch: Vec::new() }),
             durability: durability.clone(),
             workers: Mutex::new(chime_pipeline::Supervisor::new()),
@@ -322,6 +326,13 @@ impl Store {
                     .map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))?;
                 cq.write(qo, CqEntry { log_offset: offset, size: rec.len() as u32, tag_hash: tag })
                     .map_err(|e| self.durability.poison(format!("consume-queue append failed: {e}")))?;
+                if record::raw_has_keys(rec) {
+                    // The index is rebuildable: a failure (a full disk) loses lookups of these
+                    // keys until a restart replays them, never the message.
+                    if let Err(e) = self.keys.add(&topic.name, record::raw_keys(rec), offset) {
+                        tracing::warn!(error = %e, "key index: cannot add a record's keys");
+                    }
+                }
                 out.push(Appended {
                     id: MessageId { offset, crc },
                     queue_id,
@@ -409,6 +420,12 @@ impl Store {
         }))
     }
 
+    /// Commit-log offsets of the records stored with `key` in `topic` (and maybe a few hash
+    /// collisions: check the record), newest first, at most `limit`; only retained ones.
+    pub fn find_by_key(&self, topic: &str, key: &str, limit: usize) -> Vec<u64> {
+        self.keys.find(topic, key, limit, self.min_offset())
+    }
+
     /// Commit-log segments and bytes reclaimed since start.
     pub fn reclaimed(&self) -> (u64, u64) {
         *self.reclaimed.lock()
@@ -418,7 +435,9 @@ impl Store {
     /// [`topics::Topics::reclaim_index`]); returns segments and bytes, also counted in
     /// [`Store::index_reclaimed`].
     pub fn reclaim_index(&self) -> Result<(u64, u64), StoreError> {
-        let got = self.topics.reclaim_index(self.min_offset())?;
+        let mut got = self.topics.reclaim_index(self.min_offset())?;
+        let keys = self.keys.reclaim_below(self.min_offset()).map_err(StoreError::io("reclaim the key index"))?;
+        (got.0, got.1) = (got.0 + keys.0, got.1 + keys.1);
         let mut r = self.index_reclaimed.lock();
         r.0 += got.0;
         r.1 += got.1;
@@ -474,6 +493,9 @@ impl Store {
                         return Err(self.durability.poison(format!("consume-queue fsync failed for {}: {e}", t.name)));
                     }
                 }
+            }
+            if let Err(e) = self.keys.flush() {
+                return Err(self.durability.io_error("flush the key index", e));
             }
             let cp = checkpoint::Checkpoint { log_flushed: upto, indexed: upto, written_ms: self.clock.now_ms() };
             if let Err(e) = cp.store(&self.opts.dir) {

@@ -153,6 +153,26 @@ pub fn raw_tag(rec: &[u8]) -> Option<&str> {
     std::str::from_utf8(&rec[at..at + tag_len]).ok()
 }
 
+/// Whether an encoded record has keys.
+pub fn raw_has_keys(rec: &[u8]) -> bool {
+    u32_at(rec, KEYS_LEN_AT) > 0
+}
+
+/// The keys of an encoded record (as [`encode`] wrote them), without decoding it.
+pub fn raw_keys(rec: &[u8]) -> impl Iterator<Item = &str> {
+    let at = HEADER_LEN + u16_at(rec, TOPIC_LEN_AT) as usize + u16_at(rec, TAG_LEN_AT) as usize;
+    let mut b = &rec[at..at + u32_at(rec, KEYS_LEN_AT) as usize];
+    std::iter::from_fn(move || {
+        if b.len() < 2 {
+            return None;
+        }
+        let n = u16_at(b, 0) as usize;
+        let key = std::str::from_utf8(b.get(2..2 + n)?).ok();
+        b = b.get(2 + n..).unwrap_or(&[]);
+        key
+    })
+}
+
 /// Size of the encoded record for `topic` and `msg`.
 pub fn encoded_len(topic: &str, msg: &NewMessage) -> usize {
     HEADER_LEN + topic.len() + msg.tag.as_ref().map_or(0, |t| t.len()) + keys_len(msg) + props_len(msg) + msg.body.len()

@@ -20,6 +20,7 @@ use std::time::Instant;
 use super::checkpoint::Checkpoint;
 use super::commitlog::{CommitLog, LogRecovery, LogWriter};
 use super::consume_queue::{tag_hash, CqEntry};
+use super::key_index::KeyIndex;
 use super::topics::{RecoveringTopics, Topics};
 use super::{StoreError, StoreOptions};
 
@@ -69,6 +70,7 @@ pub(super) struct Recovered {
     pub log: CommitLog,
     pub writer: LogWriter,
     pub topics: Topics,
+    pub keys: KeyIndex,
     pub report: RecoveryReport,
 }
 
@@ -104,7 +106,12 @@ pub(super) fn recover(opts: &StoreOptions) -> Result<Recovered, StoreError> {
         }
     }
 
-    let (mut replayed, mut reindexed, gap) = reindex(&log, &mut topics, scanned_from, end)?;
+    // The key index's entries from there on are added again by the replay.
+    let keys_dir = opts.dir.join("keyindex");
+    let keys = KeyIndex::open(&keys_dir, opts.segment_size)
+        .map_err(StoreError::io(format!("open the key index {}", keys_dir.display())))?;
+    keys.truncate_from(scanned_from).map_err(StoreError::io("recover the key index"))?;
+    let (mut replayed, mut reindexed, gap) = reindex(&log, &mut topics, &keys, scanned_from, end)?;
     // A queue whose entries stop short of the first record replayed for it lost segments that
     // the checkpoint counted on (a queue is created empty; its segments with its first
     // messages): rebuild from the whole log.
@@ -114,7 +121,8 @@ pub(super) fn recover(opts: &StoreOptions) -> Result<Recovered, StoreError> {
             "consume-queue entries missing before the checkpoint; rebuilding from the whole log"
         );
         report.removed_index_segments.push("entries before the checkpoint (a queue lost its segments)".into());
-        let (n, m, _) = reindex(&log, &mut topics, log.min_offset(), end)?;
+        keys.truncate_from(log.min_offset()).map_err(StoreError::io("recover the key index"))?;
+        let (n, m, _) = reindex(&log, &mut topics, &keys, log.min_offset(), end)?;
         (replayed, reindexed) = (n, reindexed + m);
     }
     report.log = log_report;
@@ -122,15 +130,17 @@ pub(super) fn recover(opts: &StoreOptions) -> Result<Recovered, StoreError> {
     report.reindexed = reindexed;
     report.topics = topics.map.len();
     report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok(Recovered { log, writer, topics: topics.into_registry(), report })
+    Ok(Recovered { log, writer, topics: topics.into_registry(), keys, report })
 }
 
-/// Replays the log's records in `[from, end)` into their consume queues. Returns the records
+/// Replays the log's records in `[from, end)` into their consume queues and the key index
+/// (whose entries from `from` on were dropped first). Returns the records
 /// replayed, the entries (re)written, and whether a record landed past the end of its queue
 /// (entries before it are missing).
 fn reindex(
     log: &CommitLog,
     topics: &mut RecoveringTopics,
+    keys: &KeyIndex,
     from: u64,
     end: u64,
 ) -> Result<(u64, u64, bool), StoreError> {
@@ -142,6 +152,10 @@ fn reindex(
             return;
         }
         let entry = CqEntry { log_offset: offset, size: len, tag_hash: tag_hash(rec.tag) };
+        if let Err(e) = keys.add(rec.topic, rec.keys(), offset) {
+            first_err = Some(StoreError::io("rebuild the key index")(e));
+            return;
+        }
         let result = topics.get_or_create(rec.topic, rec.queue_id).and_then(|t| {
             let q = &mut t.queues[rec.queue_id as usize];
             gap |= rec.queue_offset > q.next();
