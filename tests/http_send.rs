@@ -154,7 +154,8 @@ async fn unknown_routes_and_methods_answer_in_shape() {
     let s = TestServer::start(&test_config(dir.path())).await;
     let (st, v) = s.call("GET", "/nope", None).await;
     assert_error(st, &v, 404, "NOT_FOUND");
-    let (st, v) = s.call("GET", "/v1/topics/t/messages", None).await;
+    // (GET of this path is the lookup by key, API.md's v1 additions.)
+    let (st, v) = s.call("PUT", "/v1/topics/t/messages", None).await;
     assert_error(st, &v, 405, "METHOD_NOT_ALLOWED");
     let (st, v) = s.call("DELETE", "/v1/topics", None).await;
     assert_error(st, &v, 405, "METHOD_NOT_ALLOWED");

@@ -164,6 +164,10 @@ pub enum SeekTo {
 struct GroupTopic {
     state: Mutex<State>,
     dirty: AtomicBool,
+    /// Held from a snapshot of the state to the end of its write, so two writers (the
+    /// persister and `persist_one`) never share a temporary file and a later snapshot is
+    /// never overwritten by an earlier one.
+    writing: Mutex<()>,
 }
 
 struct State {
@@ -322,8 +326,11 @@ impl Groups {
             return Err(GroupError::LimitExceeded { max, topic: topic.name.clone(), group: group.to_string() });
         }
         let (queues, config) = self.load(group, topic);
-        let gt =
-            Arc::new(GroupTopic { state: Mutex::new(State { queues, rr: 0, config }), dirty: AtomicBool::new(false) });
+        let gt = Arc::new(GroupTopic {
+            state: Mutex::new(State { queues, rr: 0, config }),
+            dirty: AtomicBool::new(false),
+            writing: Mutex::new(()),
+        });
         states.map.insert(key, gt.clone());
         states.per_topic.insert(topic.name.clone(), n + 1);
         Ok(gt)
@@ -736,6 +743,7 @@ impl Groups {
     /// Writes one group's progress and configuration now, durably.
     pub fn persist_one(&self, group: &str, topic: &Topic) -> Result<(), GroupError> {
         let Some(gt) = self.existing_state(group, topic) else { return Ok(()) };
+        let _writing = gt.writing.lock();
         gt.dirty.store(false, Ordering::Release);
         let file = gt.state.lock().file();
         self.write(group, &topic.name, &file).inspect_err(|_| gt.dirty.store(true, Ordering::Release))
@@ -831,6 +839,7 @@ impl Groups {
             self.states.lock().map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut first_err = None;
         for ((group, topic), gt) in all {
+            let _writing = gt.writing.lock();
             if !gt.dirty.swap(false, Ordering::AcqRel) {
                 continue;
             }
