@@ -585,24 +585,8 @@ impl Groups {
     /// Makes each valid delivery invisible for `invisible_ms` from now (its handle stays
     /// valid); returns how many, and the handles that were not valid.
     pub fn extend(&self, group: &str, topic: &Topic, handles: &[String], invisible_ms: i64) -> (usize, Vec<String>) {
-        let Some(gt) = self.existing_state(group, topic) else { return (0, handles.to_vec()) };
         let visible_at = self.store.clock().now_ms().saturating_add(invisible_ms);
-        let mut st = gt.state.lock();
-        let (mut n, mut invalid) = (0, Vec::new());
-        for h in handles {
-            let ok = parse_receipt(h).is_some_and(|(q, offset, nonce)| {
-                st.queues.get_mut(q as usize).is_some_and(|p| p.extend(offset, nonce, visible_at))
-            });
-            if ok {
-                n += 1;
-            } else {
-                invalid.push(h.clone());
-            }
-        }
-        if n > 0 {
-            gt.dirty.store(true, Ordering::Release);
-        }
-        (n, invalid)
+        self.each_handle(group, topic, handles, |p, offset, nonce| p.extend(offset, nonce, visible_at))
     }
 
     /// The valid deliveries among `handles`, with their records and attempts, for a nack;
@@ -811,24 +795,35 @@ impl Groups {
     /// Acks receipt handles; returns how many were acked and the handles that were not valid
     /// (malformed, unknown, already acked, or superseded by a redelivery).
     pub fn ack(&self, group: &str, topic: &Topic, handles: &[String]) -> (usize, Vec<String>) {
-        // A group that never received has nothing in flight: every handle is invalid.
+        self.each_handle(group, topic, handles, |p, offset, nonce| p.ack(offset, nonce))
+    }
+
+    /// Applies `f` to the delivery of each handle (false: not valid); returns how many it
+    /// applied to and the handles that were not valid. A group that never received has
+    /// nothing in flight: every handle is invalid.
+    fn each_handle(
+        &self,
+        group: &str,
+        topic: &Topic,
+        handles: &[String],
+        mut f: impl FnMut(&mut QueueProgress, u64, u32) -> bool,
+    ) -> (usize, Vec<String>) {
         let Some(gt) = self.existing_state(group, topic) else { return (0, handles.to_vec()) };
         let mut st = gt.state.lock();
-        let mut acked = 0;
-        let mut invalid = Vec::new();
+        let (mut n, mut invalid) = (0, Vec::new());
         for h in handles {
             let ok = parse_receipt(h)
-                .is_some_and(|(q, offset, nonce)| st.queues.get_mut(q as usize).is_some_and(|p| p.ack(offset, nonce)));
+                .is_some_and(|(q, offset, nonce)| st.queues.get_mut(q as usize).is_some_and(|p| f(p, offset, nonce)));
             if ok {
-                acked += 1;
+                n += 1;
             } else {
                 invalid.push(h.clone());
             }
         }
-        if acked > 0 {
+        if n > 0 {
             gt.dirty.store(true, Ordering::Release);
         }
-        (acked, invalid)
+        (n, invalid)
     }
 
     /// Writes the progress of every changed group durably.

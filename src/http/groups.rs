@@ -165,6 +165,7 @@ pub async fn put_group(
     ),
     responses(
         (status = 200, body = GroupOut),
+        (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: the group never received nor was configured", body = ErrorBody),
     ))]
 pub async fn get_group(
@@ -183,6 +184,7 @@ pub async fn get_group(
     params(("topic" = String, Path, description = "Topic name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$")),
     responses(
         (status = 200, body = GroupsOut),
+        (status = 400, description = "INVALID_TOPIC", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such topic", body = ErrorBody),
     ))]
 pub async fn list_groups(State(state): State<AppState>, TopicPath(topic): TopicPath) -> Result<Response, ApiError> {
@@ -335,6 +337,7 @@ pub(crate) struct SeekOut {
     responses(
         (status = 200, body = SeekOut),
         (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
+        (status = 403, description = "LIMIT_EXCEEDED: a new group past limits.max_groups_per_topic", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such topic", body = ErrorBody),
     ))]
 pub async fn seek(
