@@ -113,6 +113,9 @@ pub struct Received {
     /// Messages this receive took out of delivery for their dead letter topic (past
     /// `max_delivery_attempts`): the caller stores them ([`Groups::moving`]).
     pub dead_lettered: usize,
+    /// Some delivery of the group is on its way out (this receive's dead letters, or a mark an
+    /// earlier run left): the caller stores what they move to.
+    pub moving: bool,
 }
 
 /// A valid handle of a nack: what to redeliver, and after how many deliveries.
@@ -398,13 +401,7 @@ impl Groups {
             st.config.as_ref().map_or(GroupConfig::default().max_delivery_attempts, |c| c.max_delivery_attempts);
         let nt = topic.queues.len();
         let nq = st.queues.len();
-        // Queue `qi` of the group: the topic's, or the retry topic's after them.
-        let source = |qi: usize| -> (&Topic, usize) {
-            match &retry {
-                Some(r) if qi >= nt => (r.as_ref(), qi - nt),
-                _ => (topic, qi),
-            }
-        };
+        let source = |qi: usize| source(topic, retry.as_deref(), qi);
         let start = st.rr % nq.max(1);
         st.rr = st.rr.wrapping_add(1);
         let mut out = Vec::new();
@@ -424,7 +421,7 @@ impl Groups {
                 let entry = cq.get(offset);
                 match self.record_at(t, tq as u16, offset, entry, &TagExpr::All) {
                     Some(Checked { record, payload, .. }) => {
-                        let earlier = if qi >= nt { attempts_before(&record) } else { 0 };
+                        let earlier = attempts_before(&record, qi >= nt);
                         let before = earlier + p.attempts_so_far(offset);
                         if before >= max_attempts {
                             p.begin_move(
@@ -501,7 +498,7 @@ impl Groups {
                 bytes += payload;
                 let nonce = rand::random::<u32>().max(1);
                 // Only a redelivery (from the retry topic) had deliveries before this record.
-                let earlier = if qi >= nt { attempts_before(&record) } else { 0 };
+                let earlier = attempts_before(&record, qi >= nt);
                 let attempt = p.deliver(offset, visible_at, nonce) + earlier;
                 out.push(Delivery {
                     record,
@@ -517,7 +514,8 @@ impl Groups {
             gt.dirty.store(true, Ordering::Release);
         }
         let wake_at_ms = st.queues.iter().filter_map(|q| q.next_deadline()).min();
-        Ok(Received { messages: out, wake_at_ms, dead_lettered })
+        let moving = st.queues.iter().any(|q| q.moving().next().is_some());
+        Ok(Received { messages: out, wake_at_ms, dead_lettered, moving })
     }
 
     /// The group's configuration: `None` if the group does not exist (never received, never
@@ -602,13 +600,10 @@ impl Groups {
             let found = parse_receipt(h).and_then(|(q, offset, nonce)| {
                 let attempt = st.queues.get(q as usize)?.attempt(offset, nonce)?;
                 let q = q as usize;
-                let (t, tq) = match &retry {
-                    Some(r) if q >= nt => (r.as_ref(), q - nt),
-                    _ => (topic, q),
-                };
+                let (t, tq) = source(topic, retry.as_deref(), q);
                 let entry = t.queues.get(tq)?.get(offset);
                 let Checked { record, .. } = self.record_at(t, tq as u16, offset, entry, &TagExpr::All)?;
-                let attempts = attempt + if q >= nt { attempts_before(&record) } else { 0 };
+                let attempts = attempt + attempts_before(&record, q >= nt);
                 Some(Nacked { queue: q, offset, nonce, attempts, record })
             });
             match found {
@@ -637,25 +632,15 @@ impl Groups {
         n
     }
 
-    /// Whether the group has deliveries on their way out.
-    pub fn has_moving(&self, group: &str, topic: &Topic) -> bool {
-        self.existing_state(group, topic)
-            .is_some_and(|gt| gt.state.lock().queues.iter().any(|p| p.moving().next().is_some()))
-    }
-
     /// The group's deliveries on their way out (taken out of delivery, what they move to not
     /// yet known stored).
     pub fn moving(&self, group: &str, topic: &Topic) -> Vec<Moving> {
         let Some(gt) = self.existing_state(group, topic) else { return Vec::new() };
         let mut st = gt.state.lock();
         let retry = self.attach_retry(group, topic, &mut st);
-        let nt = topic.queues.len();
         let mut out = Vec::new();
         for (qi, p) in st.queues.iter().enumerate() {
-            let (t, tq) = match &retry {
-                Some(r) if qi >= nt => (r.as_ref(), qi - nt),
-                _ => (topic, qi),
-            };
+            let (t, tq) = source(topic, retry.as_deref(), qi);
             for (offset, m) in p.moving() {
                 let entry = t.queues[tq].get(offset);
                 let record = self.record_at(t, tq as u16, offset, entry, &TagExpr::All).map(|c| c.record);
@@ -895,9 +880,22 @@ fn first_retained(cq: &crate::store::consume_queue::ConsumeQueue, next: u64, ret
     Some(lo)
 }
 
-/// Deliveries a message had before this record (a delayed redelivery carries them).
-fn attempts_before(r: &VerifiedRecord) -> u32 {
+/// Deliveries a message had before this record: a delayed redelivery (a record of the retry
+/// topic) carries them; any other record has none, and is not parsed for them.
+fn attempts_before(r: &VerifiedRecord, from_retry: bool) -> u32 {
+    if !from_retry {
+        return 0;
+    }
     r.record().property(PROP_ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(0)
+}
+
+/// Queue `qi` of a group of `topic`: the topic's own, or its retry topic's after them.
+fn source<'t>(topic: &'t Topic, retry: Option<&'t Topic>, qi: usize) -> (&'t Topic, usize) {
+    let nt = topic.queues.len();
+    match retry {
+        Some(r) if qi >= nt => (r, qi - nt),
+        _ => (topic, qi),
+    }
 }
 
 /// Decodes a group-progress file (empty = no progress yet) and restores one queue per entry of

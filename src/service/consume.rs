@@ -92,7 +92,7 @@ impl Consumers {
         expr: &TagExpr,
     ) -> Result<Received, ServiceError> {
         let r = self.groups.receive(group, topic, batch, invisible_ms, expr)?;
-        if r.dead_lettered > 0 || self.groups.has_moving(group, topic) {
+        if r.moving {
             self.finish_moves(group, topic).await?;
         }
         Ok(r)
@@ -186,19 +186,14 @@ impl Consumers {
     fn stored(&self, topics: &[&str], prop: &str, since: u64) -> HashSet<String> {
         let mut out = HashSet::new();
         let store = &self.broker.store;
-        for name in topics {
-            let Some(t) = store.topics().get(name) else { continue };
-            for q in &t.queues {
-                for i in (q.start()..q.next()).rev() {
-                    let Some(e) = q.get(i) else { break };
-                    if e.log_offset < since {
-                        break;
-                    }
-                    let found =
-                        store.read_verified(e.log_offset).and_then(|r| r.record().property(prop).map(str::to_string));
-                    out.extend(found);
+        for t in topics.iter().filter_map(|name| store.topics().get(name)) {
+            store.scan_newest_first(&t, |r| {
+                if r.id().offset < since {
+                    return false;
                 }
-            }
+                out.extend(r.record().property(prop).map(str::to_string));
+                true
+            });
         }
         out
     }
@@ -243,21 +238,7 @@ fn original_id(r: &VerifiedRecord) -> String {
 
 /// The user's part of a record: tag, keys, properties (none reserved), body.
 fn copy_of(r: &VerifiedRecord) -> NewMessage {
-    let rec = r.record();
-    NewMessage {
-        tag: rec.tag.map(str::to_string),
-        keys: rec.keys().into_iter().map(str::to_string).collect(),
-        properties: rec
-            .properties()
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with("__"))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        body: rec.body.to_vec(),
-        binary: rec.binary(),
-        born_ms: rec.born_ms,
-        deliver_at_ms: None,
-    }
+    r.record().to_message(|k| !k.starts_with("__"))
 }
 
 /// The delayed redelivery of `r` after `attempts` deliveries, due at `at` (`None`: at once),

@@ -420,6 +420,22 @@ impl Store {
         }))
     }
 
+    /// Visits the retained records of each queue of `topic`, newest first, while `visit`
+    /// returns true (then the next queue): how start-up and the consumer lifecycle look for
+    /// what a run that a crash stopped had already stored. Costs the records visited.
+    pub fn scan_newest_first(&self, topic: &Topic, mut visit: impl FnMut(&VerifiedRecord) -> bool) {
+        let retained_from = self.min_offset();
+        for q in &topic.queues {
+            for i in (q.start()..q.next()).rev() {
+                let Some(e) = q.get(i).filter(|e| e.log_offset >= retained_from) else { break };
+                let Some(r) = self.read_verified(e.log_offset) else { continue };
+                if !visit(&r) {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Commit-log offsets of the records stored with `key` in `topic` (and maybe a few hash
     /// collisions: check the record), newest first, at most `limit`; only retained ones.
     pub fn find_by_key(&self, topic: &str, key: &str, limit: usize) -> Vec<u64> {

@@ -452,6 +452,26 @@ pub(crate) fn parse(rec: &[u8]) -> Result<Record<'_>, RecordError> {
 }
 
 impl<'a> Record<'a> {
+    /// The record as a message to store again (tag, keys, body, born time), with the
+    /// properties `keep` accepts and no deliver time: what a carried-forward copy, a delayed
+    /// redelivery and a dead letter start from.
+    pub fn to_message(&self, keep: impl Fn(&str) -> bool) -> NewMessage {
+        NewMessage {
+            tag: self.tag.map(str::to_string),
+            keys: self.keys().into_iter().map(str::to_string).collect(),
+            properties: self
+                .properties()
+                .into_iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: self.body.to_vec(),
+            binary: self.binary(),
+            born_ms: self.born_ms,
+            deliver_at_ms: None,
+        }
+    }
+
     pub fn binary(&self) -> bool {
         self.flags & FLAG_BINARY != 0
     }

@@ -27,7 +27,6 @@
 //! timer-log segments whose slots have all closed, state-cell files below the system topic's
 //! first retained entry, and map entries whose copy was reclaimed.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use super::state::{self, StateCells};
@@ -69,23 +68,11 @@ pub struct Carried {
 
 /// The copy of `rec` (at cell `cell`, answering for `origin`) to append to the system topic.
 fn copy_of(rec: &Record<'_>, cell: u64, origin: &str) -> NewMessage {
-    let mut properties: BTreeMap<String, String> = rec
-        .properties()
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with(SYSTEM_PROP_PREFIX) || *k == PROP_TOPIC)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    properties.insert(PROP_ORIGIN.into(), origin.into());
-    properties.insert(PROP_MOVED_FROM.into(), cell.to_string());
-    NewMessage {
-        tag: rec.tag.map(str::to_string),
-        keys: rec.keys().into_iter().map(str::to_string).collect(),
-        properties,
-        body: rec.body.to_vec(),
-        binary: rec.binary(),
-        born_ms: rec.born_ms,
-        deliver_at_ms: Some(rec.deliver_at_ms),
-    }
+    let mut m = rec.to_message(|k| !k.starts_with(SYSTEM_PROP_PREFIX) || k == PROP_TOPIC);
+    m.properties.insert(PROP_ORIGIN.into(), origin.into());
+    m.properties.insert(PROP_MOVED_FROM.into(), cell.to_string());
+    m.deliver_at_ms = Some(rec.deliver_at_ms);
+    m
 }
 
 impl TimerEngine {

@@ -40,6 +40,8 @@ pub struct MovedMap {
 
 struct Inner {
     map: HashMap<MessageId, MessageId>,
+    /// The `retained_from` of the last prune: nothing to drop until it moves.
+    pruned_at: u64,
     file: File,
     /// Entries in the file (live or not).
     entries: u64,
@@ -86,7 +88,7 @@ impl MovedMap {
         }
         crate::store::fsio::sync_dir(crate::store::fsio::parent(path))?;
         let entries = (valid / ENTRY) as u64;
-        Ok(Self { path: path.to_path_buf(), inner: Mutex::new(Inner { map, file, entries }) })
+        Ok(Self { path: path.to_path_buf(), inner: Mutex::new(Inner { map, file, entries, pruned_at: retained_from }) })
     }
 
     pub fn get(&self, origin: &MessageId) -> Option<MessageId> {
@@ -134,6 +136,10 @@ impl MovedMap {
     /// final when its copy went); rewrites the file once it holds twice the live entries.
     pub fn prune(&self, retained_from: u64) -> io::Result<()> {
         let mut inner = self.inner.lock();
+        if retained_from <= inner.pruned_at {
+            return Ok(()); // the log's start has not moved: every entry is still live
+        }
+        inner.pruned_at = retained_from;
         inner.map.retain(|_, c| c.offset >= retained_from);
         if inner.entries < 1024 || inner.entries < 2 * inner.map.len() as u64 {
             return Ok(());

@@ -249,22 +249,16 @@ pub(super) fn fired_copies(store: &Store, targets: &[(u64, String, i64, String)]
     topics.dedup();
     for name in topics {
         let Some(topic) = store.topics().get(name) else { continue };
-        for q in &topic.queues {
-            for i in (0..q.next()).rev() {
-                let Some(e) = q.get(i) else { continue };
-                if e.log_offset < store.min_offset() {
-                    break; // reclaimed: stored long before
-                }
-                let Some(r) = store.read_verified(e.log_offset) else { continue };
-                let rec = r.record();
-                if rec.store_ms < since {
-                    break;
-                }
-                if let Some(id) = rec.property(PROP_ID) {
-                    out.insert(id.to_string());
-                }
+        store.scan_newest_first(&topic, |r| {
+            let rec = r.record();
+            if rec.store_ms < since {
+                return false;
             }
-        }
+            if let Some(id) = rec.property(PROP_ID) {
+                out.insert(id.to_string());
+            }
+            true
+        });
     }
     out
 }
