@@ -184,7 +184,7 @@ pub fn cq_entry(data: &[u8]) {
 pub fn group_progress(data: &[u8]) {
     let n = data.first().map_or(0, |&b| b as u64) << 4 | data.get(1).map_or(0, |&b| b as u64 & 0xF);
     let available = [n, n / 2, 0, 1];
-    if let Ok(queues) = decode_progress(data, &available) {
+    if let Ok(queues) = decode_progress(data, &available, 1 << 20) {
         assert_eq!(queues.len(), available.len());
         for (q, &avail) in queues.iter().zip(&available) {
             let s = q.snapshot();

@@ -6,85 +6,20 @@
 
 mod common;
 
-use chime::group::config::{retry_topic, Retry};
-use chime::group::{Batch, GroupConfig, SeekTo, TagExpr};
-use chime::service::{consume, deliver};
-use chime::store::topics::Topic;
+use chime::group::config::retry_topic;
+use chime::group::SeekTo;
+use chime::service::consume;
+use common::consumer::{dead_letters, receive, receive_soon, rt, topic};
 use common::lifecycle::{H, T0, TOPIC};
-use std::sync::Arc;
 
 const G: &str = "workers";
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-fn topic(h: &H) -> Arc<Topic> {
-    h.store.topics().get(TOPIC).unwrap()
-}
-
-/// (id, body, attempt, handle) of what one receive hands out.
-fn receive(h: &H, group: &str, invisible_ms: i64) -> Vec<(String, String, u32, String)> {
-    let t = topic(h);
-    let batch = Batch { max: 100, max_bytes: 8 << 20 };
-    let got = rt().block_on(h.consumers.receive(group, &t, batch, invisible_ms, &TagExpr::All)).unwrap();
-    got.messages
-        .iter()
-        .map(|d| {
-            let rec = d.record.record();
-            let m = deliver(&rec, d.log_offset);
-            (m.id, String::from_utf8_lossy(m.body).into_owned(), d.attempt, d.receipt_handle.clone())
-        })
-        .collect()
-}
-
-/// Waits (in real time, for the timer) until a receive hands something out.
-fn receive_soon(h: &H, group: &str, invisible_ms: i64) -> Vec<(String, String, u32, String)> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let got = receive(h, group, invisible_ms);
-        if !got.is_empty() {
-            return got;
-        }
-        assert!(std::time::Instant::now() < deadline, "nothing to receive");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 fn nack(h: &H, handles: &[String], delay_ms: Option<i64>) -> consume::NackOutcome {
-    rt().block_on(h.consumers.nack(G, &topic(h), handles, delay_ms)).unwrap()
-}
-
-/// The messages of a dead letter topic, as a fresh group receives them: (id, body, dead_letter).
-fn dead_letters(h: &H, dlq: &str) -> Vec<(String, String, String, String, u32)> {
-    let Some(t) = h.store.topics().get(dlq) else { return Vec::new() };
-    let batch = Batch { max: 100, max_bytes: 8 << 20 };
-    let got = h.groups.receive("audit", &t, batch, 60_000, &TagExpr::All).unwrap();
-    got.messages
-        .iter()
-        .map(|d| {
-            let rec = d.record.record();
-            let m = deliver(&rec, d.log_offset);
-            let dl = m.dead_letter.expect("a dead letter says where it came from");
-            (
-                m.id,
-                String::from_utf8_lossy(m.body).into_owned(),
-                dl.topic.to_string(),
-                dl.group.to_string(),
-                dl.delivery_attempts,
-            )
-        })
-        .collect()
+    common::consumer::nack(h, G, handles, delay_ms)
 }
 
 fn configure(h: &H, max: u32) {
-    let cfg = GroupConfig {
-        max_delivery_attempts: max,
-        retry: Retry { initial_ms: 1000, max_ms: 5000, multiplier: 2.0 },
-        ..GroupConfig::default()
-    };
-    assert!(h.consumers.configure(G, &topic(h), cfg.clone()).unwrap(), "first configuration: created");
-    assert!(!h.consumers.configure(G, &topic(h), cfg).unwrap(), "again: updated");
+    common::consumer::configure(h, G, max)
 }
 
 #[test]
@@ -243,4 +178,63 @@ fn a_crash_while_storing_a_delayed_redelivery_redelivers_it_once() {
         assert!(receive(&h, G, 30_000).is_empty(), "{failpoint}: once");
         scenario.teardown();
     }
+}
+
+/// Extend racing the invisibility deadline: a millisecond before it, extend keeps the delivery;
+/// at it, an extend and a receive of the same group race, and exactly one wins. Either the
+/// extend succeeded, the receive got nothing and the old handle acks; or the receive redelivered
+/// it (attempt 2), the extend answered the handle invalid and only the new handle acks. Never
+/// both: a message extended by one consumer is never handed to another.
+#[test]
+fn extend_racing_the_invisibility_deadline_either_keeps_the_delivery_or_loses_it_never_both() {
+    let _failpoints = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let h = H::new(dir.path());
+    let id = h.send("race".into(), None);
+    let t = topic(&h);
+    // Deterministic edge: one millisecond before the deadline, the extend wins.
+    let got = receive(&h, "edge", 5_000);
+    h.clock.set(T0 + 4_999);
+    assert_eq!(h.groups.extend("edge", &t, &[got[0].3.clone()], 60_000).0, 1);
+    h.clock.set(T0 + 5_000);
+    assert!(receive(&h, "edge", 5_000).is_empty(), "extended: still invisible at its first deadline");
+    h.clock.set(T0);
+    let (mut extend_won, mut receive_won) = (0, 0);
+    // One group per round (the harness allows 100 per topic).
+    for round in 0..80 {
+        let group = format!("race-{round}");
+        h.clock.set(T0);
+        let first = receive(&h, &group, 5_000);
+        assert_eq!((&first[0].0, first[0].2), (&id, 1));
+        h.clock.set(T0 + 5_000);
+        let barrier = std::sync::Barrier::new(2);
+        let (extended, again) = std::thread::scope(|s| {
+            let extender = s.spawn(|| {
+                barrier.wait();
+                h.groups.extend(&group, &t, &[first[0].3.clone()], 60_000).0
+            });
+            let receiver = s.spawn(|| {
+                barrier.wait();
+                receive(&h, &group, 5_000)
+            });
+            (extender.join().unwrap(), receiver.join().unwrap())
+        });
+        let old_acks = h.groups.ack(&group, &t, &[first[0].3.clone()]).0;
+        match (extended, again.as_slice()) {
+            (1, []) => {
+                extend_won += 1;
+                assert_eq!(old_acks, 1, "round {round}: the extended handle stayed valid");
+            }
+            (0, [m]) => {
+                receive_won += 1;
+                assert_eq!((&m.0, m.2), (&id, 2), "round {round}: redelivered as the second attempt");
+                assert_eq!(old_acks, 0, "round {round}: the first handle is spent");
+                assert_eq!(h.groups.ack(&group, &t, std::slice::from_ref(&m.3)).0, 1);
+            }
+            other => panic!("round {round}: extend and receive both won or both lost: {other:?}"),
+        }
+        let s = h.groups.summary(&group, &t).unwrap();
+        assert_eq!((s.backlog, s.in_flight), (0, 0), "round {round}: acked once, nothing left: {s:?}");
+    }
+    eprintln!("extend won {extend_won} rounds, receive won {receive_won}");
 }

@@ -251,7 +251,7 @@ fn a_year_of_retention_with_messages_due_across_it_rolls_cancels_and_crashes() {
     let dir = tempfile::tempdir().unwrap();
     // Three days of retention; one-minute slots, a wheel of two days (a year-long delay rolls
     // about 180 times).
-    let params = Params { retention_ms: 3 * DAY, precision_ms: 60_000, slots: 2880 };
+    let params = Params { retention_ms: 3 * DAY, precision_ms: 60_000, slots: 2880, ..Params::default() };
     let mut h = open_with(dir.path(), ManualClock::new(T0), Arc::new(Mutex::new(half_full())), params);
     let mut rng = XorShift(0x9EA8_2026);
     let mut model: BTreeMap<String, Modelled> = BTreeMap::new();

@@ -264,7 +264,10 @@ impl Groups {
     /// Progress ahead of its queue (after a power cut the queue lost its tail, while the group's
     /// file, written later, survived) is cut back to what the queue holds ([`decode_progress`])
     /// and written back at once, so the messages that get those offsets next are new to the
-    /// group rather than taken for acked. Returns how many groups were cut back.
+    /// group rather than taken for acked. So are moves whose log position the log no longer
+    /// reaches: a dead letter or redelivery stored again after the restart lands below that
+    /// position, and a second crash must still find it there. Returns how many groups were cut
+    /// back.
     fn load_existing(&self) -> Result<usize, GroupError> {
         let io = |source| GroupError::Io { context: format!("read {}", self.opts.dir.display()), source };
         // (group, topic, file) of every saved group, in either layout.
@@ -289,7 +292,12 @@ impl Groups {
         for (group, topic, path) in saved {
             let Some(t) = self.store.topics().get(&topic) else { continue };
             let file = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<GroupFile>(&b).ok());
-            let ahead = file.is_some_and(|f| f.queues.iter().zip(&t.queues).any(|(s, q)| s.next > q.next()));
+            let mut available: Vec<u64> = t.queues.iter().map(|q| q.next()).collect();
+            if let Some(r) = self.store.topics().get(&config::retry_topic(&topic, &group)) {
+                available.extend(r.queues.iter().map(|q| q.next()));
+            }
+            let log_end = self.store.write_pos();
+            let ahead = file.is_some_and(|f| f.queues.iter().zip(&available).any(|(s, &n)| s.ahead_of(n, log_end)));
             let gt = self.state(&group, &t, false)?;
             if ahead {
                 tracing::warn!(group, topic, "group progress is ahead of its queue (lost in a power cut); cut back");
@@ -355,12 +363,13 @@ impl Groups {
             std::fs::read(&path).unwrap_or_default()
         });
         let config = serde_json::from_slice::<GroupFile>(&bytes).ok().and_then(|f| f.config);
-        match decode_progress(&bytes, &available) {
+        let log_end = self.store.write_pos();
+        match decode_progress(&bytes, &available, log_end) {
             Ok(p) => (p, config),
             Err(e) => {
                 // At-least-once wins: start the group over rather than lose messages.
                 tracing::error!(path = %path.display(), error = %e, "corrupt group progress; redelivering from the start");
-                (decode_progress(b"", &available).expect("empty progress decodes"), config)
+                (decode_progress(b"", &available, log_end).expect("empty progress decodes"), config)
             }
         }
     }
@@ -900,12 +909,12 @@ fn source<'t>(topic: &'t Topic, retry: Option<&'t Topic>, qi: usize) -> (&'t Top
 
 /// Decodes a group-progress file (empty = no progress yet) and restores one queue per entry of
 /// `available` (the messages each queue now holds). Start-up's decoder, and a fuzz target.
-pub fn decode_progress(bytes: &[u8], available: &[u64]) -> Result<Vec<QueueProgress>, serde_json::Error> {
+pub fn decode_progress(bytes: &[u8], available: &[u64], log_end: u64) -> Result<Vec<QueueProgress>, serde_json::Error> {
     let snaps = if bytes.is_empty() { Vec::new() } else { serde_json::from_slice::<GroupFile>(bytes)?.queues };
     Ok(available
         .iter()
         .enumerate()
-        .map(|(i, &n)| QueueProgress::restore(&snaps.get(i).cloned().unwrap_or_default(), n))
+        .map(|(i, &n)| QueueProgress::restore(&snaps.get(i).cloned().unwrap_or_default(), n, log_end))
         .collect())
 }
 

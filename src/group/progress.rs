@@ -75,6 +75,17 @@ pub struct QueueSnapshot {
     pub dead_lettered: u64,
 }
 
+impl QueueSnapshot {
+    /// Whether this is ahead of a queue of `available` messages and a log ending at `log_end`
+    /// (a power cut took their tails after it was written): [`QueueProgress::restore`] cuts it
+    /// back.
+    pub fn ahead_of(&self, available: u64, log_end: u64) -> bool {
+        self.next > available
+            || self.dead_lettering.iter().any(|&(_, _, from)| from > log_end)
+            || self.retrying.iter().any(|&(_, _, from, _)| from > log_end)
+    }
+}
+
 impl QueueProgress {
     pub fn snapshot(&self) -> QueueSnapshot {
         QueueSnapshot {
@@ -94,17 +105,25 @@ impl QueueProgress {
         }
     }
 
-    /// Restores a snapshot against a queue that now holds `available` messages (it can hold
-    /// fewer than before a machine crash under async flush). Offsets in `[floor, next)` that are
-    /// neither done nor in flight become redeliverable at once.
-    pub fn restore(s: &QueueSnapshot, available: u64) -> Self {
+    /// Restores a snapshot against a queue that now holds `available` messages and a commit log
+    /// that ends at `log_end` (both can be shorter than before a machine crash under async
+    /// flush). Offsets in `[floor, next)` that are neither done nor in flight become
+    /// redeliverable at once. A move's log position past `log_end` comes down to it: what it
+    /// stored after that position was lost with the log's tail, and what it stores now goes at
+    /// `log_end` or later, where the search for it must start.
+    pub fn restore(s: &QueueSnapshot, available: u64, log_end: u64) -> Self {
         let next = s.next.min(available);
         let floor = s.floor.min(next);
         let mut p = Self { floor, next, expired: s.expired, dead_lettered: s.dead_lettered, ..Self::default() };
         p.done = s.done.iter().copied().filter(|&o| o >= floor && o < next).collect();
-        let moves = s.dead_lettering.iter().map(|&(o, attempts, from)| (o, Move { attempts, from, retry_at: None }));
-        let retries =
-            s.retrying.iter().map(|&(o, attempts, from, at)| (o, Move { attempts, from, retry_at: Some(at) }));
+        let moves = s
+            .dead_lettering
+            .iter()
+            .map(|&(o, attempts, from)| (o, Move { attempts, from: from.min(log_end), retry_at: None }));
+        let retries = s
+            .retrying
+            .iter()
+            .map(|&(o, attempts, from, at)| (o, Move { attempts, from: from.min(log_end), retry_at: Some(at) }));
         for (o, m) in moves.chain(retries) {
             if o >= floor && o < next && !p.done.contains(&o) {
                 p.moving.insert(o, m);
@@ -376,7 +395,7 @@ mod tests {
         assert!(p.ack(1, 1));
         assert!(p.ack(3, 3));
         let s = p.snapshot();
-        let r = QueueProgress::restore(&s, 5);
+        let r = QueueProgress::restore(&s, 5, u64::MAX);
         r.debug_check();
         assert_eq!(r.next, 5);
         assert_eq!(r.floor, 0);
@@ -386,7 +405,7 @@ mod tests {
         let mut r2 = r.clone();
         assert!(!r2.ack(0, 0));
         // The queue lost its last two messages (machine crash under async flush).
-        let r = QueueProgress::restore(&s, 3);
+        let r = QueueProgress::restore(&s, 3, u64::MAX);
         r.debug_check();
         assert_eq!(r.next, 3);
         assert_eq!(r.expired(i64::MAX, 10), vec![0, 2]);
@@ -402,10 +421,27 @@ mod tests {
             expired: 0,
             ..Default::default()
         };
-        let r = QueueProgress::restore(&s, 10);
+        let r = QueueProgress::restore(&s, 10, u64::MAX);
         r.debug_check();
         // 2 and 4 were handed out but their state is unknown: redeliver immediately.
         assert_eq!(r.expired(0, 10), vec![2, 4]);
         assert_eq!(r.expired(50, 10), vec![2, 4, 5]);
+    }
+
+    #[test]
+    fn restore_brings_moves_down_to_the_end_of_a_shorter_log() {
+        let s = QueueSnapshot {
+            next: 3,
+            dead_lettering: vec![(0, 4, 1000)],
+            retrying: vec![(1, 2, 400, 99)],
+            ..Default::default()
+        };
+        assert!(s.ahead_of(3, 700), "a dead letter marked at 1000 with the log ending at 700");
+        assert!(!s.ahead_of(3, 1000));
+        assert!(s.ahead_of(2, 1000), "the queue lost its tail");
+        let r = QueueProgress::restore(&s, 3, 700);
+        let m: Vec<(u64, Move)> = r.moving().collect();
+        assert_eq!(m[0], (0, Move { attempts: 4, from: 700, retry_at: None }));
+        assert_eq!(m[1], (1, Move { attempts: 2, from: 400, retry_at: Some(99) }), "not past the end: kept");
     }
 }

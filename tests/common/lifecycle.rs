@@ -26,12 +26,15 @@ pub struct Params {
     pub retention_ms: i64,
     pub precision_ms: i64,
     pub slots: u64,
+    /// The store's flush and checkpoint interval, and the groups' persist interval (ms).
+    pub flush_ms: u64,
+    pub persist_ms: u64,
 }
 
 impl Default for Params {
-    /// One hour of retention, a wheel of 7200 one-second slots.
+    /// One hour of retention, a wheel of 7200 one-second slots, flushes every 50 ms.
     fn default() -> Self {
-        Self { retention_ms: HOUR, precision_ms: 1000, slots: 7200 }
+        Self { retention_ms: HOUR, precision_ms: 1000, slots: 7200, flush_ms: 50, persist_ms: 50 }
     }
 }
 
@@ -57,15 +60,15 @@ pub fn open_with(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>, pa
         dir: dir.to_path_buf(),
         segment_size: SEGMENT,
         cq_segment_entries: 64, // small, so index segments are reclaimed too
-        flush: FlushPolicy::Async { interval: Duration::from_millis(50) },
-        checkpoint_interval: Duration::from_millis(50),
+        flush: FlushPolicy::Async { interval: Duration::from_millis(params.flush_ms) },
+        checkpoint_interval: Duration::from_millis(params.flush_ms),
     };
     let store = super::open_store(opts, clock.clone());
     let groups = Groups::open(
         store.clone(),
         GroupOptions {
             dir: dir.join("groups"),
-            persist_interval: Duration::from_millis(50),
+            persist_interval: Duration::from_millis(params.persist_ms),
             max_groups_per_topic: 100,
         },
     )

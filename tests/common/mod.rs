@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod client;
+pub mod consumer;
 pub mod lifecycle;
 pub mod metrics;
 
