@@ -355,3 +355,64 @@ fn the_key_index_is_replayed_from_the_checkpoint_once_and_rebuilt_when_lost() {
     assert_eq!(found.len(), 30);
     assert!(found.windows(2).all(|w| w[0] > w[1]), "newest first");
 }
+
+/// API.md: lookup by key is "served from an index: its cost does not grow with the size of the
+/// log". With a million keyed messages, every lookup finds exactly its message, newest first
+/// for a shared key, nothing for a key never sent, before and after a restart, and reads a few
+/// entries of one hash chain per index file, not the records (a scan would read a million).
+#[test]
+fn lookups_by_key_with_a_million_messages_stored_read_one_short_chain_per_index_file() {
+    const N: u64 = 1_000_000;
+    const HOT_EVERY: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions { segment_size: 64 << 20, cq_segment_entries: 1 << 16, ..opts(dir.path()) };
+    let store = Store::open(opts.clone(), Arc::new(SystemClock)).unwrap();
+    let (t, _) = store.topics().create("t", 8).unwrap();
+    for from in (0..N).step_by(1000) {
+        let batch: Vec<NewMessage> = (from..from + 1000)
+            .map(|i| {
+                let mut keys = vec![format!("order-{i}")];
+                if i % HOT_EVERY == 0 {
+                    keys.push("hot".into());
+                }
+                NewMessage { keys, ..msg(&format!("m{i}")) }
+            })
+            .collect();
+        store.append(&t, &batch).unwrap();
+    }
+    let body = |store: &Store, off: u64| {
+        let r = store.read(off).expect("indexed record").verify().expect("valid");
+        String::from_utf8(r.record().body.to_vec()).unwrap()
+    };
+    let check = |store: &Store| {
+        let per_file = store.keys_per_index_file() as u64;
+        let want_files = (N + N / HOT_EVERY).div_ceil(per_file) as usize;
+        let files_u64 = want_files as u64;
+        let (mut worst, mut total) = (0, 0);
+        for k in 0..2000u64 {
+            let i = k.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) % N;
+            let (found, visited, files) = store.find_by_key_counted("t", &format!("order-{i}"), 100);
+            assert_eq!(files, files_u64);
+            // A hash collision would be weeded out by the caller; FNV-1a has none among these.
+            let bodies: Vec<String> = found.iter().map(|&o| body(store, o)).collect();
+            assert_eq!(bodies, vec![format!("m{i}")], "order-{i}");
+            (worst, total) = (worst.max(visited), total + visited);
+        }
+        // Each file has a quarter as many slots as keys: chains of about 4 at most on average.
+        let per_lookup = total as f64 / 2000.0;
+        assert!(per_lookup <= 5.0 * want_files as f64, "{per_lookup} entries read per lookup over {want_files} files");
+        assert!(worst <= 12 * want_files, "the longest lookup read {worst} entries over {want_files} files");
+        let (hot, _, _) = store.find_by_key_counted("t", "hot", 60);
+        let hot: Vec<String> = hot.iter().map(|&o| body(store, o)).collect();
+        let want: Vec<String> = (0..60).map(|k| format!("m{}", N - HOT_EVERY * (k + 1))).collect();
+        assert_eq!(hot, want, "newest first, limited");
+        assert_eq!(store.find_by_key("t", "hot", 1000).len(), (N / HOT_EVERY) as usize);
+        assert!(store.find_by_key("t", "order-never", 100).is_empty());
+        assert!(store.find_by_key("other", "order-5", 100).is_empty(), "keys are per topic");
+    };
+    check(&store);
+    store.shutdown().unwrap();
+    drop((t, store));
+    let store = Store::open(opts, Arc::new(SystemClock)).unwrap();
+    check(&store);
+}

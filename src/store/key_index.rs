@@ -198,10 +198,12 @@ impl KeyIndex {
     /// Commit-log offsets of records stored with `key` in `topic` (and hash collisions, which
     /// the caller weeds out), newest first, at most `limit`; offsets below `retained_from` are
     /// skipped (reclaimed).
-    pub fn find(&self, topic: &str, key: &str, limit: usize, retained_from: u64) -> Vec<u64> {
+    /// Also returns the lookup's cost: the entries it read (one slot chain per file, newest
+    /// file first, until `limit`).
+    pub fn find(&self, topic: &str, key: &str, limit: usize, retained_from: u64) -> (Vec<u64>, usize) {
         let h = hash(topic, key);
         let files: Vec<Arc<IndexFile>> = self.files.read().clone();
-        let mut out = Vec::new();
+        let (mut out, mut visited) = (Vec::new(), 0);
         for f in files.iter().rev() {
             let count = f.count();
             let mut next = f.words()[HEADER_WORDS + (h % self.slots as u64) as usize].load(Ordering::Acquire) as usize;
@@ -210,6 +212,7 @@ impl KeyIndex {
                     break; // not published yet
                 }
                 let (eh, off, prev, _) = f.entry(self.slots, next - 1);
+                visited += 1;
                 if eh == h && off >= retained_from {
                     out.push(off);
                 }
@@ -219,7 +222,12 @@ impl KeyIndex {
                 break;
             }
         }
-        out
+        (out, visited)
+    }
+
+    /// Keys one file holds (from the segment size).
+    pub fn entries_per_file(&self) -> usize {
+        self.entries
     }
 
     /// Makes every entry durable (the store checkpoint).
@@ -248,7 +256,7 @@ impl KeyIndex {
         Ok((gone.len() as u64, bytes))
     }
 
-    /// Files on disk.
+    /// Files on disk (each holds [`KeyIndex::entries_per_file`] keys at most).
     pub fn files(&self) -> u64 {
         self.files.read().len() as u64
     }
@@ -267,23 +275,23 @@ mod tests {
             idx.add("t", [key.as_str(), "all"], i * 100).unwrap();
         }
         assert_eq!(idx.files(), 5, "20,000 entries in files of 4096");
-        assert_eq!(idx.find("t", "k7", 3, 0), vec![9_907 * 100, 9_807 * 100, 9_707 * 100]);
-        assert_eq!(idx.find("t", "k7", 1000, 0).len(), 100);
-        assert!(idx.find("other", "k7", 10, 0).is_empty(), "another topic's key");
-        assert_eq!(idx.find("t", "all", 20_000, 500_000).len(), 5_000, "reclaimed offsets skipped");
+        assert_eq!(idx.find("t", "k7", 3, 0).0, vec![9_907 * 100, 9_807 * 100, 9_707 * 100]);
+        assert_eq!(idx.find("t", "k7", 1000, 0).0.len(), 100);
+        assert!(idx.find("other", "k7", 10, 0).0.is_empty(), "another topic's key");
+        assert_eq!(idx.find("t", "all", 20_000, 500_000).0.len(), 5_000, "reclaimed offsets skipped");
         idx.flush().unwrap();
         drop(idx);
         let idx = KeyIndex::open(dir.path(), 0).unwrap();
-        assert_eq!(idx.find("t", "k7", 1000, 0).len(), 100);
+        assert_eq!(idx.find("t", "k7", 1000, 0).0.len(), 100);
         // Recovery replays from record 9,000 on: the entries from there are dropped.
         idx.truncate_from(9_000 * 100).unwrap();
-        assert_eq!(idx.find("t", "k7", 1000, 0).len(), 90);
+        assert_eq!(idx.find("t", "k7", 1000, 0).0.len(), 90);
         idx.add("t", ["k7"], 9_000 * 100).unwrap();
-        assert_eq!(idx.find("t", "k7", 1, 0), vec![9_000 * 100]);
+        assert_eq!(idx.find("t", "k7", 1, 0).0, vec![9_000 * 100]);
         // Files whose records are all reclaimed go.
         let (n, _) = idx.reclaim_below(6_000 * 100).unwrap();
         assert_eq!(n, 2, "the files of records 0..4096 (first 0) and 2048.. (first 204,800)");
-        assert_eq!(idx.find("t", "k7", 1000, 6_000 * 100).len(), 31);
+        assert_eq!(idx.find("t", "k7", 1000, 6_000 * 100).0.len(), 31);
     }
 
     #[test]
@@ -297,8 +305,8 @@ mod tests {
         let at = HEADER_WORDS + idx.slots + 6 * ENTRY_WORDS + 1;
         f.words()[at].fetch_xor(1, Ordering::Relaxed); // entry 6's offset
         idx.truncate_from(u64::MAX).unwrap();
-        assert_eq!(idx.find("t", "k", 100, 0), vec![5, 4, 3, 2, 1, 0]);
+        assert_eq!(idx.find("t", "k", 100, 0).0, vec![5, 4, 3, 2, 1, 0]);
         idx.add("t", ["k"], 42).unwrap();
-        assert_eq!(idx.find("t", "k", 2, 0), vec![42, 5]);
+        assert_eq!(idx.find("t", "k", 2, 0).0, vec![42, 5]);
     }
 }

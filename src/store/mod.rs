@@ -439,7 +439,20 @@ impl Store {
     /// Commit-log offsets of the records stored with `key` in `topic` (and maybe a few hash
     /// collisions: check the record), newest first, at most `limit`; only retained ones.
     pub fn find_by_key(&self, topic: &str, key: &str, limit: usize) -> Vec<u64> {
-        self.keys.find(topic, key, limit, self.min_offset())
+        self.find_by_key_counted(topic, key, limit).0
+    }
+
+    /// [`Store::find_by_key`] with its cost: the index entries it read, and the index files
+    /// there are (a lookup reads one hash slot's chain in each, so its cost follows the files
+    /// kept, a retention-bounded number, not the records).
+    pub fn find_by_key_counted(&self, topic: &str, key: &str, limit: usize) -> (Vec<u64>, usize, u64) {
+        let (offsets, visited) = self.keys.find(topic, key, limit, self.min_offset());
+        (offsets, visited, self.keys.files())
+    }
+
+    /// Keys one key-index file holds.
+    pub fn keys_per_index_file(&self) -> usize {
+        self.keys.entries_per_file()
     }
 
     /// Commit-log segments and bytes reclaimed since start.
