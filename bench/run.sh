@@ -50,6 +50,7 @@ run send-100-durable       http-send --count 1000000 --batch 100 --concurrency 1
 run receive                http-receive --count 1000000 --max 256 --concurrency 8 --runs 3
 run ingest                 ingest --single-count 50000 --batch-count 500000
 run cancel                 cancel --count 20000 --concurrency 16
+run key-lookup             key-lookup --runs 3
 
 # Timer (RESULTS.md, "Timer"), about 6 minutes.
 run wheel-flush            wheel-flush --dirty 10000 --reps 5

@@ -118,6 +118,32 @@ pub fn scheduled_body(from: u64, to: u64, body_len: usize, single: bool, deliver
     Bytes::from(s)
 }
 
+/// The business key of message number `i` in the keyed scenarios.
+pub fn key(i: u64) -> String {
+    format!("order-{i}")
+}
+
+/// The body of one send of messages `from..to` (always an array), message `i` with the key
+/// `key(first + i)` and, for scheduled ones, its deliver time.
+fn keyed_body(from: u64, to: u64, body_len: usize, first: u64, deliver_at: Option<&Schedule>) -> Bytes {
+    use std::fmt::Write as _;
+    let body = "x".repeat(body_len);
+    let mut s = String::with_capacity((to - from) as usize * (body_len + 64) + 2);
+    s.push('[');
+    for i in from..to {
+        if i > from {
+            s.push(',');
+        }
+        let _ = write!(s, "{{\"body\":\"{body}\",\"keys\":[\"{}\"]", key(first + i));
+        if let Some(d) = deliver_at {
+            let _ = write!(s, ",\"deliver_at_ms\":{}", d(i));
+        }
+        s.push('}');
+    }
+    s.push(']');
+    Bytes::from(s)
+}
+
 /// `PUT /v1/topics/{topic}` with the queue count; 200 or 201 both do.
 pub async fn create_topic(client: &reqwest::Client, base: &str, topic: &str, queues: u16) -> Result<(), String> {
     let r = client
@@ -170,12 +196,15 @@ pub struct SendPlan {
     pub pace: Option<Schedule>,
     /// Label of the progress bar.
     pub label: &'static str,
+    /// Keyed messages: message `i` carries the business key `key(first_key + i)` ([`key`]).
+    /// `None`: no keys.
+    pub first_key: Option<u64>,
 }
 
 impl SendPlan {
     /// Normal messages, as fast as possible.
     pub fn normal(count: u64, batch: usize, body_len: usize, concurrency: usize) -> Self {
-        Self { count, batch, body_len, concurrency, deliver_at: None, pace: None, label: "send" }
+        Self { count, batch, body_len, concurrency, deliver_at: None, pace: None, label: "send", first_key: None }
     }
 
     /// Scheduled messages in batches of `batch`, as fast as possible.
@@ -187,6 +216,11 @@ impl SendPlan {
         Self { label, ..self }
     }
 
+    /// Each message carries one business key, `key(first + i)` for message `i`.
+    pub fn keyed(self, first: u64) -> Self {
+        Self { first_key: Some(first), ..self }
+    }
+
     fn requests(&self) -> u64 {
         self.count.div_ceil(self.batch as u64)
     }
@@ -194,13 +228,13 @@ impl SendPlan {
     /// The body of request `k`.
     fn body(&self, k: u64, full: &Bytes, last: &Bytes) -> Bytes {
         let requests = self.requests();
-        match &self.deliver_at {
-            None if k + 1 == requests => last.clone(),
-            None => full.clone(),
-            Some(d) => {
-                let b = self.batch as u64;
-                scheduled_body(k * b, ((k + 1) * b).min(self.count), self.body_len, self.batch == 1, |i| d(i))
-            }
+        let b = self.batch as u64;
+        let (from, to) = (k * b, ((k + 1) * b).min(self.count));
+        match (&self.deliver_at, self.first_key) {
+            (None, None) if k + 1 == requests => last.clone(),
+            (None, None) => full.clone(),
+            (Some(d), None) => scheduled_body(from, to, self.body_len, self.batch == 1, |i| d(i)),
+            (d, Some(first)) => keyed_body(from, to, self.body_len, first, d.as_ref()),
         }
     }
 }
@@ -226,9 +260,9 @@ pub async fn send_all(
     }
     let requests = plan.requests();
     let last_n = (plan.count - (requests - 1) * plan.batch as u64) as usize;
-    let (full, last) = match plan.deliver_at {
-        None => (send_body(plan.batch, plan.body_len), send_body(last_n, plan.body_len)),
-        Some(_) => (Bytes::new(), Bytes::new()),
+    let (full, last) = match (&plan.deliver_at, plan.first_key) {
+        (None, None) => (send_body(plan.batch, plan.body_len), send_body(last_n, plan.body_len)),
+        _ => (Bytes::new(), Bytes::new()),
     };
     let url: Arc<str> = format!("{base}/v1/topics/{topic}/messages").into();
     let next = Arc::new(AtomicU64::new(0));

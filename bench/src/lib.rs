@@ -12,6 +12,7 @@ pub mod http;
 pub mod http_receive;
 pub mod http_send;
 pub mod ingest;
+pub mod key_lookup;
 pub mod pending;
 pub mod progress;
 pub mod report;

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chime_bench::{
-    append, cancel, carry, compare, enqueue, http_receive, http_send, ingest, note, pending, progress, timer_http,
-    wheel_flush,
+    append, cancel, carry, compare, enqueue, http_receive, http_send, ingest, key_lookup, note, pending, progress,
+    timer_http, wheel_flush,
 };
 use clap::{Parser, Subcommand};
 
@@ -73,6 +73,9 @@ enum Cmd {
     /// Retention reclaiming segments full of pending scheduled messages: the carry-forward's
     /// time and bytes (in process).
     Carry(carry::CarryArgs),
+    /// Lookups by business key (hits and misses) after each of several log sizes (10M by
+    /// default): latency percentiles over HTTP and their growth with the log.
+    KeyLookup(key_lookup::KeyLookupArgs),
     /// Memory (RssAnon) of a server holding N pending scheduled messages.
     Pending(pending::PendingArgs),
     /// Compare two `--json` results of one scenario (as `--compare` does after a run).
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         Cmd::Enqueue(a) => enqueue::run(a),
         Cmd::Carry(a) => carry::run(a),
         Cmd::Pending(a) => pending::run(a),
+        Cmd::KeyLookup(a) => key_lookup::run(a),
         Cmd::Compare { .. } => unreachable!("handled above"),
     };
     let report = match result {
@@ -187,6 +191,7 @@ fn scenario_name(cmd: &Cmd) -> &'static str {
         Cmd::Enqueue(_) => "enqueue",
         Cmd::Carry(_) => "carry",
         Cmd::Pending(_) => "pending",
+        Cmd::KeyLookup(_) => "key-lookup",
         Cmd::Compare { .. } => "compare",
     }
 }
