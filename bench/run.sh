@@ -39,7 +39,7 @@ run() {
   esac
 }
 
-# Storage and HTTP (RESULTS.md, "Storage and HTTP"), about 3 minutes.
+# Storage and HTTP (RESULTS.md, "Storage and HTTP"; key-lookup: "Consumer lifecycle"), about 7 minutes.
 run append-256             append --bodies 256 --count 2000000
 run append-4096            append --bodies 4096 --count 300000
 run append-sync            append --bodies 256 --count 200000 --flush sync --batch 100

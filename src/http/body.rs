@@ -147,6 +147,11 @@ fn timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTim
     None
 }
 
+/// Reads a body of at most `limit` bytes ([`read_limited`]) and parses it ([`parse_json`]).
+pub async fn read_json<T: DeserializeOwned + Default>(body: Body, limit: usize) -> Result<T, ApiError> {
+    parse_json(&read_limited(body, limit).await?)
+}
+
 /// Parses a JSON body; an empty body, or JSON `null`, parses as `T::default()` (the spec lets
 /// an optional body be either).
 pub fn parse_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {

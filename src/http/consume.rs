@@ -11,7 +11,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::body::{parse_json, read_limited};
+use super::body::{parse_json, read_json, read_limited};
 use super::error::{ApiError, ErrorBody};
 use super::path::GroupPath;
 use super::AppState;
@@ -26,7 +26,8 @@ const DEFAULT_MAX_BYTES: i64 = 8 << 20;
 const MIN_INVISIBLE_MS: i64 = 1_000;
 const MAX_INVISIBLE_MS: i64 = 43_200_000;
 /// Most receipt handles in one ack.
-const MAX_ACK: usize = 10_000;
+/// Receipt handles per ack, nack or extend.
+const MAX_HANDLES: usize = 10_000;
 
 /// Body of a receive (every field optional; the body may be empty).
 #[derive(Deserialize, Default, ToSchema)]
@@ -222,6 +223,18 @@ fn render(topic: &str, deliveries: &[Delivery]) -> Response {
     Json(ReceiveOut { messages: out }).into_response()
 }
 
+/// Bytes of a body that lists receipt handles (ack, nack, extend).
+pub(crate) const HANDLES_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The `receipt_handles` of an ack, nack or extend body: required, at most [`MAX_HANDLES`].
+pub(crate) fn receipt_handles(h: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+    let h = h.ok_or_else(|| ApiError::invalid("receipt_handles is required"))?;
+    if h.len() > MAX_HANDLES {
+        return Err(ApiError::invalid(format!("at most {MAX_HANDLES} receipt handles per call, got {}", h.len())));
+    }
+    Ok(h)
+}
+
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AckIn {
@@ -254,12 +267,8 @@ pub async fn ack(
     body: Body,
 ) -> Result<Response, ApiError> {
     let core = state.core()?;
-    let bytes = read_limited(body, 4 * 1024 * 1024).await?;
-    let req: AckIn = parse_json(&bytes)?;
-    let handles = req.receipt_handles.ok_or_else(|| ApiError::invalid("receipt_handles is required"))?;
-    if handles.len() > MAX_ACK {
-        return Err(ApiError::invalid(format!("at most {MAX_ACK} receipt handles per ack, got {}", handles.len())));
-    }
+    let req: AckIn = read_json(body, HANDLES_BODY_LIMIT).await?;
+    let handles = receipt_handles(req.receipt_handles)?;
     let (acked, invalid) = match core.store.topics().get(&topic_name) {
         Some(topic) => core.groups.ack(&group, &topic, &handles),
         None => (0, handles),

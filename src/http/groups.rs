@@ -10,15 +10,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::body::{parse_json, read_limited};
+use super::body::{parse_json, read_json, read_limited};
+use super::consume::{receipt_handles, HANDLES_BODY_LIMIT};
 use super::error::{ApiError, ErrorBody};
 use super::path::{GroupPath, TopicPath};
 use super::AppState;
 use crate::group::config::{Retry, MAX_BACKOFF_MS};
 use crate::group::{GroupConfig, GroupSummary, SeekTo};
-
-/// Most receipt handles in one nack or extend (as in an ack).
-const MAX_HANDLES: usize = 10_000;
 
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -226,14 +224,6 @@ pub(crate) struct NackOut {
     invalid: Vec<String>,
 }
 
-fn handles(h: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
-    let h = h.ok_or_else(|| ApiError::invalid("receipt_handles is required"))?;
-    if h.len() > MAX_HANDLES {
-        return Err(ApiError::invalid(format!("at most {MAX_HANDLES} receipt handles, got {}", h.len())));
-    }
-    Ok(h)
-}
-
 /// Gives received messages back: each is delivered again after `delay_ms` or the group's
 /// backoff; one on its last attempt goes to the dead letter topic.
 #[utoipa::path(post, path = "/v1/topics/{topic}/groups/{group}/nack", tag = "consumers",
@@ -253,9 +243,8 @@ pub async fn nack(
     body: Body,
 ) -> Result<Response, ApiError> {
     let core = state.core()?;
-    let bytes = read_limited(body, 4 * 1024 * 1024).await?;
-    let req: NackIn = parse_json(&bytes)?;
-    let handles = handles(req.receipt_handles)?;
+    let req: NackIn = read_json(body, HANDLES_BODY_LIMIT).await?;
+    let handles = receipt_handles(req.receipt_handles)?;
     if let Some(d) = req.delay_ms.filter(|d| !(0..=MAX_BACKOFF_MS).contains(d)) {
         return Err(ApiError::invalid(format!("delay_ms must be 0..={MAX_BACKOFF_MS}, got {d}")));
     }
@@ -299,9 +288,8 @@ pub async fn extend(
     body: Body,
 ) -> Result<Response, ApiError> {
     let core = state.core()?;
-    let bytes = read_limited(body, 4 * 1024 * 1024).await?;
-    let req: ExtendIn = parse_json(&bytes)?;
-    let handles = handles(req.receipt_handles)?;
+    let req: ExtendIn = read_json(body, HANDLES_BODY_LIMIT).await?;
+    let handles = receipt_handles(req.receipt_handles)?;
     let ms = req.invisible_ms.ok_or_else(|| ApiError::invalid("invisible_ms is required"))?;
     if !(1000..=MAX_BACKOFF_MS).contains(&ms) {
         return Err(ApiError::invalid(format!("invisible_ms must be 1000..={MAX_BACKOFF_MS}, got {ms}")));
