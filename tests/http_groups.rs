@@ -37,7 +37,7 @@ async fn configure_list_nack_dead_letter_extend_and_seek() {
         json!({"retry": {"initial_ms": 10, "max_ms": 5}}),
         json!({"dead_letter_topic": "__x"}),
         json!({"unknown": 1}),
-        json!({"fifo": true}),
+        json!({"fifo": "yes"}),
     ] {
         let (code, v) = s.call("PUT", "/v1/topics/t/groups/g", Some(&bad.to_string())).await;
         assert_eq!((code, v["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{bad}: {v}");
@@ -122,4 +122,52 @@ async fn configure_list_nack_dead_letter_extend_and_seek() {
         assert_eq!((code, v["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{route} {bad}: {v}");
     }
     s.stop().await;
+}
+
+/// FIFO over HTTP: `message_group` on send comes back on receive; one message of a group at a
+/// time; the blocked listing names the group waiting, with its head and what waits behind it;
+/// a bad `message_group` is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_groups_deliver_a_message_group_one_at_a_time_and_list_the_blocked_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(&test_config(dir.path())).await;
+    let (code, v) = s.call("PUT", "/v1/topics/f/groups/g", Some(&json!({"fifo": true}).to_string())).await;
+    assert_eq!((code, &v["fifo"]), (201, &json!(true)), "{v}");
+    let (code, v) = s.call("GET", "/v1/topics/f/groups/g/blocked", None).await;
+    assert_eq!((code, &v), (200, &json!({"blocked": []})));
+    let (code, v) = s
+        .send("f", json!([{"body": "a0", "message_group": "a"}, {"body": "a1", "message_group": "a"}, {"body": "x"}]))
+        .await;
+    assert_eq!(code, 201, "{v}");
+    let first_id = v["messages"][0]["message_id"].clone();
+    let msgs = s.receive("f", "g", json!({"max_messages": 10})).await;
+    let mut got: Vec<(String, Value)> =
+        msgs.iter().map(|m| (m["body"].as_str().unwrap().to_string(), m["message_group"].clone())).collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, vec![("a0".into(), json!("a")), ("x".into(), Value::Null)], "a1 waits for a0");
+    let (code, v) = s.call("GET", "/v1/topics/f/groups/g/blocked?limit=10", None).await;
+    assert_eq!(code, 200, "{v}");
+    let b = &v["blocked"];
+    assert_eq!(b.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!((&b[0]["message_group"], &b[0]["message_id"]), (&json!("a"), &first_id));
+    assert_eq!((b[0]["attempts"].as_u64(), b[0]["waiting"].as_u64()), (Some(1), Some(1)), "{v}");
+    assert!(b[0]["since_ms"].as_i64().unwrap() > 0);
+    let (_, v) = s.call("GET", "/v1/topics/f/groups/g", None).await;
+    assert_eq!((v["backlog"].as_u64(), v["in_flight"].as_u64()), (Some(1), Some(2)), "held a1 is backlog: {v}");
+    s.ack("f", "g", &msgs).await;
+    let next = s.receive("f", "g", json!({"max_messages": 10})).await;
+    assert_eq!(next.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(), vec!["a1"]);
+    for (bad, path) in [
+        (json!({"body": "x", "message_group": ""}), "/v1/topics/f/messages"),
+        (json!({"body": "x", "message_group": "g".repeat(129)}), "/v1/topics/f/messages"),
+    ] {
+        let (code, v) = s.call("POST", path, Some(&bad.to_string())).await;
+        assert_eq!((code, v["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{v}");
+    }
+    for q in ["limit=0", "limit=1001", "limit=x"] {
+        let (code, v) = s.call("GET", &format!("/v1/topics/f/groups/g/blocked?{q}"), None).await;
+        assert_eq!((code, v["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{q}: {v}");
+    }
+    let (code, _) = s.call("GET", "/v1/topics/f/groups/none/blocked", None).await;
+    assert_eq!(code, 404);
 }

@@ -146,9 +146,12 @@ async fn spec_lists_every_served_route_and_nothing_else() {
             "delay_ms",
             "deliver_at_ms",
             "deliver_at",
-            "delay_level"
+            "delay_level",
+            "message_group"
         ])
     );
+    assert_eq!(props(&spec, "BlockedList"), set(&["blocked"]));
+    assert_eq!(props(&spec, "BlockedOut"), set(&["message_group", "message_id", "since_ms", "attempts", "waiting"]));
     assert_eq!(props(&spec, "SendResult"), set(&["message_id", "topic", "deliver_at_ms", "state"]));
     assert_eq!(props(&spec, "BatchResult"), set(&["messages"]));
     assert_eq!(props(&spec, "TopicInfo"), set(&["name", "queues", "messages", "scheduled"]));

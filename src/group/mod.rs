@@ -15,6 +15,7 @@
 //! skipped for the group for good, as in RocketMQ, where a group has one subscription.
 
 pub mod config;
+pub mod fifo;
 pub mod progress;
 pub mod tag;
 
@@ -47,6 +48,10 @@ pub const PROP_DLQ_ATTEMPTS: &str = "__group.dlq_attempts";
 pub const PROP_DLQ_OF: &str = "__group.dlq_of";
 /// Property of a delayed redelivery: the key of the delivery it follows (as [`PROP_DLQ_OF`]).
 pub const PROP_RETRY_OF: &str = "__group.retry_of";
+
+/// Most messages a FIFO group holds per queue behind busy message groups; past it, the queue's
+/// newer messages wait until held ones go out (its memory is bounded: about 100 bytes each).
+pub const MAX_HELD_PER_QUEUE: usize = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -153,6 +158,20 @@ pub struct GroupSummary {
     pub config: GroupConfig,
     /// Configured with PUT (else the defaults apply).
     pub configured: bool,
+}
+
+/// A message group of a FIFO group waiting for its message out (`GET .../blocked`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedGroup {
+    pub message_group: String,
+    /// The id of the message out.
+    pub message_id: String,
+    /// When it was first handed out.
+    pub since_ms: i64,
+    /// Its deliveries so far.
+    pub attempts: u32,
+    /// Messages of the group held behind it.
+    pub waiting: u64,
 }
 
 /// Where a seek moves a group.
@@ -337,14 +356,35 @@ impl Groups {
             return Err(GroupError::LimitExceeded { max, topic: topic.name.clone(), group: group.to_string() });
         }
         let (queues, config) = self.load(group, topic);
-        let gt = Arc::new(GroupTopic {
-            state: Mutex::new(State { queues, rr: 0, config }),
-            dirty: AtomicBool::new(false),
-            writing: Mutex::new(()),
-        });
+        let mut st = State { queues, rr: 0, config };
+        self.apply_fifo(topic, &mut st);
+        let gt = Arc::new(GroupTopic { state: Mutex::new(st), dirty: AtomicBool::new(false), writing: Mutex::new(()) });
         states.map.insert(key, gt.clone());
         states.per_topic.insert(topic.name.clone(), n + 1);
         Ok(gt)
+    }
+
+    /// Turns FIFO delivery on or off in the topic's queues as the group's configuration says
+    /// (the retry topic's queues are never FIFO: a FIFO group redelivers in place).
+    fn apply_fifo(&self, topic: &Topic, st: &mut State) {
+        let on = st.config.as_ref().is_some_and(|c| c.fifo);
+        let now = self.store.clock().now_ms();
+        for (qi, p) in st.queues.iter_mut().enumerate().take(topic.queues.len()) {
+            let cq = &topic.queues[qi];
+            p.set_fifo(on, |offset| self.message_group_at(topic, qi, cq.get(offset), offset), now);
+        }
+    }
+
+    /// The message group (hash) of the message at `offset` of queue `qi`, if it has one.
+    fn message_group_at(
+        &self,
+        topic: &Topic,
+        qi: usize,
+        entry: Option<crate::store::CqEntry>,
+        offset: u64,
+    ) -> Option<u64> {
+        let c = self.record_at(topic, qi as u16, offset, entry, &TagExpr::All)?;
+        c.record.record().property(fifo::PROP_MESSAGE_GROUP).map(fifo::group_hash)
     }
 
     /// The state of a group that exists, without creating one.
@@ -465,13 +505,47 @@ impl Groups {
                 }
             }
         }
-        // 2. New messages.
+        // 2. FIFO: held messages whose message group has nothing out any more, oldest first.
+        for qi in (0..nt).map(|i| (start + i) % nt) {
+            let cq = &topic.queues[qi];
+            while out.len() < max && !full {
+                let p = &mut st.queues[qi];
+                let Some((offset, group)) = p.fifo().and_then(|f| f.first_ready()) else { break };
+                changed = true;
+                let entry = cq.get(offset);
+                let Some(Checked { record, payload, .. }) =
+                    self.record_at(topic, qi as u16, offset, entry, &TagExpr::All)
+                else {
+                    p.drop_held(offset);
+                    continue;
+                };
+                if !batch.admits(&out, bytes, payload) {
+                    full = true;
+                    break;
+                }
+                bytes += payload;
+                let nonce = rand::random::<u32>().max(1);
+                let attempt = p.deliver_in_group(offset, group, visible_at, nonce, now);
+                out.push(Delivery {
+                    record,
+                    log_offset: entry.map_or(0, |e| e.log_offset),
+                    queue_id: qi as u16,
+                    queue_offset: offset,
+                    attempt,
+                    receipt_handle: receipt(qi as u16, offset, nonce),
+                });
+            }
+        }
+        // 3. New messages.
         let retained_from = self.store.min_offset();
         for qi in (0..nq).map(|i| (start + i) % nq) {
             let (t, tq) = source(qi);
             let cq = &t.queues[tq];
             while out.len() < max && !full {
                 let p = &mut st.queues[qi];
+                if p.fifo().is_some_and(|f| f.held_count() >= MAX_HELD_PER_QUEUE) {
+                    break; // the rest waits until held messages go out (bounded memory)
+                }
                 let offset = p.next;
                 let Some(entry) = cq.get(offset).filter(|e| e.log_offset >= retained_from) else {
                     // Not written yet, or reclaimed by retention before the group received it:
@@ -500,6 +574,12 @@ impl Groups {
                     p.skip_next();
                     continue;
                 }
+                let group =
+                    p.fifo().and_then(|_| record.record().property(fifo::PROP_MESSAGE_GROUP).map(fifo::group_hash));
+                if let Some(g) = group.filter(|&g| !p.fifo().is_some_and(|f| f.is_free(g))) {
+                    p.hold_next(g);
+                    continue;
+                }
                 if !batch.admits(&out, bytes, payload) {
                     full = true;
                     break;
@@ -508,7 +588,10 @@ impl Groups {
                 let nonce = rand::random::<u32>().max(1);
                 // Only a redelivery (from the retry topic) had deliveries before this record.
                 let earlier = attempts_before(&record, qi >= nt);
-                let attempt = p.deliver(offset, visible_at, nonce) + earlier;
+                let attempt = match group {
+                    Some(g) => p.deliver_in_group(offset, g, visible_at, nonce, now),
+                    None => p.deliver(offset, visible_at, nonce),
+                } + earlier;
                 out.push(Delivery {
                     record,
                     log_offset: entry.log_offset,
@@ -539,7 +622,12 @@ impl Groups {
     /// if the group had none before. It applies at once, to what is in flight too.
     pub fn configure(&self, group: &str, topic: &Topic, config: GroupConfig) -> Result<bool, GroupError> {
         let gt = self.state(group, topic, true)?;
-        let created = gt.state.lock().config.replace(config).is_none();
+        let created = {
+            let mut st = gt.state.lock();
+            let created = st.config.replace(config).is_none();
+            self.apply_fifo(topic, &mut st);
+            created
+        };
         gt.dirty.store(true, Ordering::Release);
         self.persist_one(group, topic)?;
         Ok(created)
@@ -573,7 +661,7 @@ impl Groups {
         let (mut backlog, mut in_flight, mut dead, mut expired) = (0, 0, 0, 0);
         for (p, end) in st.queues.iter().zip(ends) {
             let flying = p.in_flight(now);
-            backlog += end.saturating_sub(p.next) + p.expired(now, usize::MAX).len() as u64;
+            backlog += end.saturating_sub(p.next) + p.expired(now, usize::MAX).len() as u64 + p.held_count();
             in_flight += flying;
             dead += p.dead_lettered;
             expired += p.expired;
@@ -639,6 +727,51 @@ impl Groups {
         }
         gt.dirty.store(true, Ordering::Release);
         n
+    }
+
+    /// FIFO nacks: each valid delivery stays where it is, invisible until its time, and is
+    /// handed out again first (its message group waits for it). Returns how many.
+    pub fn delay(&self, group: &str, topic: &Topic, nacked: &[(&Nacked, i64)]) -> usize {
+        let Some(gt) = self.existing_state(group, topic) else { return 0 };
+        let mut st = gt.state.lock();
+        let n = nacked
+            .iter()
+            .filter(|(k, at)| st.queues.get_mut(k.queue).is_some_and(|p| p.delay(k.offset, k.nonce, *at)))
+            .count();
+        gt.dirty.store(true, Ordering::Release);
+        n
+    }
+
+    /// The message groups of a FIFO group that wait for a message out (in flight, or on its way
+    /// to the dead letter topic), longest waiting first, at most `limit`.
+    pub fn blocked(&self, group: &str, topic: &Topic, limit: usize) -> Vec<BlockedGroup> {
+        let Some(gt) = self.existing_state(group, topic) else { return Vec::new() };
+        let st = gt.state.lock();
+        let mut all: Vec<(usize, fifo::Blocked)> = Vec::new();
+        for (qi, p) in st.queues.iter().enumerate().take(topic.queues.len()) {
+            if let Some(f) = p.fifo() {
+                all.extend(f.blocked(limit).into_iter().map(|b| (qi, b)));
+            }
+        }
+        all.sort_by_key(|(qi, b)| (b.since_ms, *qi, b.offset));
+        all.truncate(limit);
+        all.into_iter()
+            .filter_map(|(qi, b)| {
+                let entry = topic.queues[qi].get(b.offset);
+                let c = self.record_at(topic, qi as u16, b.offset, entry, &TagExpr::All)?;
+                let rec = c.record.record();
+                Some(BlockedGroup {
+                    message_group: rec.property(fifo::PROP_MESSAGE_GROUP)?.to_string(),
+                    // The id its sender was given (a fired message carries it).
+                    message_id: rec
+                        .property(crate::timer::PROP_ID)
+                        .map_or_else(|| c.record.id().to_string(), str::to_string),
+                    since_ms: b.since_ms,
+                    attempts: st.queues[qi].attempts_so_far(b.offset),
+                    waiting: b.waiting as u64,
+                })
+            })
+            .collect()
     }
 
     /// The group's deliveries on their way out (taken out of delivery, what they move to not

@@ -4,8 +4,10 @@
 //! - every offset below `floor` is done (acked, or skipped by the group's tag filter);
 //! - every offset in `[floor, next)` is exactly one of: done (in `done`), in flight (in
 //!   `inflight`), moving (in `moving`: out of delivery, its dead letter or its delayed
-//!   redelivery not yet known stored), or waiting for redelivery after a restart (in none; treated as in
-//!   flight with an expired deadline);
+//!   redelivery not yet known stored), held by a FIFO group behind an earlier message of its
+//!   message group (in `fifo`, or `restored_held` until the group's FIFO state is rebuilt), or
+//!   waiting for redelivery after a restart (in none; treated as in flight with an expired
+//!   deadline);
 //! - offsets at or after `next` have never been handed out;
 //! - `by_deadline` holds exactly one `(visible_at, offset)` pair per in-flight entry.
 //!
@@ -14,6 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+use super::fifo::Fifo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inflight {
@@ -38,6 +42,10 @@ pub struct QueueProgress {
     moving: BTreeMap<u64, Move>,
     /// Messages moved to the dead letter topic.
     pub dead_lettered: u64,
+    /// A FIFO group's message-group bookkeeping (`None`: not FIFO, or not rebuilt yet).
+    fifo: Option<Fifo>,
+    /// Held offsets a snapshot restored, until [`QueueProgress::set_fifo`] rebuilds `fifo`.
+    restored_held: BTreeSet<u64>,
 }
 
 /// A delivery on its way out of the queue: to the dead letter topic, or to a delayed
@@ -73,6 +81,10 @@ pub struct QueueSnapshot {
     pub retrying: Vec<(u64, u32, u64, i64)>,
     #[serde(default)]
     pub dead_lettered: u64,
+    /// Offsets a FIFO group holds behind an earlier message of their message group (never
+    /// handed out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<u64>,
 }
 
 impl QueueSnapshot {
@@ -102,6 +114,7 @@ impl QueueProgress {
                 .collect(),
             retrying: self.moving.iter().filter_map(|(&o, m)| Some((o, m.attempts, m.from, m.retry_at?))).collect(),
             dead_lettered: self.dead_lettered,
+            held: self.fifo.iter().flat_map(|f| f.held_offsets()).chain(self.restored_held.iter().copied()).collect(),
         }
     }
 
@@ -134,9 +147,20 @@ impl QueueProgress {
                 p.set_inflight(o, Inflight { attempt, visible_at, nonce: 0 });
             }
         }
+        p.restored_held = s
+            .held
+            .iter()
+            .copied()
+            .filter(|&o| o >= floor && o < next && !p.done.contains(&o) && !p.moving.contains_key(&o))
+            .filter(|o| !p.inflight.contains_key(o))
+            .collect();
         // Offsets handed out but in neither set (acked state lost) are redelivered now.
         for o in floor..next {
-            if !p.done.contains(&o) && !p.inflight.contains_key(&o) && !p.moving.contains_key(&o) {
+            if !p.done.contains(&o)
+                && !p.inflight.contains_key(&o)
+                && !p.moving.contains_key(&o)
+                && !p.restored_held.contains(&o)
+            {
                 p.set_inflight(o, Inflight { attempt: 1, visible_at: i64::MIN, nonce: 0 });
             }
         }
@@ -206,6 +230,10 @@ impl QueueProgress {
         }
         self.done = self.done.split_off(&to);
         self.moving = self.moving.split_off(&to);
+        self.restored_held = self.restored_held.split_off(&to);
+        if let Some(f) = &mut self.fifo {
+            f.forget_below(to);
+        }
         self.floor = to;
         self.next = self.next.max(to);
         self.expired += expired;
@@ -223,9 +251,17 @@ impl QueueProgress {
     pub fn drop_inflight(&mut self, offset: u64) {
         if let Some(f) = self.inflight.remove(&offset) {
             self.by_deadline.remove(&(f.visible_at, offset));
-            self.done.insert(offset);
-            self.advance_floor();
+            self.finish(offset);
         }
+    }
+
+    /// `offset` is done for the group (acked, moved, dropped); a FIFO message group moves on.
+    fn finish(&mut self, offset: u64) {
+        self.done.insert(offset);
+        if let Some(f) = &mut self.fifo {
+            f.finish(offset);
+        }
+        self.advance_floor();
     }
 
     /// Deliveries of `offset` so far (0 if it was never handed out).
@@ -264,12 +300,98 @@ impl QueueProgress {
     /// What `offset` moved to is stored: the offset is done here.
     pub fn end_move(&mut self, offset: u64) {
         if let Some(m) = self.moving.remove(&offset) {
-            self.done.insert(offset);
             if m.retry_at.is_none() {
                 self.dead_lettered += 1;
             }
-            self.advance_floor();
+            self.finish(offset);
         }
+    }
+
+    /// Whether this queue delivers by message group (a FIFO group, its state rebuilt).
+    pub fn fifo(&self) -> Option<&Fifo> {
+        self.fifo.as_ref()
+    }
+
+    /// FIFO: passes `next` by, held behind the message out of its message group `group`.
+    pub fn hold_next(&mut self, group: u64) {
+        let offset = self.next;
+        self.next += 1;
+        self.fifo.get_or_insert_with(Fifo::default).hold(offset, group);
+    }
+
+    /// FIFO: hands out `offset` of message group `group` (new at `next`, or held and ready) at
+    /// `now`; returns the delivery attempt.
+    pub fn deliver_in_group(&mut self, offset: u64, group: u64, visible_at: i64, nonce: u32, now: i64) -> u32 {
+        if let Some(f) = &mut self.fifo {
+            f.unhold(offset);
+            f.take_out(offset, group, now);
+        }
+        self.deliver(offset, visible_at, nonce)
+    }
+
+    /// FIFO: a held message whose record is gone (reclaimed, unreadable) is done.
+    pub fn drop_held(&mut self, offset: u64) {
+        if self.fifo.as_mut().and_then(|f| f.unhold(offset)).is_some() {
+            self.finish(offset);
+        }
+    }
+
+    /// A nack of a FIFO delivery: it stays out (its message group keeps waiting for it),
+    /// invisible until `visible_at`, then handed out again first; its handle is spent.
+    pub fn delay(&mut self, offset: u64, nonce: u32, visible_at: i64) -> bool {
+        let Some(f) = self.inflight.get(&offset).copied().filter(|f| f.nonce == nonce && nonce != 0) else {
+            return false;
+        };
+        self.set_inflight(offset, Inflight { visible_at, nonce: 0, ..f });
+        true
+    }
+
+    /// Turns FIFO delivery on or off (a group's `fifo`, applied at start-up and on every
+    /// change). On: rebuilds the message groups from what is out (`group_of` reads an offset's
+    /// message group): per message group the oldest message is out, a restored delivery behind
+    /// it is held again, and one handed out by this process before the change stays out.
+    /// Off: every held message becomes receivable at once.
+    pub fn set_fifo(&mut self, on: bool, mut group_of: impl FnMut(u64) -> Option<u64>, now: i64) {
+        let unheld = Inflight { attempt: 0, visible_at: i64::MIN, nonce: 0 };
+        if !on {
+            let held: Vec<u64> = self.fifo.take().map(|f| f.held_offsets().collect()).unwrap_or_default();
+            for o in held.into_iter().chain(std::mem::take(&mut self.restored_held)) {
+                self.set_inflight(o, unheld);
+            }
+            return;
+        }
+        if self.fifo.is_some() {
+            return;
+        }
+        let restored = std::mem::take(&mut self.restored_held);
+        let candidates: BTreeSet<u64> =
+            self.inflight.keys().chain(self.moving.keys()).chain(restored.iter()).copied().collect();
+        let mut f = Fifo::default();
+        for o in candidates {
+            let Some(g) = group_of(o) else {
+                if restored.contains(&o) {
+                    self.set_inflight(o, unheld);
+                }
+                continue;
+            };
+            let live = self.inflight.get(&o).is_some_and(|x| x.nonce != 0) || self.moving.contains_key(&o);
+            if restored.contains(&o) {
+                f.hold(o, g);
+            } else if f.is_free(g) || live {
+                f.take_out(o, g, now);
+            } else {
+                if let Some(x) = self.inflight.remove(&o) {
+                    self.by_deadline.remove(&(x.visible_at, o));
+                }
+                f.hold(o, g);
+            }
+        }
+        self.fifo = Some(f);
+    }
+
+    /// Messages held by a FIFO group (not handed out, visible).
+    pub fn held_count(&self) -> u64 {
+        (self.fifo.as_ref().map_or(0, Fifo::held_count) + self.restored_held.len()) as u64
     }
 
     /// In flight now (handed out, invisible until a deadline still ahead of `now`).
@@ -285,6 +407,10 @@ impl QueueProgress {
         self.by_deadline.clear();
         self.done.clear();
         self.moving.clear();
+        self.restored_held.clear();
+        if let Some(f) = &mut self.fifo {
+            *f = Fifo::default();
+        }
         self.floor = to;
         self.next = to;
     }
@@ -297,8 +423,7 @@ impl QueueProgress {
                 let f = *f;
                 self.inflight.remove(&offset);
                 self.by_deadline.remove(&(f.visible_at, offset));
-                self.done.insert(offset);
-                self.advance_floor();
+                self.finish(offset);
                 true
             }
             _ => false,
@@ -324,6 +449,13 @@ impl QueueProgress {
         }
         for &o in self.moving.keys() {
             assert!(o >= self.floor && o < self.next && !self.done.contains(&o));
+        }
+        if let Some(f) = &self.fifo {
+            f.debug_check();
+            for o in f.held_offsets() {
+                assert!(o >= self.floor && o < self.next, "held {o}");
+                assert!(!self.done.contains(&o) && !self.inflight.contains_key(&o) && !self.moving.contains_key(&o));
+            }
         }
         assert_eq!(self.by_deadline.len(), self.inflight.len());
         for &(t, o) in &self.by_deadline {

@@ -212,7 +212,7 @@ fn render(topic: &str, deliveries: &[Delivery]) -> Response {
             visible_at_ms: m.visible_at_ms,
             delivery_attempt: d.attempt,
             receipt_handle: &d.receipt_handle,
-            message_group: None,
+            message_group: m.message_group,
             dead_letter: m.dead_letter.map(|x| DeadLetterOut {
                 topic: x.topic,
                 group: x.group,

@@ -41,7 +41,8 @@ pub(crate) struct GroupConfigIn {
     retry: Option<RetryIn>,
     /// Default: "%DLQ%" + the group's name.
     dead_letter_topic: Option<String>,
-    /// FIFO delivery by message group. Not implemented yet: true is refused.
+    /// FIFO delivery by message group (default false): one message of a message group at a
+    /// time, in order; message groups never wait for each other.
     fifo: Option<bool>,
 }
 
@@ -107,9 +108,6 @@ fn config_of(req: GroupConfigIn) -> Result<GroupConfig, ApiError> {
     let r = req.retry.unwrap_or_default();
     let attempts = req.max_delivery_attempts.unwrap_or(i64::from(d.max_delivery_attempts));
     let fifo = req.fifo.unwrap_or(false);
-    if fifo {
-        return Err(ApiError::invalid("fifo consumer groups are not implemented yet"));
-    }
     Ok(GroupConfig {
         max_delivery_attempts: u32::try_from(attempts).unwrap_or(0),
         retry: Retry {
@@ -348,4 +346,74 @@ pub async fn seek(
     let t = core.store.topics().get(&topic).ok_or_else(|| ApiError::not_found(format!("no topic {topic:?}")))?;
     let backlog = core.consumers.seek(&group, &t, to).await?;
     Ok(Json(SeekOut { backlog }).into_response())
+}
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct BlockedQuery {
+    /// At most this many: 1..=1000. Default: 100
+    limit: Option<i64>,
+}
+
+/// One message group waiting for its message out.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BlockedOut {
+    message_group: String,
+    /// The message out (in flight, or on its way to the dead letter topic).
+    #[schema(pattern = "^[0-9A-F]{24}$")]
+    message_id: String,
+    /// When it was first handed out (ms since the Unix epoch).
+    since_ms: i64,
+    /// Its deliveries so far.
+    attempts: u32,
+    /// Messages of the group waiting behind it.
+    waiting: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BlockedList {
+    blocked: Vec<BlockedOut>,
+}
+
+/// A FIFO group's message groups that wait for a message out, longest waiting first (empty for
+/// a group that is not FIFO).
+#[utoipa::path(get, path = "/v1/topics/{topic}/groups/{group}/blocked", tag = "consumers",
+    params(
+        ("topic" = String, Path, description = "Topic name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$"),
+        ("group" = String, Path, description = "Consumer group name", pattern = r"^[A-Za-z0-9_%|-]{1,127}$"),
+        BlockedQuery,
+    ),
+    responses(
+        (status = 200, body = BlockedList),
+        (status = 400, description = "INVALID_TOPIC or INVALID_ARGUMENT", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: the group never received nor was configured", body = ErrorBody),
+    ))]
+pub async fn blocked(
+    State(state): State<AppState>,
+    GroupPath { topic, group }: GroupPath,
+    query: Result<axum::extract::Query<BlockedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let core = state.core()?;
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid(format!("bad query: {e}")))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
+    }
+    let unknown = || ApiError::not_found(format!("no group {group:?} of topic {topic:?}"));
+    let t = core.store.topics().get(&topic).ok_or_else(unknown)?;
+    core.consumers.groups().summary(&group, &t).ok_or_else(unknown)?;
+    let blocked = core
+        .consumers
+        .groups()
+        .blocked(&group, &t, limit as usize)
+        .into_iter()
+        .map(|b| BlockedOut {
+            message_group: b.message_group,
+            message_id: b.message_id,
+            since_ms: b.since_ms,
+            attempts: b.attempts,
+            waiting: b.waiting,
+        })
+        .collect();
+    Ok(Json(BlockedList { blocked }).into_response())
 }

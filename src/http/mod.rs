@@ -141,6 +141,7 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/v1/topics/{topic}/groups/{group}/nack", Method::POST, post(groups::nack)),
         ("/v1/topics/{topic}/groups/{group}/extend", Method::POST, post(groups::extend)),
         ("/v1/topics/{topic}/groups/{group}/seek", Method::POST, post(groups::seek)),
+        ("/v1/topics/{topic}/groups/{group}/blocked", Method::GET, get(groups::blocked)),
         ("/v1/timer/stats", Method::GET, get(timer_stats)),
         ("/v1/timer/congestion", Method::GET, get(congestion::congestion)),
         ("/v1/storage", Method::GET, get(storage::storage)),

@@ -46,6 +46,7 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
         super::groups::nack,
         super::groups::extend,
         super::groups::seek,
+        super::groups::blocked,
         super::timer_stats,
         super::congestion::congestion,
         super::storage::storage,

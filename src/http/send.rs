@@ -15,6 +15,7 @@ use super::body::{parse_json, read_charged, read_limited};
 use super::error::{ApiError, Code, ErrorBody};
 use super::path::{check_topic, MessagePath, TopicPath};
 use super::{created_or_ok, AppState};
+use crate::group::fifo::PROP_MESSAGE_GROUP;
 use crate::group::tag::check_tag;
 use crate::names::check_name;
 use crate::schedule::{self, DelaySpec, ScheduleError};
@@ -29,6 +30,8 @@ const MAX_KEY_BYTES: usize = 1024;
 /// Most properties per message, and bytes per property key.
 const MAX_PROPERTIES: usize = 128;
 const MAX_PROPERTY_KEY_BYTES: usize = 1024;
+/// Most characters of a `message_group` (and of a `dedup_id`).
+const MAX_GROUP_CHARS: usize = 128;
 
 /// Body of `PUT /v1/topics/{topic}` (may be empty).
 #[derive(Deserialize, Default, ToSchema)]
@@ -132,6 +135,11 @@ pub(crate) struct MessageIn {
     /// RocketMQ delay level: 1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h.
     #[schema(minimum = 1, maximum = 18)]
     delay_level: Option<i64>,
+    /// Ordering key, 1..=128 characters: the messages of one message group of a topic are
+    /// delivered in order, one at a time, to FIFO consumer groups (a scheduled one joins its
+    /// group when it fires).
+    #[schema(min_length = 1, max_length = 128)]
+    message_group: Option<String>,
 }
 
 /// The body of a send, for the OpenAPI spec: one [`MessageIn`], or a batch of 1..=1000 of them
@@ -266,7 +274,7 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     if let Some(k) = keys.iter().find(|k| k.is_empty() || k.len() > MAX_KEY_BYTES) {
         return Err(bad(format!("each key must be 1..={MAX_KEY_BYTES} bytes, got {}", k.len())));
     }
-    let properties = m.properties.unwrap_or_default();
+    let mut properties = m.properties.unwrap_or_default();
     if properties.len() > MAX_PROPERTIES {
         return Err(bad(format!("at most {MAX_PROPERTIES} properties, got {}", properties.len())));
     }
@@ -275,6 +283,13 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     }
     if let Some(k) = properties.keys().find(|k| k.starts_with("__")) {
         return Err(bad(format!("property name {k:?} is reserved (prefix \"__\")")));
+    }
+    if let Some(g) = m.message_group {
+        let n = g.chars().count();
+        if !(1..=MAX_GROUP_CHARS).contains(&n) {
+            return Err(bad(format!("message_group must be 1..={MAX_GROUP_CHARS} characters, got {n}")));
+        }
+        properties.insert(PROP_MESSAGE_GROUP.to_string(), g);
     }
     // The whole message as stored counts, not only its body (record layout: keys and
     // properties with their length prefixes), so every accepted message fits a segment.

@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 
 use super::{Broker, ServiceError};
 use crate::group::config::retry_topic;
+use crate::group::fifo::PROP_MESSAGE_GROUP;
 use crate::group::{
     Batch, GroupConfig, GroupError, Groups, Nacked, Received, SeekTo, TagExpr, PROP_ATTEMPTS, PROP_DLQ_ATTEMPTS,
     PROP_DLQ_GROUP, PROP_DLQ_OF, PROP_DLQ_TOPIC, PROP_RETRY_OF,
@@ -93,7 +94,13 @@ impl Consumers {
     ) -> Result<Received, ServiceError> {
         let r = self.groups.receive(group, topic, batch, invisible_ms, expr)?;
         if r.moving {
-            self.finish_moves(group, topic).await?;
+            let ended = self.finish_moves(group, topic).await?;
+            // A dead letter stored may have freed a FIFO message group: receive once more
+            // rather than leave its next message to a later receive.
+            if ended > 0 && r.messages.is_empty() {
+                let again = self.groups.receive(group, topic, batch, invisible_ms, expr)?;
+                return Ok(Received { dead_lettered: r.dead_lettered + again.dead_lettered, ..again });
+            }
         }
         Ok(r)
     }
@@ -110,7 +117,7 @@ impl Consumers {
         let (taken, invalid) = self.groups.nack_take(group, topic, handles);
         let cfg = self.groups.config(group, topic).unwrap_or_default();
         let now = self.broker.store.clock().now_ms();
-        let moves: Vec<(&Nacked, Option<i64>)> = taken
+        let mut moves: Vec<(&Nacked, Option<i64>)> = taken
             .iter()
             .map(|k| {
                 let last = k.attempts >= cfg.max_delivery_attempts;
@@ -119,7 +126,22 @@ impl Consumers {
             })
             .collect();
         let dead = moves.iter().filter(|(_, at)| at.is_none()).count();
-        let nacked = self.groups.begin_moves(group, topic, &moves);
+        // A FIFO group redelivers in place: its message group waits for the message, so it
+        // cannot go through the retry topic (and be overtaken meanwhile).
+        let mut in_place = 0;
+        if cfg.fifo {
+            let delayed: Vec<(&Nacked, i64)> = moves.iter().filter_map(|&(k, at)| Some((k, at?))).collect();
+            in_place = self.groups.delay(group, topic, &delayed);
+            moves.retain(|(_, at)| at.is_none());
+        }
+        if in_place > 0 {
+            // Durable before the answer, as a nack's mark is.
+            let (groups, g, t) = (self.groups.clone(), group.to_string(), topic.clone());
+            tokio::task::spawn_blocking(move || groups.persist_one(&g, &t))
+                .await
+                .map_err(|e| ServiceError::Unavailable(format!("persist task failed: {e}")))??;
+        }
+        let nacked = in_place + self.groups.begin_moves(group, topic, &moves);
         if nacked > 0 {
             self.finish_moves(group, topic).await?;
         }
@@ -236,9 +258,9 @@ fn original_id(r: &VerifiedRecord) -> String {
     r.record().property(PROP_ID).map_or_else(|| r.id().to_string(), str::to_string)
 }
 
-/// The user's part of a record: tag, keys, properties (none reserved), body.
+/// The user's part of a record: tag, keys, properties (none reserved), body, message group.
 fn copy_of(r: &VerifiedRecord) -> NewMessage {
-    r.record().to_message(|k| !k.starts_with("__"))
+    r.record().to_message(|k| !k.starts_with("__") || k == PROP_MESSAGE_GROUP)
 }
 
 /// The delayed redelivery of `r` after `attempts` deliveries, due at `at` (`None`: at once),

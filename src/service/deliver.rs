@@ -2,6 +2,7 @@
 //! dead letter) carries the id its sender was given (in a reserved property); reserved
 //! properties are not shown, but a dead letter's say where it came from.
 
+use crate::group::fifo::PROP_MESSAGE_GROUP;
 use crate::group::{PROP_DLQ_ATTEMPTS, PROP_DLQ_GROUP, PROP_DLQ_TOPIC};
 use crate::store::record::Record;
 use crate::store::MessageId;
@@ -34,6 +35,8 @@ pub struct DeliveredMessage<'a> {
     pub visible_at_ms: i64,
     /// For a message in a dead letter topic: where it came from.
     pub dead_letter: Option<DeadLetterInfo<'a>>,
+    /// Its ordering key, if it was sent with one.
+    pub message_group: Option<&'a str>,
 }
 
 /// The delivered view of `rec`, stored at commit-log offset `log_offset`.
@@ -54,6 +57,7 @@ pub fn deliver<'a>(rec: &Record<'a>, log_offset: u64) -> DeliveredMessage<'a> {
     };
     DeliveredMessage {
         dead_letter,
+        message_group: prop(PROP_MESSAGE_GROUP),
         id,
         topic: rec.topic,
         tag: rec.tag,

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use super::{Broker, ServiceError};
+use crate::group::fifo::PROP_MESSAGE_GROUP;
 use crate::store::topics::Topic;
 use crate::store::{MessageId, NewMessage};
 use crate::timer::PROP_TOPIC;
@@ -54,23 +55,35 @@ impl Broker {
         }
         let dest = self.topic_for_send(topic)?;
         let sys = self.timer.system_topic();
-        let (mut normal, mut scheduled) = (Vec::new(), Vec::new());
-        let mut order = Vec::with_capacity(msgs.len());
+        // Parts of the one all-or-nothing append: normal messages by queue (a message group's
+        // messages all go to its queue; the rest round robin), then the scheduled ones.
+        let mut normal: Vec<(Option<u16>, Vec<NewMessage>)> = Vec::new();
+        let mut scheduled = Vec::new();
+        // Per message: `None` if scheduled, else its normal part.
+        let mut order: Vec<Option<usize>> = Vec::with_capacity(msgs.len());
         for mut m in msgs {
             if m.deliver_at_ms.is_some() {
                 m.properties.insert(PROP_TOPIC.to_string(), topic.to_string());
-                order.push(true);
+                order.push(None);
                 scheduled.push(m);
-            } else {
-                order.push(false);
-                normal.push(m);
+                continue;
             }
+            let queue = m.properties.get(PROP_MESSAGE_GROUP).map(|g| dest.queue_for(Some(g)));
+            let part = match normal.iter().position(|(q, _)| *q == queue) {
+                Some(i) => i,
+                None => {
+                    normal.push((queue, Vec::new()));
+                    normal.len() - 1
+                }
+            };
+            normal[part].1.push(m);
+            order.push(Some(part));
         }
-        let parts: Vec<(&Topic, &[NewMessage])> =
-            [(dest.as_ref(), normal.as_slice()), (sys.as_ref(), scheduled.as_slice())]
-                .into_iter()
-                .filter(|(_, m)| !m.is_empty())
-                .collect();
+        let mut parts: Vec<(&Topic, Option<u16>, &[NewMessage])> =
+            normal.iter().map(|(q, m)| (dest.as_ref(), *q, m.as_slice())).collect();
+        if !scheduled.is_empty() {
+            parts.push((sys.as_ref(), None, scheduled.as_slice()));
+        }
         // Counted (and checked against `timer.max_per_slot`) before the append, so a full slot
         // refuses the whole batch and a failed append takes its counts back.
         let reservation = if scheduled.is_empty() {
@@ -79,20 +92,19 @@ impl Broker {
             let at = scheduled.iter().map(|m| m.deliver_at_ms.expect("scheduled")).collect();
             Some(self.timer.reserve(topic, at).map_err(|e| ServiceError::from_timer(e, String::new))?)
         };
-        let mut results = self.store.append_parts(&parts)?.into_iter();
-        let normal_res = if normal.is_empty() { None } else { results.next() };
-        let sched_res = if scheduled.is_empty() { None } else { results.next() };
-        if let (Some(r), Some(res)) = (reservation, &sched_res) {
+        let results = self.store.append_parts(&parts)?;
+        let sched_res = if scheduled.is_empty() { None } else { results.last() };
+        if let (Some(r), Some(res)) = (reservation, sched_res) {
             r.commit(res).map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         }
-        let durable_at = normal_res.iter().chain(sched_res.iter()).map(|r| r.end).max().unwrap_or(0);
-        let (mut n_it, mut s_it) =
-            (normal_res.iter().flat_map(|r| r.messages.iter()), sched_res.iter().flat_map(|r| r.messages.iter()));
+        let durable_at = results.iter().map(|r| r.end).max().unwrap_or(0);
+        let mut cursors: Vec<_> = results.iter().map(|r| r.messages.iter()).collect();
+        let sched_part = normal.len();
         let sent = order
             .iter()
-            .map(|&scheduled| {
-                let a = if scheduled { s_it.next() } else { n_it.next() }.expect("one result per message");
-                Sent { id: a.id, deliver_at_ms: a.deliver_at_ms, scheduled }
+            .map(|part| {
+                let a = cursors[part.unwrap_or(sched_part)].next().expect("one result per message");
+                Sent { id: a.id, deliver_at_ms: a.deliver_at_ms, scheduled: part.is_none() }
             })
             .collect();
         Ok(Appended { sent, durable_at })

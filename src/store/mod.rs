@@ -207,15 +207,19 @@ impl Store {
     /// Appends `msgs` to one queue of `topic`, all-or-nothing: a batch is written contiguously
     /// and marked so that recovery drops it whole if its end never reached the disk.
     pub fn append(&self, topic: &Topic, msgs: &[NewMessage]) -> Result<AppendResult, StoreError> {
-        let mut r = self.append_parts(&[(topic, msgs)])?;
+        let mut r = self.append_parts(&[(topic, None, msgs)])?;
         Ok(r.pop().expect("one part"))
     }
 
-    /// Appends several parts (each to one queue of its topic) as one all-or-nothing batch: one
-    /// lock, contiguous records, one batch-end mark. Used for a send that mixes immediate and
-    /// scheduled messages. Returns one result per part.
-    pub fn append_parts(&self, parts: &[(&Topic, &[NewMessage])]) -> Result<Vec<AppendResult>, StoreError> {
-        let total: usize = parts.iter().map(|(_, m)| m.len()).sum();
+    /// Appends several parts (each to one queue of its topic: the one given, else the next
+    /// round robin) as one all-or-nothing batch: one lock, contiguous records, one batch-end
+    /// mark. Used for a send that mixes immediate and scheduled messages, or message groups.
+    /// Returns one result per part.
+    pub fn append_parts(
+        &self,
+        parts: &[(&Topic, Option<u16>, &[NewMessage])],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        let total: usize = parts.iter().map(|(_, _, m)| m.len()).sum();
         if total == 0 {
             let end = self.log.write_pos();
             return Ok(parts.iter().map(|_| AppendResult { messages: Vec::new(), end }).collect());
@@ -223,40 +227,45 @@ impl Store {
         self.check_writable()?;
         let batch = total > 1;
         let flags = if batch { FLAG_BATCH } else { 0 };
-        let queues: Vec<u16> = parts.iter().map(|(t, _)| t.pick_queue()).collect();
+        let queues: Vec<u16> = parts.iter().map(|(t, q, _)| q.unwrap_or_else(|| t.pick_queue())).collect();
 
         let mut w = self.writer.lock();
         let mut buf = std::mem::take(&mut w.scratch);
         buf.clear();
         let mut bounds = Vec::with_capacity(total);
-        for ((topic, msgs), &q) in parts.iter().zip(&queues) {
+        for ((topic, _, msgs), &q) in parts.iter().zip(&queues) {
             for m in msgs.iter() {
                 let start = buf.len();
                 record::encode(&mut buf, &topic.name, q, flags, m);
                 bounds.push(start..buf.len());
             }
         }
-        let counts: Vec<(&Topic, usize)> = parts.iter().map(|(t, m)| (*t, m.len())).collect();
+        let counts: Vec<(&Topic, usize)> = parts.iter().map(|(t, _, m)| (*t, m.len())).collect();
         let result = self.append_locked(&mut w, &mut buf, &bounds, &counts, &queues, batch);
         w.scratch = buf;
         drop(w);
         let result = result?;
-        for (topic, _) in parts {
+        for (topic, _, _) in parts {
             topic.appended.notify_waiters();
         }
         Ok(result)
     }
 
     /// Appends records already encoded by [`record::encode`] (any queue id) to one queue of
-    /// `topic`, all-or-nothing. The timer encodes fired messages ahead of their time, so
-    /// storing them at their millisecond is a seal and a copy.
-    pub fn append_encoded(&self, topic: &Topic, recs: &[Vec<u8>]) -> Result<AppendResult, StoreError> {
+    /// `topic` (`queue`, else the next round robin), all-or-nothing. The timer encodes fired
+    /// messages ahead of their time, so storing them at their millisecond is a seal and a copy.
+    pub fn append_encoded(
+        &self,
+        topic: &Topic,
+        queue: Option<u16>,
+        recs: &[Vec<u8>],
+    ) -> Result<AppendResult, StoreError> {
         if recs.is_empty() {
             return Ok(AppendResult { messages: Vec::new(), end: self.log.write_pos() });
         }
         self.check_writable()?;
         let batch = recs.len() > 1;
-        let queue = topic.pick_queue();
+        let queue = queue.unwrap_or_else(|| topic.pick_queue());
         let mut buf = Vec::with_capacity(recs.iter().map(Vec::len).sum());
         let mut bounds = Vec::with_capacity(recs.len());
         for r in recs {

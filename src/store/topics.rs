@@ -72,10 +72,29 @@ impl Topic {
         (self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len() as u64) as u16
     }
 
+    /// The queue of every message of a message group (FIFO order is queue order), or the next
+    /// one round robin for a message without.
+    pub fn queue_for(&self, message_group: Option<&str>) -> u16 {
+        match message_group {
+            Some(g) => (message_group_hash(g) % self.queues.len() as u64) as u16,
+            None => self.pick_queue(),
+        }
+    }
+
     /// Messages ever stored in this topic.
     pub fn message_count(&self) -> u64 {
         self.queues.iter().map(|q| q.next()).sum()
     }
+}
+
+/// The 64-bit FNV-1a hash of a message group's name (stable: it places messages in queues).
+pub fn message_group_hash(message_group: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in message_group.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 fn cq_dir(data_dir: &Path, topic: &str, queue: u16) -> PathBuf {

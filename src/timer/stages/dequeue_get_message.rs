@@ -7,6 +7,7 @@ use std::time::Duration;
 use chime_pipeline::{queue, StageCtx};
 
 use super::{send, FireReq, Ready, Source, POLL};
+use crate::group::fifo::PROP_MESSAGE_GROUP;
 use crate::store::record;
 use crate::timer::state;
 use crate::timer::timerlog::Unit;
@@ -42,7 +43,9 @@ impl Core {
         let id = super::super::carry::message_id(&r);
         let mut out = Vec::new();
         record::encode_derived(&mut out, &rec, &t.name, unit.deliver_at, SYSTEM_PROP_PREFIX, (PROP_ID, &id));
-        Ok(Source::Fire((t, out)))
+        // A message of a message group joins its group's queue when it fires.
+        let queue = rec.property(PROP_MESSAGE_GROUP).map(|g| t.queue_for(Some(g)));
+        Ok(Source::Fire((t, queue, out)))
     }
 }
 

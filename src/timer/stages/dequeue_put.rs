@@ -126,16 +126,16 @@ pub(super) fn dequeue_put(
 /// Stores due messages for their topics, at most `RELEASE_CHUNK` per append. Returns those that could
 /// not be stored.
 fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
-    let mut by_topic: Vec<(Arc<Topic>, Vec<Ready>)> = Vec::new();
+    let mut by_topic: Vec<(Arc<Topic>, Option<u16>, Vec<Ready>)> = Vec::new();
     for r in due {
-        let topic = &r.out.as_ref().expect("rolls never reach release").0;
-        match by_topic.iter_mut().find(|(t, _)| Arc::ptr_eq(t, topic)) {
-            Some((_, v)) => v.push(r),
-            None => by_topic.push((topic.clone(), vec![r])),
+        let (topic, queue, _) = r.out.as_ref().expect("rolls never reach release");
+        match by_topic.iter_mut().find(|(t, q, _)| Arc::ptr_eq(t, topic) && q == queue) {
+            Some((_, _, v)) => v.push(r),
+            None => by_topic.push((topic.clone(), *queue, vec![r])),
         }
     }
     let mut failed = Vec::new();
-    for (topic, group) in by_topic {
+    for (topic, queue, group) in by_topic {
         let mut group = group.into_iter().peekable();
         while group.peek().is_some() {
             let (mut fires, mut recs) = (Vec::new(), Vec::new());
@@ -147,7 +147,7 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
                     // FIRING cells back to SCHEDULED, so FIRING here is a fire in progress.
                     Ok(state::SCHEDULED) => {
                         fires.push(r.fire);
-                        recs.push(r.out.expect("not a roll").1);
+                        recs.push(r.out.expect("not a roll").2);
                     }
                     Ok(_) => core.done(&r.fire),
                     Err(e) => panic!("state cell {cell} unreadable: {e}"),
@@ -159,7 +159,7 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
             if fires.is_empty() {
                 continue;
             }
-            match core.store.append_encoded(&topic, &recs) {
+            match core.store.append_encoded(&topic, queue, &recs) {
                 Ok(res) => {
                     // The cells stay FIRING until the log is durable past `res.end` (`settle`).
                     let cells = fires.iter().map(|f| f.unit.sys_offset).collect();
@@ -182,7 +182,7 @@ fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
                     tracing::error!(error = %e, topic = %topic.name, "cannot store fired messages; retrying");
                     for (fire, rec) in fires.into_iter().zip(recs) {
                         let _ = core.states.transition(fire.unit.sys_offset, state::FIRING, state::SCHEDULED);
-                        failed.push(Ready { fire, out: Some((topic.clone(), rec)) });
+                        failed.push(Ready { fire, out: Some((topic.clone(), queue, rec)) });
                     }
                 }
             }

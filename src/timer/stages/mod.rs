@@ -69,8 +69,9 @@ struct Ready {
     out: Option<Fired>,
 }
 
-/// A fired message's topic and its record, encoded but not yet sealed.
-type Fired = (Arc<Topic>, Vec<u8>);
+/// A fired message's topic, its queue (a message group's; `None`: round robin) and its record,
+/// encoded but not yet sealed.
+type Fired = (Arc<Topic>, Option<u16>, Vec<u8>);
 
 /// What dequeue-get-message finds for a unit to fire.
 enum Source {
