@@ -137,6 +137,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
     let broker_opts = crate::service::BrokerOptions {
         auto_create_topics: config.auto_create_topics,
         default_queues: config.default_queues,
+        dedup_window_ms: config.dedup.window.0.as_millis() as i64,
     };
     let retention_opts = retention_options(config);
     let clock_for_retention = clock.clone();

@@ -481,3 +481,42 @@ async fn nacks_and_dead_letters_survive_sigkill() {
     assert_eq!((r["backlog"].as_u64(), r["in_flight"].as_u64()), (Some(0), Some(0)), "{r}");
     server.terminate().await;
 }
+
+/// A 201 answered just before a SIGKILL is still deduplicated after the restart: repeats of
+/// every id sent (singly and in batches, normal and scheduled) answer 200 with the first id,
+/// and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deduplicated_sends_survive_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _dump = DumpLogsOnPanic(tmp.path().to_path_buf());
+    let data = tmp.path().join("data");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let mut server = Proc::start(&data, tmp.path(), "gen0", &http).await;
+    let mut first: HashMap<String, String> = HashMap::new();
+    for gen in 1..=2 {
+        let url = format!("{}/v1/topics/dd/messages", server.base);
+        // New ids right up to the kill, each answered 201.
+        for i in 0..40 {
+            let id = format!("g{gen}-{i}");
+            let body = if i % 2 == 0 {
+                json!({"body": id, "dedup_id": id})
+            } else {
+                json!([{"body": id, "dedup_id": id, "delay_ms": 3_600_000}, {"body": "plain"}])
+            };
+            let (s, v) = post(&http, &url, &body).await;
+            assert_eq!(s, 201, "{v}");
+            let mid = if i % 2 == 0 { &v["message_id"] } else { &v["messages"][0]["message_id"] };
+            first.insert(id, mid.as_str().unwrap().to_string());
+        }
+        server.kill9().await;
+        server = Proc::start(&data, tmp.path(), &format!("gen{gen}-after"), &http).await;
+        let url = format!("{}/v1/topics/dd/messages", server.base);
+        for (id, mid) in &first {
+            let (s, v) = post(&http, &url, &json!({"body": "again", "dedup_id": id})).await;
+            assert_eq!((s, v["message_id"].as_str()), (200, Some(mid.as_str())), "{id} after the kill: {v}");
+        }
+    }
+    let got = drain(&http, &server.base, "dd", "count").await;
+    assert_eq!(got.iter().filter(|(b, _)| b.starts_with('g')).count(), 40, "the normal ones, once each");
+    server.terminate().await;
+}

@@ -147,7 +147,8 @@ async fn spec_lists_every_served_route_and_nothing_else() {
             "deliver_at_ms",
             "deliver_at",
             "delay_level",
-            "message_group"
+            "message_group",
+            "dedup_id"
         ])
     );
     assert_eq!(props(&spec, "BlockedList"), set(&["blocked"]));

@@ -50,11 +50,7 @@ impl Harness {
 
     /// The send use case over this store and timer (what the HTTP send path calls).
     fn broker(&self) -> Broker {
-        Broker::new(
-            self.store.clone(),
-            self.timer.clone(),
-            BrokerOptions { auto_create_topics: true, default_queues: 2 },
-        )
+        Broker::new(self.store.clone(), self.timer.clone(), BrokerOptions::new(true, 2))
     }
 
     /// Schedules `body` at `at` as a send does; returns its id.

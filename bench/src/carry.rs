@@ -75,8 +75,7 @@ fn one_run(args: &CarryArgs, parent: &std::path::Path) -> Result<Figures, String
     let store = Store::open(chime::server::store_options(&config), clock.clone()).map_err(|e| format!("open: {e}"))?;
     let timer = TimerEngine::start(store.clone(), chime::server::timer_options(&config))
         .map_err(|e| format!("start timer: {e}"))?;
-    let broker =
-        Broker::new(store.clone(), timer.clone(), BrokerOptions { auto_create_topics: true, default_queues: 8 });
+    let broker = Broker::new(store.clone(), timer.clone(), BrokerOptions::new(true, 8));
     let template = NewMessage { body: vec![b'x'; args.bodies], born_ms: start, ..Default::default() };
     let mut sent = 0;
     while sent < args.count {

@@ -120,11 +120,7 @@ fn one_run(args: &EnqueueArgs, parent: &std::path::Path) -> Result<Figures, Stri
     let now = SystemClock.now_ms();
     let first = now + MINUTE_MS;
     let template = template(args.bodies, now);
-    let broker = Broker::new(
-        store.clone(),
-        timer.clone(),
-        BrokerOptions { auto_create_topics: true, default_queues: config.default_queues },
-    );
+    let broker = Broker::new(store.clone(), timer.clone(), BrokerOptions::new(true, config.default_queues));
     let mut batch: Vec<NewMessage> = Vec::with_capacity(args.batch);
     let cpu0 = cpu_seconds(None);
     let machine0 = machine_busy_seconds();

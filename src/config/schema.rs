@@ -40,6 +40,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// Quotas on what clients may create. Default: see [`LimitsConfig`]
     pub limits: LimitsConfig,
+    /// Deduplicated sends. Default: see [`DedupConfig`]
+    pub dedup: DedupConfig,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             admission: AdmissionConfig::default(),
+            dedup: DedupConfig::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -239,6 +242,21 @@ pub struct GroupConfig {
 impl Default for GroupConfig {
     fn default() -> Self {
         Self { persist_interval: HumanDuration::from_secs(1) }
+    }
+}
+
+/// Deduplicated sends (`[dedup]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// How long a send's `dedup_id` is remembered for its topic (1s..=7d; at most as long as
+    /// `store.retention` keeps the message). Default: 5m
+    pub window: HumanDuration,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self { window: HumanDuration::from_secs(300) }
     }
 }
 

@@ -355,10 +355,11 @@ fn every_leaf_key_has_a_distinct_env_var() {
         "CHIME_STORE_RETENTION_CHECK_INTERVAL",
         "CHIME_STORE_DISK_SOFT_LIMIT",
         "CHIME_STORE_DISK_HARD_LIMIT",
+        "CHIME_DEDUP_WINDOW",
     ] {
         assert!(vars.contains(var), "{var}");
     }
-    assert_eq!(vars.len(), 33);
+    assert_eq!(vars.len(), 34);
     assert!(!vars.contains(PROFILE_ENV));
 }
 

@@ -140,6 +140,10 @@ pub(crate) struct MessageIn {
     /// group when it fires).
     #[schema(min_length = 1, max_length = 128)]
     message_group: Option<String>,
+    /// Idempotency key, 1..=128 characters: a repeat within `dedup.window` stores nothing and
+    /// is answered 200 with the first send's message.
+    #[schema(min_length = 1, max_length = 128)]
+    dedup_id: Option<String>,
 }
 
 /// The body of a send, for the OpenAPI spec: one [`MessageIn`], or a batch of 1..=1000 of them
@@ -168,16 +172,6 @@ impl ToSchema for SendBody {
     }
 }
 
-/// A message's state as a send reports it.
-#[derive(Serialize, ToSchema, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum SendState {
-    /// It becomes visible at `deliver_at_ms`.
-    Scheduled,
-    /// It is visible now (a normal message, or a time at or before now).
-    Delivered,
-}
-
 #[derive(Serialize, ToSchema)]
 pub(crate) struct SendResult {
     /// 24 hex digits.
@@ -186,7 +180,9 @@ pub(crate) struct SendResult {
     topic: String,
     /// When it becomes visible (ms since the Unix epoch); the store time if delivered at once.
     deliver_at_ms: i64,
-    state: SendState,
+    /// `scheduled` (visible at `deliver_at_ms`) or `delivered` (visible now); for a repeat of
+    /// a `dedup_id` (answered 200), the first message's state now, `cancelled` included.
+    state: StateOut,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -245,8 +241,14 @@ pub(crate) struct CancelResult {
     state: CancelledState,
 }
 
-/// Validates one message; `at` names it in errors ("message" or "messages[3]").
-fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> Result<NewMessage, ApiError> {
+/// Validates one message; `at` names it in errors ("message" or "messages[3]"). Returns it with
+/// its `dedup_id`.
+fn to_new_message(
+    m: MessageIn,
+    at: &str,
+    now: i64,
+    limits: &super::Limits,
+) -> Result<(NewMessage, Option<String>), ApiError> {
     let bad = |msg: String| ApiError::invalid(format!("{at}: {msg}"));
     let (body, binary) = match (m.body, m.body_base64) {
         (Some(b), None) => (b.into_bytes(), false),
@@ -274,6 +276,12 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     if let Some(k) = keys.iter().find(|k| k.is_empty() || k.len() > MAX_KEY_BYTES) {
         return Err(bad(format!("each key must be 1..={MAX_KEY_BYTES} bytes, got {}", k.len())));
     }
+    if keys.iter().any(|k| crate::service::dedup::is_reserved_key(k)) {
+        return Err(bad("a key must not start with a NUL character (reserved)".into()));
+    }
+    if let Some(n) = m.dedup_id.as_ref().map(|d| d.chars().count()).filter(|n| !(1..=MAX_GROUP_CHARS).contains(n)) {
+        return Err(bad(format!("dedup_id must be 1..={MAX_GROUP_CHARS} characters, got {n}")));
+    }
     let mut properties = m.properties.unwrap_or_default();
     if properties.len() > MAX_PROPERTIES {
         return Err(bad(format!("at most {MAX_PROPERTIES} properties, got {}", properties.len())));
@@ -296,6 +304,7 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     let stored = body.len()
         + m.tag.as_ref().map_or(0, |t| t.len())
         + keys.iter().map(|k| 2 + k.len()).sum::<usize>()
+        + m.dedup_id.as_ref().map_or(0, |d| 2 + crate::service::dedup::dedup_key(d).len())
         + properties.iter().map(|(k, v)| 2 + k.len() + 4 + v.len()).sum::<usize>();
     if stored > limits.max_message_bytes {
         return Err(ApiError::new(
@@ -319,7 +328,7 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
         }
         Err(e) => return Err(bad(e.to_string())),
     };
-    Ok(NewMessage {
+    let msg = NewMessage {
         tag: m.tag,
         keys,
         properties,
@@ -328,7 +337,8 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
         born_ms: now,
         // A time at or before now is delivered at once: it is a normal message.
         deliver_at_ms: deliver_at_ms.filter(|&t| t > now),
-    })
+    };
+    Ok((msg, m.dedup_id))
 }
 
 /// Sends one message or a batch; scheduled ones are delivered at their time.
@@ -337,6 +347,7 @@ fn to_new_message(m: MessageIn, at: &str, now: i64, limits: &super::Limits) -> R
     request_body(content = SendBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Stored: it will be delivered (at least once)", body = SendResponse),
+        (status = 200, description = "Every message repeats a dedup_id accepted within dedup.window: nothing stored, the first send's messages", body = SendResponse),
         (status = 400, description = "INVALID_ARGUMENT, INVALID_TOPIC or DELAY_OUT_OF_RANGE", body = ErrorBody),
         (status = 403, description = "LIMIT_EXCEEDED: the send would create a topic past limits.max_topics", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such topic and auto_create_topics is off", body = ErrorBody),
@@ -405,25 +416,39 @@ pub async fn send(
         _ => return Err(ApiError::invalid("the body must be a message object or an array of them")),
     };
 
-    if msgs.iter().any(|m| m.deliver_at_ms.is_some()) {
+    if msgs.iter().any(|(m, _)| m.deliver_at_ms.is_some()) {
         state.admission().check_timer(&core.timer)?;
     }
-    let sent = core.broker.send(&name, msgs).await?;
-    let out: Vec<SendResult> = sent
-        .into_iter()
-        .map(|a| SendResult {
-            message_id: a.id.to_string(),
-            topic: name.clone(),
-            deliver_at_ms: a.deliver_at_ms,
-            state: if a.scheduled { SendState::Scheduled } else { SendState::Delivered },
-        })
-        .collect();
+    let result = |id: crate::store::MessageId, deliver_at_ms: i64, state: StateOut| SendResult {
+        message_id: id.to_string(),
+        topic: name.clone(),
+        deliver_at_ms,
+        state,
+    };
+    let stored_state = |scheduled: bool| if scheduled { StateOut::Scheduled } else { StateOut::Delivered };
+    let (out, status): (Vec<SendResult>, StatusCode) = if msgs.iter().any(|(_, d)| d.is_some()) {
+        use crate::service::dedup::Outcome;
+        let outcomes = core.broker.send_deduplicated(&name, msgs).await?;
+        let any_stored = outcomes.iter().any(|o| matches!(o, Outcome::Stored(_)));
+        let out = outcomes
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Stored(a) => result(a.id, a.deliver_at_ms, stored_state(a.scheduled)),
+                Outcome::Duplicate { id, deliver_at_ms, state } => result(id, deliver_at_ms, state.into()),
+            })
+            .collect();
+        (out, if any_stored { StatusCode::CREATED } else { StatusCode::OK })
+    } else {
+        let sent = core.broker.send(&name, msgs.into_iter().map(|(m, _)| m).collect()).await?;
+        let out = sent.into_iter().map(|a| result(a.id, a.deliver_at_ms, stored_state(a.scheduled))).collect();
+        (out, StatusCode::CREATED)
+    };
     let resp = if batch {
         SendResponse::Batch(BatchResult { messages: out })
     } else {
         SendResponse::One(out.into_iter().next().expect("one message"))
     };
-    Ok((StatusCode::CREATED, Json(resp)).into_response())
+    Ok((status, Json(resp)).into_response())
 }
 
 /// A message's state.

@@ -61,7 +61,7 @@ pub fn deliver<'a>(rec: &Record<'a>, log_offset: u64) -> DeliveredMessage<'a> {
         id,
         topic: rec.topic,
         tag: rec.tag,
-        keys: rec.keys(),
+        keys: rec.keys().into_iter().filter(|k| !super::dedup::is_reserved_key(k)).collect(),
         // Every property starting with `__` is reserved (a send cannot set one): not shown.
         properties: props.into_iter().filter(|(k, _)| !k.starts_with("__")).collect(),
         body: rec.body,

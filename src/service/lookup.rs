@@ -121,7 +121,12 @@ impl Broker {
             out.push(KeyHit {
                 id,
                 tag: rec.tag.map(str::to_string),
-                keys: rec.keys().into_iter().map(str::to_string).collect(),
+                keys: rec
+                    .keys()
+                    .into_iter()
+                    .filter(|k| !super::dedup::is_reserved_key(k))
+                    .map(str::to_string)
+                    .collect(),
                 born_ms: rec.born_ms,
                 deliver_at_ms,
                 state,

@@ -8,6 +8,7 @@
 //! and a fired one carries the id the client was given in another; [`deliver`] maps both back.
 
 pub mod consume;
+pub mod dedup;
 pub mod deliver;
 pub mod lookup;
 pub mod send;
@@ -29,6 +30,15 @@ pub struct BrokerOptions {
     pub auto_create_topics: bool,
     /// Queues of a topic a send creates (config `default_queues`).
     pub default_queues: u16,
+    /// How long a `dedup_id` is remembered (config `dedup.window`), ms.
+    pub dedup_window_ms: i64,
+}
+
+impl BrokerOptions {
+    /// Topics created on first send with `default_queues` queues; the default dedup window.
+    pub fn new(auto_create_topics: bool, default_queues: u16) -> Self {
+        Self { auto_create_topics, default_queues, dedup_window_ms: 300_000 }
+    }
 }
 
 /// The use cases over the store and the timer.
@@ -37,6 +47,7 @@ pub struct Broker {
     pub(crate) store: Arc<Store>,
     pub(crate) timer: Arc<TimerEngine>,
     opts: BrokerOptions,
+    dedup_locks: Arc<dedup::DedupLocks>,
 }
 
 /// Why a use case failed. Transports map these to their own answers.
@@ -78,7 +89,7 @@ impl ServiceError {
 
 impl Broker {
     pub fn new(store: Arc<Store>, timer: Arc<TimerEngine>, opts: BrokerOptions) -> Self {
-        Self { store, timer, opts }
+        Self { store, timer, opts, dedup_locks: Arc::default() }
     }
 
     pub fn store(&self) -> &Arc<Store> {

@@ -81,8 +81,7 @@ pub fn open_with(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>, pa
         ..super::timer_options(dir, params.slots, 4096)
     };
     let timer = TimerEngine::start(store.clone(), timer_opts).unwrap();
-    let broker =
-        Broker::new(store.clone(), timer.clone(), BrokerOptions { auto_create_topics: true, default_queues: 2 });
+    let broker = Broker::new(store.clone(), timer.clone(), BrokerOptions::new(true, 2));
     let probe_disk = disk.clone();
     let probe: DiskProbe = Arc::new(move |_: &Path| Ok(*probe_disk.lock()));
     let retention = Retention::new(
