@@ -51,6 +51,8 @@ run receive                http-receive --count 1000000 --max 256 --concurrency 
 run ingest                 ingest --single-count 50000 --batch-count 500000
 run cancel                 cancel --count 20000 --concurrency 16
 run key-lookup             key-lookup --runs 3
+run fifo                   fifo --runs 3
+run dedup                  dedup --runs 3
 
 # Timer (RESULTS.md, "Timer"), about 6 minutes.
 run wheel-flush            wheel-flush --dirty 10000 --reps 5

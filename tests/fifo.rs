@@ -115,7 +115,7 @@ fn one_message_of_a_group_at_a_time_in_order_and_groups_in_one_queue_do_not_wait
 }
 
 #[test]
-fn held_messages_keep_their_order_across_a_crash_and_are_released_when_fifo_is_turned_off() {
+fn a_nack_and_held_messages_keep_their_delay_and_order_across_a_crash_and_fifo_off_releases_them() {
     let _failpoints = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let h = harness(dir.path(), 2, 16);
@@ -124,11 +124,14 @@ fn held_messages_keep_their_order_across_a_crash_and_are_released_when_fifo_is_t
     }
     let head = receive(&h, G, 60_000);
     assert_eq!(bodies(&head), vec!["g0"]);
-    h.groups.persist_all().unwrap();
+    // A nack with a delay is written before it answers: no other write before the crash.
+    assert_eq!(nack(&h, G, std::slice::from_ref(&head[0].3), Some(30_000)).nacked, 1);
     let h = h.crash();
-    // Restored: g0 still out until its deadline, g1..g3 held behind it, never delivered early.
+    // Restored: g0 still out until its delay ends, g1..g3 held behind it, never early.
     assert!(receive(&h, G, 60_000).is_empty(), "nothing of g while g0 is out");
-    h.clock.set(T0 + 60_000);
+    h.clock.set(T0 + 29_999);
+    assert!(receive(&h, G, 60_000).is_empty(), "the nack's delay survived the crash");
+    h.clock.set(T0 + 30_000);
     let again = receive(&h, G, 60_000);
     assert_eq!(again.iter().map(|m| (m.1.as_str(), m.2)).collect::<Vec<_>>(), vec![("g0", 2)]);
     ack(&h, &again[0]);

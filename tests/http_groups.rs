@@ -154,9 +154,20 @@ async fn fifo_groups_deliver_a_message_group_one_at_a_time_and_list_the_blocked_
     assert!(b[0]["since_ms"].as_i64().unwrap() > 0);
     let (_, v) = s.call("GET", "/v1/topics/f/groups/g", None).await;
     assert_eq!((v["backlog"].as_u64(), v["in_flight"].as_u64()), (Some(1), Some(2)), "held a1 is backlog: {v}");
+    // A long poll waiting for a1 is woken by the ack that frees it (not by its timeout).
+    let s = std::sync::Arc::new(s);
+    let poll = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            (s.receive("f", "g", json!({"max_messages": 10, "wait_ms": 20000})).await, t0.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     s.ack("f", "g", &msgs).await;
-    let next = s.receive("f", "g", json!({"max_messages": 10})).await;
+    let (next, waited) = poll.await.unwrap();
     assert_eq!(next.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(), vec!["a1"]);
+    assert!(waited < std::time::Duration::from_secs(15), "woken by the ack, not the 20 s wait: {waited:?}");
     for (bad, path) in [
         (json!({"body": "x", "message_group": ""}), "/v1/topics/f/messages"),
         (json!({"body": "x", "message_group": "g".repeat(129)}), "/v1/topics/f/messages"),

@@ -123,27 +123,6 @@ pub fn key(i: u64) -> String {
     format!("order-{i}")
 }
 
-/// The body of one send of messages `from..to` (always an array), message `i` with the key
-/// `key(first + i)` and, for scheduled ones, its deliver time.
-fn keyed_body(from: u64, to: u64, body_len: usize, first: u64, deliver_at: Option<&Schedule>) -> Bytes {
-    use std::fmt::Write as _;
-    let body = "x".repeat(body_len);
-    let mut s = String::with_capacity((to - from) as usize * (body_len + 64) + 2);
-    s.push('[');
-    for i in from..to {
-        if i > from {
-            s.push(',');
-        }
-        let _ = write!(s, "{{\"body\":\"{body}\",\"keys\":[\"{}\"]", key(first + i));
-        if let Some(d) = deliver_at {
-            let _ = write!(s, ",\"deliver_at_ms\":{}", d(i));
-        }
-        s.push('}');
-    }
-    s.push(']');
-    Bytes::from(s)
-}
-
 /// `PUT /v1/topics/{topic}` with the queue count; 200 or 201 both do.
 pub async fn create_topic(client: &reqwest::Client, base: &str, topic: &str, queues: u16) -> Result<(), String> {
     let r = client
@@ -199,12 +178,30 @@ pub struct SendPlan {
     /// Keyed messages: message `i` carries the business key `key(first_key + i)` ([`key`]).
     /// `None`: no keys.
     pub first_key: Option<u64>,
+    /// Message `i` is in message group `mg{i % n}`. `None`: none.
+    pub message_groups: Option<u64>,
+    /// Message `i` carries the dedup_id `key(first + i)`. `None`: none.
+    pub first_dedup: Option<u64>,
+    /// The status every answer must have (201; 200 for repeats of dedup ids).
+    pub want: u16,
 }
 
 impl SendPlan {
     /// Normal messages, as fast as possible.
     pub fn normal(count: u64, batch: usize, body_len: usize, concurrency: usize) -> Self {
-        Self { count, batch, body_len, concurrency, deliver_at: None, pace: None, label: "send", first_key: None }
+        Self {
+            count,
+            batch,
+            body_len,
+            concurrency,
+            deliver_at: None,
+            pace: None,
+            label: "send",
+            first_key: None,
+            message_groups: None,
+            first_dedup: None,
+            want: 201,
+        }
     }
 
     /// Scheduled messages in batches of `batch`, as fast as possible.
@@ -221,6 +218,26 @@ impl SendPlan {
         Self { first_key: Some(first), ..self }
     }
 
+    /// Message `i` is in message group `mg{i % n}`.
+    pub fn grouped(self, n: u64) -> Self {
+        Self { message_groups: Some(n), ..self }
+    }
+
+    /// Message `i` carries the dedup_id `key(first + i)`.
+    pub fn deduplicated(self, first: u64) -> Self {
+        Self { first_dedup: Some(first), ..self }
+    }
+
+    /// Every answer must have `status`.
+    pub fn expect(self, status: u16) -> Self {
+        Self { want: status, ..self }
+    }
+
+    /// Whether each message's body is built per request (it has per-message fields).
+    fn per_message(&self) -> bool {
+        self.first_key.is_some() || self.message_groups.is_some() || self.first_dedup.is_some()
+    }
+
     fn requests(&self) -> u64 {
         self.count.div_ceil(self.batch as u64)
     }
@@ -230,12 +247,41 @@ impl SendPlan {
         let requests = self.requests();
         let b = self.batch as u64;
         let (from, to) = (k * b, ((k + 1) * b).min(self.count));
-        match (&self.deliver_at, self.first_key) {
-            (None, None) if k + 1 == requests => last.clone(),
-            (None, None) => full.clone(),
-            (Some(d), None) => scheduled_body(from, to, self.body_len, self.batch == 1, |i| d(i)),
-            (d, Some(first)) => keyed_body(from, to, self.body_len, first, d.as_ref()),
+        match (&self.deliver_at, self.per_message()) {
+            (None, false) if k + 1 == requests => last.clone(),
+            (None, false) => full.clone(),
+            (Some(d), false) => scheduled_body(from, to, self.body_len, self.batch == 1, |i| d(i)),
+            (_, true) => self.messages_body(from, to),
         }
+    }
+
+    /// Messages `from..to` (always an array) with their per-message fields.
+    fn messages_body(&self, from: u64, to: u64) -> Bytes {
+        use std::fmt::Write as _;
+        let body = "x".repeat(self.body_len);
+        let mut s = String::with_capacity((to - from) as usize * (self.body_len + 96) + 2);
+        s.push('[');
+        for i in from..to {
+            if i > from {
+                s.push(',');
+            }
+            let _ = write!(s, "{{\"body\":\"{body}\"");
+            if let Some(first) = self.first_key {
+                let _ = write!(s, ",\"keys\":[\"{}\"]", key(first + i));
+            }
+            if let Some(n) = self.message_groups {
+                let _ = write!(s, ",\"message_group\":\"mg{}\"", i % n);
+            }
+            if let Some(first) = self.first_dedup {
+                let _ = write!(s, ",\"dedup_id\":\"{}\"", key(first + i));
+            }
+            if let Some(d) = &self.deliver_at {
+                let _ = write!(s, ",\"deliver_at_ms\":{}", d(i));
+            }
+            s.push('}');
+        }
+        s.push(']');
+        Bytes::from(s)
     }
 }
 
@@ -260,8 +306,8 @@ pub async fn send_all(
     }
     let requests = plan.requests();
     let last_n = (plan.count - (requests - 1) * plan.batch as u64) as usize;
-    let (full, last) = match (&plan.deliver_at, plan.first_key) {
-        (None, None) => (send_body(plan.batch, plan.body_len), send_body(last_n, plan.body_len)),
+    let (full, last) = match (&plan.deliver_at, plan.per_message()) {
+        (None, false) => (send_body(plan.batch, plan.body_len), send_body(last_n, plan.body_len)),
         _ => (Bytes::new(), Bytes::new()),
     };
     let url: Arc<str> = format!("{base}/v1/topics/{topic}/messages").into();
@@ -293,7 +339,7 @@ pub async fn send_all(
                     }
                 }
                 let t0 = Instant::now();
-                post(&client, &url, body, 201, "send").await?;
+                post(&client, &url, body, plan.want, "send").await?;
                 record_us(&mut h, t0.elapsed());
                 let n = ((k + 1) * plan.batch as u64).min(plan.count) - k * plan.batch as u64;
                 sent.fetch_add(n, Ordering::Relaxed);

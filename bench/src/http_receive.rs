@@ -51,7 +51,7 @@ pub struct HttpReceiveArgs {
 }
 
 #[derive(Default)]
-struct ConsumerOut {
+pub struct ConsumerOut {
     recv: Option<Histogram<u64>>,
     ack: Option<Histogram<u64>>,
     ids: Vec<u128>,
@@ -110,7 +110,7 @@ fn one_run(
     Ok(f)
 }
 
-fn summarize(f: &mut Figures, prefix: &str, outs: &[ConsumerOut], count: u64) -> Result<(), String> {
+pub fn summarize(f: &mut Figures, prefix: &str, outs: &[ConsumerOut], count: u64) -> Result<(), String> {
     let mut recv = new_histogram();
     let mut ack = new_histogram();
     let mut ids = Vec::new();
@@ -158,13 +158,37 @@ async fn consume(
     args: &HttpReceiveArgs,
     do_ack: bool,
 ) -> Result<(f64, Vec<ConsumerOut>), String> {
-    let consumer = Consumer::new(base, TOPIC, group, args.max, None, INVISIBLE_MS);
+    let spec =
+        ConsumeSpec { topic: TOPIC, count: args.count, max: args.max, concurrency: args.concurrency, wait_ms: None };
+    consume_topic(client, base, group, &spec, do_ack).await
+}
+
+/// What [`consume_topic`] receives: `count` messages of `topic`, `max` per receive, from
+/// `concurrency` consumers, long-polling `wait_ms` (`None`: polling every millisecond).
+pub struct ConsumeSpec<'a> {
+    pub topic: &'a str,
+    pub count: u64,
+    pub max: usize,
+    pub concurrency: usize,
+    pub wait_ms: Option<u64>,
+}
+
+/// Receives (and acks, with `do_ack`) until `spec.count` messages were received, each once or
+/// more; returns the elapsed seconds and each consumer's results.
+pub async fn consume_topic(
+    client: &reqwest::Client,
+    base: &str,
+    group: &str,
+    spec: &ConsumeSpec<'_>,
+    do_ack: bool,
+) -> Result<(f64, Vec<ConsumerOut>), String> {
+    let consumer = Consumer::new(base, spec.topic, group, spec.max, spec.wait_ms, INVISIBLE_MS);
     let received = Arc::new(AtomicU64::new(0));
-    let count = args.count;
+    let count = spec.count;
     let _bar = progress::track(if do_ack { "receive + ack" } else { "receive" }, count, received.clone());
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    for _ in 0..spec.concurrency {
         let (client, consumer, received) = (client.clone(), consumer.clone(), received.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = ConsumerOut { recv: Some(new_histogram()), ..Default::default() };

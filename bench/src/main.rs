@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chime_bench::{
-    append, cancel, carry, compare, enqueue, http_receive, http_send, ingest, key_lookup, note, pending, progress,
-    timer_http, wheel_flush,
+    append, cancel, carry, compare, dedup, enqueue, fifo, http_receive, http_send, ingest, key_lookup, note, pending,
+    progress, timer_http, wheel_flush,
 };
 use clap::{Parser, Subcommand};
 
@@ -76,6 +76,11 @@ enum Cmd {
     /// Lookups by business key (hits and misses) after each of several log sizes (10M by
     /// default): latency percentiles over HTTP and their growth with the log.
     KeyLookup(key_lookup::KeyLookupArgs),
+    /// FIFO consumer groups with 1, 100 and 10,000 message groups: receive + ack against a
+    /// plain group in the same run.
+    Fifo(fifo::FifoArgs),
+    /// Sends with a dedup_id against without, repeats, and memory with 1M ids in the window.
+    Dedup(dedup::DedupArgs),
     /// Memory (RssAnon) of a server holding N pending scheduled messages.
     Pending(pending::PendingArgs),
     /// Compare two `--json` results of one scenario (as `--compare` does after a run).
@@ -132,6 +137,8 @@ fn main() -> ExitCode {
         Cmd::Carry(a) => carry::run(a),
         Cmd::Pending(a) => pending::run(a),
         Cmd::KeyLookup(a) => key_lookup::run(a),
+        Cmd::Fifo(a) => fifo::run(a),
+        Cmd::Dedup(a) => dedup::run(a),
         Cmd::Compare { .. } => unreachable!("handled above"),
     };
     let report = match result {
@@ -192,6 +199,8 @@ fn scenario_name(cmd: &Cmd) -> &'static str {
         Cmd::Carry(_) => "carry",
         Cmd::Pending(_) => "pending",
         Cmd::KeyLookup(_) => "key-lookup",
+        Cmd::Fifo(_) => "fifo",
+        Cmd::Dedup(_) => "dedup",
         Cmd::Compare { .. } => "compare",
     }
 }

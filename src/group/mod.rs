@@ -803,6 +803,9 @@ impl Groups {
             }
         }
         gt.dirty.store(true, Ordering::Release);
+        if st.queues.iter().any(|p| p.fifo().is_some_and(|f| f.first_ready().is_some())) {
+            topic.appended.notify_waiters();
+        }
     }
 
     /// Moves the group to `to` in every queue of the topic (its retry topic to its end: the
@@ -922,7 +925,17 @@ impl Groups {
     /// Acks receipt handles; returns how many were acked and the handles that were not valid
     /// (malformed, unknown, already acked, or superseded by a redelivery).
     pub fn ack(&self, group: &str, topic: &Topic, handles: &[String]) -> (usize, Vec<String>) {
-        self.each_handle(group, topic, handles, |p, offset, nonce| p.ack(offset, nonce))
+        let mut freed = false;
+        let out = self.each_handle(group, topic, handles, |p, offset, nonce| {
+            let acked = p.ack(offset, nonce);
+            freed |= acked && p.fifo().is_some_and(|f| f.first_ready().is_some());
+            acked
+        });
+        if freed {
+            // A FIFO message group's next message is ready: wake the long polls.
+            topic.appended.notify_waiters();
+        }
+        out
     }
 
     /// Applies `f` to the delivery of each handle (false: not valid); returns how many it
