@@ -86,6 +86,22 @@ pub struct Delivery {
     pub receipt_handle: String,
 }
 
+impl Delivery {
+    /// Delivery `attempt` of the message at `offset` of group queue `qi` (its record at
+    /// `log_offset`), under a receipt handle with `nonce`.
+    fn new(record: VerifiedRecord, log_offset: u64, qi: usize, offset: u64, attempt: u32, nonce: u32) -> Self {
+        let queue_id = qi as u16;
+        Delivery {
+            record,
+            log_offset,
+            queue_id,
+            queue_offset: offset,
+            attempt,
+            receipt_handle: receipt(queue_id, offset, nonce),
+        }
+    }
+}
+
 /// How much one receive may hand out: at most `max` messages, and no more payload bytes (keys,
 /// properties, bodies) than `max_bytes`, but always at least one message.
 #[derive(Debug, Clone, Copy)]
@@ -489,14 +505,7 @@ impl Groups {
                         changed = true;
                         let nonce = rand::random::<u32>().max(1);
                         let attempt = p.deliver(offset, visible_at, nonce) + earlier;
-                        out.push(Delivery {
-                            record,
-                            log_offset: entry.map_or(0, |e| e.log_offset),
-                            queue_id: qi as u16,
-                            queue_offset: offset,
-                            attempt,
-                            receipt_handle: receipt(qi as u16, offset, nonce),
-                        });
+                        out.push(Delivery::new(record, entry.map_or(0, |e| e.log_offset), qi, offset, attempt, nonce));
                     }
                     None => {
                         changed = true;
@@ -526,14 +535,7 @@ impl Groups {
                 bytes += payload;
                 let nonce = rand::random::<u32>().max(1);
                 let attempt = p.deliver_in_group(offset, group, visible_at, nonce, now);
-                out.push(Delivery {
-                    record,
-                    log_offset: entry.map_or(0, |e| e.log_offset),
-                    queue_id: qi as u16,
-                    queue_offset: offset,
-                    attempt,
-                    receipt_handle: receipt(qi as u16, offset, nonce),
-                });
+                out.push(Delivery::new(record, entry.map_or(0, |e| e.log_offset), qi, offset, attempt, nonce));
             }
         }
         // 3. New messages.
@@ -592,14 +594,7 @@ impl Groups {
                     Some(g) => p.deliver_in_group(offset, g, visible_at, nonce, now),
                     None => p.deliver(offset, visible_at, nonce),
                 } + earlier;
-                out.push(Delivery {
-                    record,
-                    log_offset: entry.log_offset,
-                    queue_id: qi as u16,
-                    queue_offset: offset,
-                    attempt,
-                    receipt_handle: receipt(qi as u16, offset, nonce),
-                });
+                out.push(Delivery::new(record, entry.log_offset, qi, offset, attempt, nonce));
             }
         }
         if changed {

@@ -395,17 +395,14 @@ pub async fn blocked(
 ) -> Result<Response, ApiError> {
     let core = state.core()?;
     let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid(format!("bad query: {e}")))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
-    }
+    let limit = super::path::list_limit(q.limit)?;
     let unknown = || ApiError::not_found(format!("no group {group:?} of topic {topic:?}"));
     let t = core.store.topics().get(&topic).ok_or_else(unknown)?;
     core.consumers.groups().summary(&group, &t).ok_or_else(unknown)?;
     let blocked = core
         .consumers
         .groups()
-        .blocked(&group, &t, limit as usize)
+        .blocked(&group, &t, limit)
         .into_iter()
         .map(|b| BlockedOut {
             message_group: b.message_group,

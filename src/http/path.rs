@@ -67,3 +67,12 @@ impl<S: Send + Sync> FromRequestParts<S> for MessagePath {
         Ok(Self { topic, id })
     }
 }
+
+/// A listing's `limit` query parameter: 1..=1000, 100 when absent.
+pub(crate) fn list_limit(limit: Option<i64>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
+    }
+    Ok(limit as usize)
+}

@@ -538,11 +538,8 @@ pub async fn find_by_key(
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid(format!("bad query: {e}")))?;
     let key = q.key.filter(|k| !k.is_empty()).ok_or_else(|| ApiError::invalid("key is required"))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(format!("limit must be 1..=1000, got {limit}")));
-    }
-    let hits = state.core()?.broker.find_by_key(&topic, &key, limit as usize);
+    let limit = super::path::list_limit(q.limit)?;
+    let hits = state.core()?.broker.find_by_key(&topic, &key, limit);
     let messages = hits
         .into_iter()
         .map(|h| KeyedMessage {
