@@ -236,3 +236,39 @@ fn order_under_concurrency_with_nacks_and_timeouts_and_a_stuck_group_delays_no_o
     let s = h.groups.summary(G, &topic(&h)).unwrap();
     assert_eq!(s.dead_lettered, 0);
 }
+
+/// One receive holds at most `MAX_HOLDS_PER_RECEIVE` messages (it never scans long under the
+/// group's lock) and says there is more; the receives after it read on, and a message of
+/// another group behind 3,000 held ones is reached.
+#[test]
+fn a_receive_holds_a_bounded_number_and_the_next_ones_read_on() {
+    use chime::group::{Batch, TagExpr, MAX_HOLDS_PER_RECEIVE};
+    let _failpoints = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path(), 1, 16);
+    for from in (0..3000).step_by(1000) {
+        let batch = (from..from + 1000).map(|i| {
+            let mut m = NewMessage { body: format!("a{i}").into_bytes(), born_ms: T0, ..Default::default() };
+            m.properties.insert(PROP_MESSAGE_GROUP.into(), "a".into());
+            m
+        });
+        h.broker.append(TOPIC, batch.collect()).unwrap();
+    }
+    send(&h, "b", "b0", None);
+    let batch = Batch { max: 10, max_bytes: 1 << 20 };
+    let mut got = Vec::new();
+    let mut receives = 0;
+    while !got.iter().any(|b: &String| b == "b0") {
+        receives += 1;
+        assert!(receives <= 4, "b0 not reached: {got:?}");
+        let r = h.groups.receive(G, &topic(&h), batch, 60_000, &TagExpr::All).unwrap();
+        let held: u64 = h.groups.blocked(G, &topic(&h), 10).iter().map(|b| b.waiting).sum();
+        assert!(held as usize <= receives * MAX_HOLDS_PER_RECEIVE, "receive {receives} held {held}");
+        got.extend(r.messages.iter().map(|d| String::from_utf8_lossy(d.record.record().body).into_owned()));
+        if !got.contains(&"b0".to_string()) {
+            assert!(r.more, "receive {receives} stopped early without saying so");
+        }
+    }
+    assert_eq!(got, vec!["a0", "b0"], "a's head, then b's after {receives} receives");
+    assert_eq!(receives, 3);
+}

@@ -50,8 +50,12 @@ pub const PROP_DLQ_OF: &str = "__group.dlq_of";
 pub const PROP_RETRY_OF: &str = "__group.retry_of";
 
 /// Most messages a FIFO group holds per queue behind busy message groups; past it, the queue's
-/// newer messages wait until held ones go out (its memory is bounded: about 100 bytes each).
+/// newer messages wait until held ones go out (its memory is bounded: by estimate about 100 bytes each).
 pub const MAX_HELD_PER_QUEUE: usize = 20_000;
+
+/// Most messages one receive holds (reads without handing out), so a receive never scans long
+/// under the group's lock; the next receive reads on.
+pub const MAX_HOLDS_PER_RECEIVE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -137,6 +141,9 @@ pub struct Received {
     /// Some delivery of the group is on its way out (this receive's dead letters, or a mark an
     /// earlier run left): the caller stores what they move to.
     pub moving: bool,
+    /// The receive stopped reading before the end of a queue (a FIFO group held
+    /// [`MAX_HOLDS_PER_RECEIVE`] messages): receive again rather than wait.
+    pub more: bool,
 }
 
 /// A valid handle of a nack: what to redeliver, and after how many deliveries.
@@ -540,6 +547,7 @@ impl Groups {
         }
         // 3. New messages.
         let retained_from = self.store.min_offset();
+        let (mut holds, mut more) = (0, false);
         for qi in (0..nq).map(|i| (start + i) % nq) {
             let (t, tq) = source(qi);
             let cq = &t.queues[tq];
@@ -547,6 +555,10 @@ impl Groups {
                 let p = &mut st.queues[qi];
                 if p.fifo().is_some_and(|f| f.held_count() >= MAX_HELD_PER_QUEUE) {
                     break; // the rest waits until held messages go out (bounded memory)
+                }
+                if holds >= MAX_HOLDS_PER_RECEIVE {
+                    more = true;
+                    break;
                 }
                 let offset = p.next;
                 let Some(entry) = cq.get(offset).filter(|e| e.log_offset >= retained_from) else {
@@ -580,6 +592,7 @@ impl Groups {
                     p.fifo().and_then(|_| record.record().property(fifo::PROP_MESSAGE_GROUP).map(fifo::group_hash));
                 if let Some(g) = group.filter(|&g| !p.fifo().is_some_and(|f| f.is_free(g))) {
                     p.hold_next(g);
+                    holds += 1;
                     continue;
                 }
                 if !batch.admits(&out, bytes, payload) {
@@ -602,7 +615,7 @@ impl Groups {
         }
         let wake_at_ms = st.queues.iter().filter_map(|q| q.next_deadline()).min();
         let moving = st.queues.iter().any(|q| q.moving().next().is_some());
-        Ok(Received { messages: out, wake_at_ms, dead_lettered, moving })
+        Ok(Received { messages: out, wake_at_ms, dead_lettered, moving, more })
     }
 
     /// The group's configuration: `None` if the group does not exist (never received, never

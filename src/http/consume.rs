@@ -166,6 +166,9 @@ pub async fn receive(
         }
         // Sleep until a message arrives, an in-flight one becomes visible again, or the wait ends.
         let mut wake = deadline;
+        if got.more {
+            wake = now; // it stopped reading early: read on at once
+        }
         if let Some(at) = got.wake_at_ms {
             let in_ms = (at - core.store.clock().now_ms()).max(1) as u64;
             wake = wake.min(now + Duration::from_millis(in_ms));
