@@ -6,6 +6,11 @@
 //! message per round trip). Then a plain group and a FIFO group (`PUT .../groups/{g}` with
 //! `fifo: true`) each receive and ack all of them with `concurrency` long-polling consumers.
 //! `at_{n}_fifo_over_plain` is the FIFO group's rate over the plain group's.
+//!
+//! With `--held N`, a last phase measures what held messages cost: N messages in 8 message
+//! groups, a FIFO group receives the 8 heads and never acks them, then receives until it holds
+//! all it can (20,000 per queue at most); the server's RssAnon before and after, per held
+//! message (`held_bytes_per_message`).
 
 use serde_json::json;
 
@@ -35,6 +40,9 @@ pub struct FifoArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 100)]
     pub bodies: usize,
+    /// Messages for the held-memory phase (0: skip it).
+    #[arg(long, default_value_t = 0)]
+    pub held: u64,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -87,5 +95,53 @@ fn one_run(args: &FifoArgs, rt: &tokio::runtime::Runtime, target: &Target) -> Re
         }
         f.add(&format!("at_{n}_fifo_over_plain"), rates[1] / rates[0]);
     }
+    if args.held > 0 {
+        rt.block_on(held_memory(args, &client, &base, target, &mut f))?;
+    }
     Ok(f)
+}
+
+/// The held-memory phase (module doc).
+async fn held_memory(
+    args: &FifoArgs,
+    client: &reqwest::Client,
+    base: &str,
+    target: &Target,
+    f: &mut Figures,
+) -> Result<(), String> {
+    let pid = target.server_pid().ok_or("--held needs a server this tool starts (its memory is read)")?;
+    let anon = || -> Result<f64, String> {
+        let mem = crate::pending::proc_memory(pid)?;
+        Ok(mem.iter().find(|(k, _)| k == "RssAnon").map_or(0.0, |(_, v)| *v))
+    };
+    let topic = "fifo-held";
+    http::create_topic(client, base, topic, 8).await?;
+    let plan = SendPlan::normal(args.held, 1000, args.bodies, 4).grouped(8).label("load");
+    http::send_all(client, base, topic, plan).await?;
+    let put = client.put(format!("{base}/v1/topics/{topic}/groups/held")).header("content-type", "application/json");
+    let status = put.body("{\"fifo\":true}").send().await.map_err(|e| format!("configure: {e}"))?.status();
+    if !status.is_success() {
+        return Err(format!("configure the FIFO group: {status}"));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let before = anon()?;
+    let url = format!("{base}/v1/topics/{topic}/groups/held/receive");
+    let blocked_url = format!("{base}/v1/topics/{topic}/groups/held/blocked?limit=1000");
+    let (mut held, mut last) = (0u64, u64::MAX);
+    while held != last {
+        last = held;
+        for _ in 0..16 {
+            let body = "{\"max_messages\":1000,\"invisible_ms\":3600000}";
+            http::post(client, &url, body, 200, "receive").await?;
+        }
+        let v = http::get_json(client, &blocked_url, "blocked").await?;
+        held = v["blocked"].as_array().map_or(0, |b| b.iter().filter_map(|x| x["waiting"].as_u64()).sum());
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let after = anon()?;
+    f.add("held_messages", held as f64);
+    f.add("held_RssAnon_before_bytes", before);
+    f.add("held_RssAnon_after_bytes", after);
+    f.add("held_bytes_per_message", (after - before) / held.max(1) as f64);
+    Ok(())
 }
