@@ -182,3 +182,29 @@ async fn fifo_groups_deliver_a_message_group_one_at_a_time_and_list_the_blocked_
     let (code, _) = s.call("GET", "/v1/topics/f/groups/none/blocked", None).await;
     assert_eq!(code, 404);
 }
+
+/// A receive of a FIFO group that stopped reading early (it held as many as one receive may)
+/// reads on within the same long poll: a message of another group behind 3,000 held ones comes
+/// back from one request, well before its wait ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_of_a_fifo_group_reads_on_past_what_one_receive_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(&test_config(dir.path())).await;
+    // One queue: b0 lies behind every message of a.
+    let (code, _) = s.call("PUT", "/v1/topics/h", Some(&json!({"queues": 1}).to_string())).await;
+    assert_eq!(code, 201);
+    let (code, _) = s.call("PUT", "/v1/topics/h/groups/g", Some(&json!({"fifo": true}).to_string())).await;
+    assert_eq!(code, 201);
+    for from in (0..3000).step_by(1000) {
+        let batch: Vec<Value> =
+            (from..from + 1000).map(|i| json!({"body": format!("a{i}"), "message_group": "a"})).collect();
+        assert_eq!(s.send("h", Value::from(batch)).await.0, 201);
+    }
+    assert_eq!(s.send("h", json!({"body": "b0", "message_group": "b"})).await.0, 201);
+    let first = s.receive("h", "g", json!({"max_messages": 10})).await;
+    assert_eq!(first.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(), vec!["a0"]);
+    let t0 = std::time::Instant::now();
+    let next = s.receive("h", "g", json!({"max_messages": 10, "wait_ms": 20000})).await;
+    assert_eq!(next.iter().map(|m| m["body"].as_str().unwrap()).collect::<Vec<_>>(), vec!["b0"]);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(15), "read on, not after the wait: {:?}", t0.elapsed());
+}
