@@ -154,6 +154,11 @@ async fn fifo_groups_deliver_a_message_group_one_at_a_time_and_list_the_blocked_
     assert!(b[0]["since_ms"].as_i64().unwrap() > 0);
     let (_, v) = s.call("GET", "/v1/topics/f/groups/g", None).await;
     assert_eq!((v["backlog"].as_u64(), v["in_flight"].as_u64()), (Some(1), Some(2)), "held a1 is backlog: {v}");
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let labels = [("topic", "f"), ("group", "g")];
+    assert_eq!(common::metrics::value(&m, "chime_group_held", &labels), 1.0);
+    assert_eq!(common::metrics::value(&m, "chime_group_blocked_message_groups", &labels), 1.0);
     // A long poll waiting for a1 is woken by the ack that frees it (not by its timeout).
     let s = std::sync::Arc::new(s);
     let poll = {

@@ -178,6 +178,10 @@ pub struct GroupSummary {
     pub in_flight: u64,
     pub dead_lettered: u64,
     pub expired: u64,
+    /// FIFO: messages held behind a message of their message group (part of `backlog`).
+    pub held: u64,
+    /// FIFO: message groups with a message out, which the rest of their group waits for.
+    pub blocked: u64,
     pub config: GroupConfig,
     /// Configured with PUT (else the defaults apply).
     pub configured: bool,
@@ -667,7 +671,10 @@ impl Groups {
         let retry = self.attach_retry(&name, topic, &mut st);
         let ends = topic.queues.iter().chain(retry.iter().flat_map(|r| r.queues.iter())).map(|q| q.next());
         let (mut backlog, mut in_flight, mut dead, mut expired) = (0, 0, 0, 0);
+        let (mut held, mut blocked) = (0, 0);
         for (p, end) in st.queues.iter().zip(ends) {
+            held += p.held_count();
+            blocked += p.fifo().map_or(0, |f| f.out_count() as u64);
             let flying = p.in_flight(now);
             backlog += end.saturating_sub(p.next) + p.expired(now, usize::MAX).len() as u64 + p.held_count();
             in_flight += flying;
@@ -680,6 +687,8 @@ impl Groups {
             in_flight,
             dead_lettered: dead,
             expired,
+            held,
+            blocked,
             configured: st.config.is_some(),
             config: st.config.clone().unwrap_or_default(),
         }

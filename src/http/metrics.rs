@@ -375,6 +375,20 @@ impl Collector for ServiceCollector {
             MetricType::Counter,
             &|g| g.expired,
         )?;
+        each(
+            &mut e,
+            "group_held",
+            "FIFO groups: messages held behind a message of their message group",
+            MetricType::Gauge,
+            &|g| g.held,
+        )?;
+        each(
+            &mut e,
+            "group_blocked_message_groups",
+            "FIFO groups: message groups waiting for a message out",
+            MetricType::Gauge,
+            &|g| g.blocked,
+        )?;
         let fsync = core.store.fsync_buckets(FSYNC_BOUNDS_US);
         histogram(&mut e, "store_fsync_seconds", "Commit-log fsync latency", FSYNC_BOUNDS_US, 1e-6, &fsync)?;
         Ok(())
