@@ -138,6 +138,11 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         auto_create_topics: config.auto_create_topics,
         default_queues: config.default_queues,
         dedup_window_ms: config.dedup.window.0.as_millis() as i64,
+        txn: crate::service::transactions::TxnOptions {
+            check_interval_ms: config.transaction.check_interval.0.as_millis() as i64,
+            check_max: config.transaction.check_max,
+            unresolved_commit: config.transaction.unresolved == crate::config::Unresolved::Commit,
+        },
     };
     let retention_opts = retention_options(config);
     let clock_for_retention = clock.clone();
@@ -155,6 +160,8 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         let timer = TimerEngine::start(store.clone(), timer_opts)?;
         tracing::info!(recovery = %timer.recovery_summary(), "timer started");
         let broker = crate::service::Broker::new(store.clone(), timer.clone(), broker_opts);
+        let prepared = broker.recover_transactions().map_err(|e| ServerError::Task(format!("transactions: {e}")))?;
+        tracing::info!(prepared, "transactions recovered");
         let retention = crate::retention::Retention::start(
             store.clone(),
             timer.clone(),
@@ -163,6 +170,8 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
             retention_opts,
             Arc::new(crate::retention::real_disk),
         )?;
+        let txns = broker.transactions_table().clone();
+        retention.pin_below(Box::new(move || txns.pinned_below()));
         let consumers = crate::service::Consumers::new(broker.clone(), groups.clone());
         Ok(Core { store, groups, timer, broker, consumers, retention })
     });
@@ -178,7 +187,20 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Serve
         let server = http::serve::serve(listener, app, conn_options, stop);
         let server = tokio::spawn(server);
         match recovery.await {
-            Ok(Ok(core)) => ready_state.set_ready(core),
+            Ok(Ok(core)) => {
+                // Transactions nobody resolved after their last check: once a second.
+                let (broker, mut stop) = (core.broker.clone(), failed.subscribe());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                            _ = stop.wait_for(|&s| s) => return,
+                        }
+                        broker.resolve_timeouts().await;
+                    }
+                });
+                ready_state.set_ready(core);
+            }
             Ok(Err(e)) => {
                 let _ = failed.send(true);
                 let _ = server.await;

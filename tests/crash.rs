@@ -520,3 +520,60 @@ async fn deduplicated_sends_survive_sigkill() {
     assert_eq!(got.iter().filter(|(b, _)| b.starts_with('g')).count(), 40, "the normal ones, once each");
     server.terminate().await;
 }
+
+/// Transactions across a SIGKILL: a 200 commit is visible whole after the restart, a 200
+/// rollback never, a prepared transaction is still prepared and can be committed then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_survive_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _dump = DumpLogsOnPanic(tmp.path().to_path_buf());
+    let data = tmp.path().join("data");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let mut server = Proc::start(&data, tmp.path(), "gen0", &http).await;
+    let (mut committed, mut rolled, mut prepared) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..30 {
+        let body = json!({"producer_group": "pg", "messages": [
+            {"topic": "ta", "body": format!("t{i}-a")}, {"topic": "tb", "body": format!("t{i}-b")},
+            {"topic": "ta", "body": format!("t{i}-c")},
+        ]});
+        let (s, v) = post(&http, &format!("{}/v1/transactions", server.base), &body).await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["transaction_id"].as_str().unwrap().to_string();
+        let action = match i % 3 {
+            0 => Some("commit"),
+            1 => Some("rollback"),
+            _ => None,
+        };
+        if let Some(a) = action {
+            let (s, v) = post(&http, &format!("{}/v1/transactions/{id}/{a}", server.base), &json!({})).await;
+            assert_eq!(s, 200, "{v}");
+        }
+        match i % 3 {
+            0 => committed.push(i),
+            1 => rolled.push(i),
+            _ => prepared.push((i, id)),
+        }
+    }
+    server.kill9().await;
+    server = Proc::start(&data, tmp.path(), "gen1", &http).await;
+    for (_, id) in &prepared {
+        let v: Value =
+            http.get(format!("{}/v1/transactions/{id}", server.base)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(v["state"], "prepared", "{v}");
+    }
+    let mut seen: Vec<String> = drain(&http, &server.base, "ta", "g").await.into_iter().map(|(b, _)| b).collect();
+    seen.extend(drain(&http, &server.base, "tb", "g").await.into_iter().map(|(b, _)| b));
+    seen.sort();
+    let mut want: Vec<String> =
+        committed.iter().flat_map(|i| [format!("t{i}-a"), format!("t{i}-b"), format!("t{i}-c")]).collect();
+    want.sort();
+    assert_eq!(seen, want, "every committed message once, nothing rolled back or prepared");
+    // The prepared ones commit after the restart.
+    for (_, id) in &prepared {
+        let (s, v) = post(&http, &format!("{}/v1/transactions/{id}/commit", server.base), &json!({})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let more = drain(&http, &server.base, "tb", "g").await;
+    assert_eq!(more.len(), prepared.len());
+    server.terminate().await;
+}

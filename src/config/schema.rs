@@ -42,6 +42,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Deduplicated sends. Default: see [`DedupConfig`]
     pub dedup: DedupConfig,
+    /// Transaction messages. Default: see [`TransactionConfig`]
+    pub transaction: TransactionConfig,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             admission: AdmissionConfig::default(),
             dedup: DedupConfig::default(),
+            transaction: TransactionConfig::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -257,6 +260,33 @@ pub struct DedupConfig {
 impl Default for DedupConfig {
     fn default() -> Self {
         Self { window: HumanDuration::from_secs(300) }
+    }
+}
+
+/// Transaction messages (`[transaction]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransactionConfig {
+    /// A prepared transaction is handed out to its producer's check at most once per this
+    /// (1s..=1h). Default: 30s
+    pub check_interval: HumanDuration,
+    /// Checks handed out before a transaction is resolved by `unresolved` (1..=1000). Default: 15
+    pub check_max: u32,
+    /// How a transaction is resolved after `check_max` checks. Default: rollback
+    pub unresolved: Unresolved,
+}
+
+/// How a transaction nobody resolved ends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Unresolved {
+    Rollback,
+    Commit,
+}
+
+impl Default for TransactionConfig {
+    fn default() -> Self {
+        Self { check_interval: HumanDuration::from_secs(30), check_max: 15, unresolved: Unresolved::Rollback }
     }
 }
 

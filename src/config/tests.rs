@@ -356,10 +356,13 @@ fn every_leaf_key_has_a_distinct_env_var() {
         "CHIME_STORE_DISK_SOFT_LIMIT",
         "CHIME_STORE_DISK_HARD_LIMIT",
         "CHIME_DEDUP_WINDOW",
+        "CHIME_TRANSACTION_CHECK_INTERVAL",
+        "CHIME_TRANSACTION_CHECK_MAX",
+        "CHIME_TRANSACTION_UNRESOLVED",
     ] {
         assert!(vars.contains(var), "{var}");
     }
-    assert_eq!(vars.len(), 34);
+    assert_eq!(vars.len(), 37);
     assert!(!vars.contains(PROFILE_ENV));
 }
 

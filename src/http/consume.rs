@@ -78,7 +78,7 @@ pub(crate) struct MessageOut<'a> {
     delivery_attempt: u32,
     /// Acks this delivery; valid until the message is redelivered.
     receipt_handle: &'a str,
-    /// The ordering key it was sent with (ordered messages are not implemented yet: null).
+    /// The ordering key it was sent with (null if none).
     #[schema(required = true)]
     message_group: Option<&'a str>,
     /// Null, or for a message in a dead letter topic: where it came from.

@@ -25,6 +25,7 @@ pub enum Code {
     LimitExceeded,
     Busy,
     Unavailable,
+    TransactionResolved,
 }
 
 impl Code {
@@ -42,6 +43,7 @@ impl Code {
             Code::LimitExceeded => "LIMIT_EXCEEDED",
             Code::Busy => "BUSY",
             Code::Unavailable => "UNAVAILABLE",
+            Code::TransactionResolved => "TRANSACTION_RESOLVED",
         }
     }
 
@@ -52,7 +54,7 @@ impl Code {
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::AlreadyDelivered => StatusCode::CONFLICT,
+            Code::AlreadyDelivered | Code::TransactionResolved => StatusCode::CONFLICT,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::LimitExceeded => StatusCode::FORBIDDEN,
             Code::Busy => StatusCode::TOO_MANY_REQUESTS,
@@ -132,6 +134,7 @@ impl From<crate::service::ServiceError> for ApiError {
             E::Unavailable(m) => ApiError::new(Code::Unavailable, m),
             E::Invalid(m) => ApiError::invalid(m),
             E::LimitExceeded(m) => ApiError::new(Code::LimitExceeded, m),
+            E::Conflict(m) => ApiError::new(Code::TransactionResolved, m),
         }
     }
 }

@@ -389,6 +389,27 @@ impl Collector for ServiceCollector {
             MetricType::Gauge,
             &|g| g.blocked,
         )?;
+        // Transactions: what is open, how they ended, the checks handed out.
+        let txns = core.broker.transactions_table();
+        let (prepared, oldest_ms) = txns.prepared(core.store.clock().now_ms());
+        gauge(&mut e, "transactions_prepared", "Transactions prepared and not resolved", prepared as i64)?;
+        gauge(
+            &mut e,
+            "transactions_oldest_prepared_age_seconds",
+            "Age of the oldest prepared transaction (0 if none)",
+            oldest_ms / 1000,
+        )?;
+        let c = &txns.counters;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        counter(&mut e, "transactions_committed", "Transactions committed", n(&c.committed))?;
+        counter(&mut e, "transactions_rolled_back", "Transactions rolled back", n(&c.rolled_back))?;
+        counter(
+            &mut e,
+            "transactions_resolved_by_timeout",
+            "Transactions resolved by transaction.unresolved after check_max checks",
+            n(&c.resolved_by_timeout),
+        )?;
+        counter(&mut e, "transactions_checks", "Checks handed out to producers", n(&c.checks))?;
         let fsync = core.store.fsync_buckets(FSYNC_BOUNDS_US);
         histogram(&mut e, "store_fsync_seconds", "Commit-log fsync latency", FSYNC_BOUNDS_US, 1e-6, &fsync)?;
         Ok(())

@@ -16,6 +16,7 @@ mod path;
 mod send;
 pub mod serve;
 mod storage;
+mod transactions;
 
 use std::sync::{Arc, OnceLock};
 
@@ -142,6 +143,12 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/v1/topics/{topic}/groups/{group}/extend", Method::POST, post(groups::extend)),
         ("/v1/topics/{topic}/groups/{group}/seek", Method::POST, post(groups::seek)),
         ("/v1/topics/{topic}/groups/{group}/blocked", Method::GET, get(groups::blocked)),
+        ("/v1/transactions", Method::POST, post(transactions::prepare)),
+        ("/v1/transactions", Method::GET, get(transactions::list_transactions)),
+        ("/v1/transactions/{transaction_id}", Method::GET, get(transactions::get_transaction)),
+        ("/v1/transactions/{transaction_id}/commit", Method::POST, post(transactions::commit)),
+        ("/v1/transactions/{transaction_id}/rollback", Method::POST, post(transactions::rollback)),
+        ("/v1/producers/{producer_group}/transactions/check", Method::POST, post(transactions::check)),
         ("/v1/timer/stats", Method::GET, get(timer_stats)),
         ("/v1/timer/congestion", Method::GET, get(congestion::congestion)),
         ("/v1/storage", Method::GET, get(storage::storage)),

@@ -47,6 +47,12 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
         super::groups::extend,
         super::groups::seek,
         super::groups::blocked,
+        super::transactions::prepare,
+        super::transactions::list_transactions,
+        super::transactions::get_transaction,
+        super::transactions::commit,
+        super::transactions::rollback,
+        super::transactions::check,
         super::timer_stats,
         super::congestion::congestion,
         super::storage::storage,
@@ -56,6 +62,7 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
     tags(
         (name = "topics"), (name = "messages", description = "Send, schedule, look up and cancel"),
         (name = "consumers", description = "Consumer groups: receive and ack (at least once), nack with backoff, dead letters, extend, seek, configuration and lag"),
+        (name = "transactions", description = "Transaction messages: prepare, commit or roll back as a whole, the producer's check-back"),
         (name = "timer", description = "Timer observability"),
         (name = "storage", description = "Disk use, retention and reclamation"), (name = "health"), (name = "meta"),
     )

@@ -76,3 +76,27 @@ pub(crate) fn list_limit(limit: Option<i64>) -> Result<usize, ApiError> {
     }
     Ok(limit as usize)
 }
+
+/// `{id}` of a transaction: any string (a malformed id is a 404, answered by the handler).
+pub struct TxnPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for TxnPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(params(parts, state).await?))
+    }
+}
+
+/// `{producer_group}`: a valid producer group name (the topic rule; 400 INVALID_ARGUMENT).
+pub struct ProducerPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProducerPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let group: String = params(parts, state).await?;
+        check_name("producer group", &group).map_err(ApiError::invalid)?;
+        Ok(Self(group))
+    }
+}

@@ -243,7 +243,7 @@ pub(crate) struct CancelResult {
 
 /// Validates one message; `at` names it in errors ("message" or "messages[3]"). Returns it with
 /// its `dedup_id`.
-fn to_new_message(
+pub(crate) fn to_new_message(
     m: MessageIn,
     at: &str,
     now: i64,

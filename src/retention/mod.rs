@@ -199,9 +199,24 @@ pub struct Retention {
     probe: DiskProbe,
     last: Mutex<(Option<Disk>, Pinned)>,
     workers: Mutex<Supervisor>,
+    /// Log offsets below which something still needs the log (prepared transactions).
+    pins: Mutex<Vec<PinFn>>,
 }
 
+/// The lowest log offset a subsystem still needs, if any (see [`Retention::pin_below`]).
+pub type PinFn = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
 impl Retention {
+    /// Keeps every segment from the one holding `f()` on: a segment is never reclaimed while
+    /// `f` names an offset in or before it (a prepared transaction's records).
+    pub fn pin_below(&self, f: PinFn) {
+        self.pins.lock().push(f);
+    }
+
+    fn pinned_floor(&self) -> Option<u64> {
+        self.pins.lock().iter().filter_map(|f| f()).min()
+    }
+
     pub fn new(
         store: Arc<Store>,
         timer: Arc<TimerEngine>,
@@ -219,6 +234,7 @@ impl Retention {
             probe,
             last: Mutex::new((None, Pinned::default())),
             workers: Mutex::new(Supervisor::new()),
+            pins: Mutex::new(Vec::new()),
         })
     }
 
@@ -267,6 +283,15 @@ impl Retention {
             // Past its retention a segment goes whatever it holds (its copies age from now);
             // for size or disk pressure only if that frees at least half of it, or the same
             // pending messages would be copied round and round.
+            if let Some(floor) = self.pinned_floor().filter(|&f| f < end) {
+                tick.pinned = Pinned {
+                    segments: 1,
+                    bytes: end - base,
+                    pending_messages: 0,
+                    reason: Some(format!("segment {base}: a prepared transaction's records (offset {floor})")),
+                };
+                break;
+            }
             let max_carry = if rule == Rule::Age { u64::MAX } else { (end - base) / 2 };
             let margin = self.opts.carry_margin.as_millis() as i64;
             let carried = self.timer.carry_forward(base, end, margin, max_carry)?;

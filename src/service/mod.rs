@@ -12,6 +12,7 @@ pub mod dedup;
 pub mod deliver;
 pub mod lookup;
 pub mod send;
+pub mod transactions;
 
 use std::sync::Arc;
 
@@ -32,12 +33,14 @@ pub struct BrokerOptions {
     pub default_queues: u16,
     /// How long a `dedup_id` is remembered (config `dedup.window`), ms.
     pub dedup_window_ms: i64,
+    /// Checks and their limit (`[transaction]`).
+    pub txn: transactions::TxnOptions,
 }
 
 impl BrokerOptions {
     /// Topics created on first send with `default_queues` queues; the default dedup window.
     pub fn new(auto_create_topics: bool, default_queues: u16) -> Self {
-        Self { auto_create_topics, default_queues, dedup_window_ms: 300_000 }
+        Self { auto_create_topics, default_queues, dedup_window_ms: 300_000, txn: Default::default() }
     }
 }
 
@@ -47,7 +50,9 @@ pub struct Broker {
     pub(crate) store: Arc<Store>,
     pub(crate) timer: Arc<TimerEngine>,
     opts: BrokerOptions,
+    txn_opts: transactions::TxnOptions,
     dedup_locks: Arc<dedup::DedupLocks>,
+    txns: Arc<transactions::Transactions>,
 }
 
 /// Why a use case failed. Transports map these to their own answers.
@@ -74,6 +79,9 @@ pub enum ServiceError {
     /// A configured quota (`limits.*`) refused it.
     #[error("{0}")]
     LimitExceeded(String),
+    /// A transaction resolved (or being resolved) the other way.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ServiceError {
@@ -89,7 +97,7 @@ impl ServiceError {
 
 impl Broker {
     pub fn new(store: Arc<Store>, timer: Arc<TimerEngine>, opts: BrokerOptions) -> Self {
-        Self { store, timer, opts, dedup_locks: Arc::default() }
+        Self { store, timer, opts, txn_opts: opts.txn, dedup_locks: Arc::default(), txns: Arc::default() }
     }
 
     pub fn store(&self) -> &Arc<Store> {

@@ -47,67 +47,112 @@ impl Broker {
     /// Stores `msgs` for `topic` (a message with `deliver_at_ms` is scheduled), all or none,
     /// without waiting for durability: see [`Broker::send`].
     pub fn append(&self, topic: &str, msgs: Vec<NewMessage>) -> Result<Appended, ServiceError> {
-        // Above `store.disk_hard_limit` (see `crate::retention`) nothing new is stored; the
-        // timer's fires and everything else go on.
+        self.check_accepting()?;
+        let dest = self.topic_for_send(topic)?;
+        let msgs = msgs.into_iter().map(|m| (dest.clone(), m)).collect();
+        Ok(self.append_multi(msgs, Vec::new())?.0)
+    }
+
+    /// Above `store.disk_hard_limit` (see `crate::retention`) nothing new is stored; the
+    /// timer's fires and everything else go on.
+    pub(crate) fn check_accepting(&self) -> Result<(), ServiceError> {
         if !self.store.accepting() {
             let context = "the disk is above store.disk_hard_limit; sends pass again once retention frees space".into();
             return Err(crate::store::StoreError::DiskFull { context }.into());
         }
-        let dest = self.topic_for_send(topic)?;
+        Ok(())
+    }
+
+    /// Stores `msgs`, each for its topic (one with `deliver_at_ms` is scheduled), and `extra`
+    /// records as they are (to internal topics, queue 0), as one all-or-nothing append.
+    /// Returns what `msgs` became, in order, and what `extra` did.
+    pub(crate) fn append_multi(
+        &self,
+        msgs: Vec<(Arc<Topic>, NewMessage)>,
+        extra: Vec<(Arc<Topic>, NewMessage)>,
+    ) -> Result<(Appended, Vec<crate::store::Appended>), ServiceError> {
         let sys = self.timer.system_topic();
-        // Parts of the one all-or-nothing append: normal messages by queue (a message group's
-        // messages all go to its queue; the rest round robin), then the scheduled ones.
-        let mut normal: Vec<(Option<u16>, Vec<NewMessage>)> = Vec::new();
-        let mut scheduled = Vec::new();
-        // Per message: `None` if scheduled, else its normal part.
-        let mut order: Vec<Option<usize>> = Vec::with_capacity(msgs.len());
-        for mut m in msgs {
-            if m.deliver_at_ms.is_some() {
-                m.properties.insert(PROP_TOPIC.to_string(), topic.to_string());
-                order.push(None);
-                scheduled.push(m);
-                continue;
-            }
-            let queue = m.properties.get(PROP_MESSAGE_GROUP).map(|g| dest.queue_for(Some(g)));
-            let part = match normal.iter().position(|(q, _)| *q == queue) {
-                Some(i) => i,
+        // Parts of the one append, per destination topic: normal messages by queue (a message
+        // group's messages all go to its queue; the rest round robin), then its scheduled ones
+        // (to the timer's system topic, one part per destination, each with its reservation).
+        struct Dest {
+            topic: Arc<Topic>,
+            normal: Vec<(Option<u16>, Vec<NewMessage>)>,
+            scheduled: Vec<NewMessage>,
+        }
+        let mut dests: Vec<Dest> = Vec::new();
+        // Per message: its destination, and `None` if scheduled, else its normal part.
+        let mut order: Vec<(usize, Option<usize>)> = Vec::with_capacity(msgs.len());
+        for (t, mut m) in msgs {
+            let d = match dests.iter().position(|d| Arc::ptr_eq(&d.topic, &t)) {
+                Some(d) => d,
                 None => {
-                    normal.push((queue, Vec::new()));
-                    normal.len() - 1
+                    dests.push(Dest { topic: t.clone(), normal: Vec::new(), scheduled: Vec::new() });
+                    dests.len() - 1
                 }
             };
-            normal[part].1.push(m);
-            order.push(Some(part));
+            let dest = &mut dests[d];
+            if m.deliver_at_ms.is_some() {
+                m.properties.insert(PROP_TOPIC.to_string(), t.name.clone());
+                order.push((d, None));
+                dest.scheduled.push(m);
+                continue;
+            }
+            let queue = m.properties.get(PROP_MESSAGE_GROUP).map(|g| t.queue_for(Some(g)));
+            let part = match dest.normal.iter().position(|(q, _)| *q == queue) {
+                Some(i) => i,
+                None => {
+                    dest.normal.push((queue, Vec::new()));
+                    dest.normal.len() - 1
+                }
+            };
+            dest.normal[part].1.push(m);
+            order.push((d, Some(part)));
         }
-        let mut parts: Vec<(&Topic, Option<u16>, &[NewMessage])> =
-            normal.iter().map(|(q, m)| (dest.as_ref(), *q, m.as_slice())).collect();
-        if !scheduled.is_empty() {
-            parts.push((sys.as_ref(), None, scheduled.as_slice()));
+        let mut parts: Vec<(&Topic, Option<u16>, &[NewMessage])> = Vec::new();
+        // Per destination: the index of its first normal part, and of its scheduled part.
+        let mut at: Vec<(usize, Option<usize>)> = Vec::new();
+        for d in &dests {
+            let first = parts.len();
+            parts.extend(d.normal.iter().map(|(q, m)| (d.topic.as_ref(), *q, m.as_slice())));
+            let sched = (!d.scheduled.is_empty()).then(|| {
+                parts.push((sys.as_ref(), None, d.scheduled.as_slice()));
+                parts.len() - 1
+            });
+            at.push((first, sched));
         }
+        let extra_from = parts.len();
+        parts.extend(extra.iter().map(|(t, m)| (t.as_ref(), Some(0), std::slice::from_ref(m))));
         // Counted (and checked against `timer.max_per_slot`) before the append, so a full slot
         // refuses the whole batch and a failed append takes its counts back.
-        let reservation = if scheduled.is_empty() {
-            None
-        } else {
-            let at = scheduled.iter().map(|m| m.deliver_at_ms.expect("scheduled")).collect();
-            Some(self.timer.reserve(topic, at).map_err(|e| ServiceError::from_timer(e, String::new))?)
-        };
+        let mut reservations = Vec::new();
+        for (d, &(_, sched)) in dests.iter().zip(&at) {
+            if let Some(part) = sched {
+                let times = d.scheduled.iter().map(|m| m.deliver_at_ms.expect("scheduled")).collect();
+                let r =
+                    self.timer.reserve(&d.topic.name, times).map_err(|e| ServiceError::from_timer(e, String::new))?;
+                reservations.push((r, part));
+            }
+        }
         let results = self.store.append_parts(&parts)?;
-        let sched_res = if scheduled.is_empty() { None } else { results.last() };
-        if let (Some(r), Some(res)) = (reservation, sched_res) {
-            r.commit(res).map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        for (r, part) in reservations {
+            r.commit(&results[part]).map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         }
         let durable_at = results.iter().map(|r| r.end).max().unwrap_or(0);
         let mut cursors: Vec<_> = results.iter().map(|r| r.messages.iter()).collect();
-        let sched_part = normal.len();
         let sent = order
             .iter()
-            .map(|part| {
-                let a = cursors[part.unwrap_or(sched_part)].next().expect("one result per message");
+            .map(|&(d, part)| {
+                let i = match part {
+                    Some(p) => at[d].0 + p,
+                    None => at[d].1.expect("a scheduled part"),
+                };
+                let a = cursors[i].next().expect("one result per message");
                 Sent { id: a.id, deliver_at_ms: a.deliver_at_ms, scheduled: part.is_none() }
             })
             .collect();
-        Ok(Appended { sent, durable_at })
+        let extra_out = results[extra_from..].iter().filter_map(|r| r.messages.first().copied()).collect();
+        Ok((Appended { sent, durable_at }, extra_out))
     }
 
     /// Stores `msgs` for `topic` ([`Broker::append`]) and returns once they are as durable as

@@ -100,6 +100,9 @@ pub fn open_with(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>, pa
         },
         probe,
     );
+    broker.recover_transactions().unwrap();
+    let txns = broker.transactions_table().clone();
+    retention.pin_below(Box::new(move || txns.pinned_below()));
     let consumers = Consumers::new(broker.clone(), groups.clone());
     H { dir: dir.to_path_buf(), params, clock, disk, store, timer, groups, broker, consumers, retention }
 }

@@ -1,0 +1,104 @@
+//! Transactions against a model (issue 17): random prepares (1..=5 messages), commits,
+//! rollbacks (some repeated, some the other way), checks, process crashes and clock steps, on
+//! the simulated clock. After every step: each transaction's state is the model's; the
+//! messages visible in the topic are exactly those of committed transactions, each once (never
+//! part of one, never one rolled back or prepared, never lost after a commit).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chime::service::transactions::{ResolvedBy, Timing, TxnSend, TxnState};
+use chime::service::ServiceError;
+use chime::store::NewMessage;
+use common::binary::Rng;
+use common::consumer::rt;
+use common::lifecycle::{H, T0, TOPIC};
+
+struct Model {
+    state: BTreeMap<String, TxnState>,
+    /// Message ids of each committed transaction.
+    committed: BTreeMap<String, Vec<String>>,
+}
+
+fn check(h: &H, m: &Model) {
+    for (id, want) in &m.state {
+        let got = h.broker.transaction(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(got.state, *want, "{id}");
+    }
+    let visible = h.visible();
+    let want: BTreeSet<&String> = m.committed.values().flatten().collect();
+    let got: BTreeSet<&String> = visible.keys().collect();
+    assert_eq!(got, want, "exactly the committed transactions' messages are visible");
+    assert!(visible.values().all(|&n| n == 1), "each once: {visible:?}");
+}
+
+#[test]
+fn random_prepare_commit_rollback_check_and_crashes_match_the_model() {
+    let _failpoints = fail::FailScenario::setup();
+    let seed = std::env::var("TXN_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(17);
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = H::new(dir.path());
+    let mut m = Model { state: BTreeMap::new(), committed: BTreeMap::new() };
+    let rt = rt();
+    for step in 0..300 {
+        let ids: Vec<String> = m.state.keys().cloned().collect();
+        let pick = |rng: &mut Rng| ids[rng.range(0, ids.len() as u64 - 1) as usize].clone();
+        match rng.range(0, 99) {
+            0..=34 => {
+                let n = rng.range(1, 5);
+                let msgs = (0..n)
+                    .map(|i| TxnSend {
+                        topic: TOPIC.into(),
+                        message: NewMessage {
+                            body: format!("s{step}-{i}").into_bytes(),
+                            born_ms: T0,
+                            ..Default::default()
+                        },
+                        timing: Timing::Now,
+                    })
+                    .collect();
+                let info = rt.block_on(h.broker.prepare("pg", 1000, msgs)).unwrap();
+                m.state.insert(info.id, TxnState::Prepared);
+            }
+            35..=79 if !ids.is_empty() => {
+                let id = pick(&mut rng);
+                let want = if rng.range(0, 1) == 0 { TxnState::Committed } else { TxnState::RolledBack };
+                match (rt.block_on(h.broker.resolve(&id, want, ResolvedBy::Client)), m.state[&id]) {
+                    (Ok(info), TxnState::Prepared) => {
+                        assert_eq!(info.state, want);
+                        if want == TxnState::Committed {
+                            m.committed
+                                .insert(id.clone(), info.messages.iter().map(|x| x.message_id.clone()).collect());
+                        }
+                        m.state.insert(id, want);
+                    }
+                    (Ok(info), was) => assert_eq!((info.state, was), (want, want), "{id}: a repeat answers the same"),
+                    (Err(ServiceError::Conflict(_)), was) => assert!(was != want && was != TxnState::Prepared, "{id}"),
+                    (Err(e), was) => panic!("step {step}: {id} ({was:?}) to {want:?}: {e}"),
+                }
+            }
+            80..=87 => {
+                let got = rt.block_on(h.broker.check("pg", 5)).unwrap();
+                for c in got {
+                    assert_eq!(m.state[&c.info.id], TxnState::Prepared, "only prepared ones are checked");
+                }
+            }
+            88..=92 => h.clock.advance(rng.range(0, 20_000) as i64),
+            _ => {
+                h.groups.persist_all().unwrap();
+                h = h.crash();
+            }
+        }
+        check(&h, &m);
+    }
+    let n = |s: TxnState| m.state.values().filter(|&&x| x == s).count();
+    eprintln!(
+        "seed {seed}: {} prepared, {} committed, {} rolled back",
+        n(TxnState::Prepared),
+        n(TxnState::Committed),
+        n(TxnState::RolledBack)
+    );
+    assert!(n(TxnState::Committed) > 5 && n(TxnState::RolledBack) > 5, "the run exercised both");
+}

@@ -1,0 +1,90 @@
+//! Transactions under a simulated power cut (`src/store/powercut.rs`: only what was fsync'd
+//! survives). A commit is one batch with its messages, so a cut keeps it whole or not at all:
+//! cut before the commit was flushed, the transaction is prepared again (none of its messages
+//! visible) and can be committed then; cut after, it is committed with all of them. A prepared
+//! transaction that was flushed survives; a rollback likewise.
+//!
+//! Under the default profile (these tests: flushes only when they say) a 200 is given before
+//! the flush, as a 201 is; under `durable` the flush comes before the answer, which is the
+//! "after" case here.
+//!
+//! A file of its own: the simulation records one data directory per process.
+
+mod common;
+
+use std::sync::Arc;
+
+use chime::clock::ManualClock;
+use chime::service::transactions::{ResolvedBy, Timing, TxnSend, TxnState};
+use chime::store::powercut;
+use chime::store::NewMessage;
+use common::consumer::rt;
+use common::lifecycle::{half_full, open_with, Params, H, T0, TOPIC};
+use parking_lot::Mutex;
+
+fn params() -> Params {
+    Params { flush_ms: 3_600_000, persist_ms: 3_600_000, ..Params::default() }
+}
+
+fn prepare(h: &H, bodies: &[&str]) -> String {
+    let msgs = bodies
+        .iter()
+        .map(|b| TxnSend {
+            topic: TOPIC.into(),
+            message: NewMessage { body: b.as_bytes().to_vec(), born_ms: T0, ..Default::default() },
+            timing: Timing::Now,
+        })
+        .collect();
+    rt().block_on(h.broker.prepare("pg", 1000, msgs)).unwrap().id
+}
+
+fn open(dir: &std::path::Path) -> H {
+    open_with(dir, ManualClock::new(T0), Arc::new(Mutex::new(half_full())), params())
+}
+
+#[test]
+fn a_commit_survives_a_power_cut_whole_or_not_at_all() {
+    let scenario = fail::FailScenario::setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, shadow) = (tmp.path().join("data"), tmp.path().join("shadow"));
+    std::fs::create_dir_all(&data).unwrap();
+    fail::cfg(powercut::FAILPOINT, &format!("return({})", shadow.display())).unwrap();
+    let h = open(&data);
+    fail::remove(powercut::FAILPOINT);
+    let committed = prepare(&h, &["c1", "c2", "c3"]);
+    let rolled = prepare(&h, &["r1"]);
+    h.store.flush_all().unwrap();
+    let lost = prepare(&h, &["never flushed"]);
+    let c = rt().block_on(h.broker.resolve(&committed, TxnState::Committed, ResolvedBy::Client)).unwrap();
+    let ids: Vec<String> = c.messages.iter().map(|m| m.message_id.clone()).collect();
+    rt().block_on(h.broker.resolve(&rolled, TxnState::RolledBack, ResolvedBy::Client)).unwrap();
+    let before = tmp.path().join("cut-before-flush");
+    powercut::materialize(&shadow, &before).unwrap();
+    h.store.flush_all().unwrap();
+    let after = tmp.path().join("cut-after-flush");
+    powercut::materialize(&shadow, &after).unwrap();
+    drop(h);
+
+    // Before the flush: both prepared again, nothing visible; the unflushed prepare is gone.
+    let h = open(&before);
+    let state = |h: &H, id: &str| h.broker.transaction(id).map(|t| t.state);
+    assert_eq!(state(&h, &committed).unwrap(), TxnState::Prepared);
+    assert_eq!(state(&h, &rolled).unwrap(), TxnState::Prepared);
+    assert!(state(&h, &lost).is_err(), "a prepare the cut took is unknown");
+    assert!(h.visible().is_empty(), "no part of a transaction: {:?}", h.visible());
+    let again = rt().block_on(h.broker.resolve(&committed, TxnState::Committed, ResolvedBy::Client)).unwrap();
+    assert_eq!(again.messages.len(), 3);
+    assert_eq!(h.visible().len(), 3, "committed after the restart: all of it");
+    drop(h);
+
+    // After the flush: committed with all its messages, the rollback held.
+    let h = open(&after);
+    assert_eq!(state(&h, &committed).unwrap(), TxnState::Committed);
+    assert_eq!(state(&h, &rolled).unwrap(), TxnState::RolledBack);
+    let visible: Vec<String> = h.visible().into_keys().collect();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(visible, want, "each of its messages, once");
+    assert_eq!(h.broker.transaction(&committed).unwrap().messages.len(), 3);
+    scenario.teardown();
+}
