@@ -357,3 +357,35 @@ fn a_year_of_retention_with_messages_due_across_it_rolls_cancels_and_crashes() {
     assert!(carried > 0 && (carried as i64) <= bound, "{carried} copies, bound {bound}");
     assert!(h.groups.expired_total() == 0, "the audit group kept up");
 }
+
+/// A prepared transaction's records are never reclaimed: retention stops at the segment that
+/// holds them (reported pinned), even past its age; once the transaction is resolved, the
+/// segments go, and what it committed is there.
+#[test]
+fn a_prepared_transaction_pins_its_segment_until_it_is_resolved() {
+    use chime::service::transactions::{ResolvedBy, Timing, TxnSend, TxnState};
+    let _failpoints = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let h = H::new(dir.path());
+    let msgs = vec![TxnSend {
+        topic: TOPIC.into(),
+        message: chime::store::NewMessage { body: b"held".to_vec(), born_ms: T0, ..Default::default() },
+        timing: Timing::Now,
+    }];
+    let rt = common::consumer::rt();
+    let id = rt.block_on(h.broker.prepare("pg", 1000, msgs)).unwrap().id;
+    fill(&h);
+    h.wait_idle();
+    h.advance_to(T0 + 2 * HOUR);
+    let t = h.retention.tick().unwrap();
+    assert!(t.reclaimed.is_empty(), "the first segment is pinned: {t:?}");
+    assert!(t.pinned.reason.as_deref().unwrap().contains("prepared transaction"), "{:?}", t.pinned);
+    assert_eq!(h.broker.transaction(&id).unwrap().state, TxnState::Prepared);
+    let c = rt.block_on(h.broker.resolve(&id, TxnState::Committed, ResolvedBy::Client)).unwrap();
+    let t = h.retention.tick().unwrap();
+    assert!(!t.reclaimed.is_empty(), "resolved: the segments go: {t:?}");
+    assert_eq!(h.visible().get(&c.messages[0].message_id), Some(&1), "its committed message is kept");
+    let after = h.broker.transaction(&id).unwrap();
+    assert_eq!((after.state, after.producer_group.as_str()), (TxnState::Committed, "pg"), "GET from the commit record");
+    assert_eq!(after.messages, c.messages);
+}

@@ -11,7 +11,8 @@
 //!   keys and properties, its topic, and its timing: at once, `delay` ms after the commit, or
 //!   `at` an absolute time), all appended by the prepare as one batch;
 //! - `check` (`checks` = n): a check handed out, appended before the check answers;
-//! - `commit` or `rollback` (`by` = client | timeout): the resolution.
+//! - `commit` or `rollback` (`by` = client | timeout, and the group, prepare time, checks and
+//!   topics, so `GET` answers as long as this record is kept): the resolution.
 //!
 //! **Invariants.** A commit is one all-or-nothing append of the messages (to their topics, the
 //! scheduled ones to the timer, timed from the commit) *and* its `commit` record: recovery
@@ -58,6 +59,9 @@ const CHECKS: &str = "__txn.checks";
 const BY: &str = "__txn.by";
 /// A message's place in its transaction (on its half and on what the commit stored).
 const SEQ: &str = "__txn.seq";
+/// On a resolution record, so `GET` answers after the prepare's records were reclaimed.
+const PREPARED_AT: &str = "__txn.prepared_at";
+const TOPICS: &str = "__txn.topics";
 
 /// The reserved key of every record of transaction `id` (and of its committed messages).
 pub fn txn_key(id: &str) -> String {
@@ -404,7 +408,20 @@ impl Broker {
         let txn = self.txn_topic()?;
         let by_s = if by == ResolvedBy::Client { "client" } else { "timeout" };
         let kind = if want == TxnState::Committed { "commit" } else { "rollback" };
-        let op = record(kind, id, &[(BY, by_s.to_string())]);
+        let mut topics: Vec<&str> = p.halves.iter().map(|(_, t)| t.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let op = record(
+            kind,
+            id,
+            &[
+                (BY, by_s.to_string()),
+                (GROUP, p.group.clone()),
+                (PREPARED_AT, p.prepared_at_ms.to_string()),
+                (CHECKS, p.checks.to_string()),
+                (TOPICS, topics.join(",")),
+            ],
+        );
         let mut messages = Vec::new();
         let durable_at = if want == TxnState::Committed {
             let now = self.store.clock().now_ms();
@@ -485,6 +502,7 @@ impl Broker {
         let key = txn_key(id);
         let mut info: Option<TxnInfo> = None;
         let (mut halves, mut state, mut by, mut checks) = (Vec::new(), TxnState::Prepared, None, 0);
+        let mut resolution: Option<(String, i64, String)> = None;
         let mut offsets = self.store.find_by_key(TXN_TOPIC, &key, 4096);
         offsets.sort_unstable();
         for off in offsets {
@@ -514,16 +532,36 @@ impl Broker {
                     } else {
                         ResolvedBy::Client
                     });
+                    checks = checks.max(rec.property(CHECKS).and_then(|c| c.parse().ok()).unwrap_or(0));
+                    resolution = Some((
+                        rec.property(GROUP).unwrap_or_default().to_string(),
+                        rec.property(PREPARED_AT).and_then(|t| t.parse().ok()).unwrap_or(rec.store_ms),
+                        rec.property(TOPICS).unwrap_or_default().to_string(),
+                    ));
                 }
                 _ => {}
             }
+        }
+        // The prepare's records may be reclaimed already; the resolution says the rest.
+        let mut topics_of_resolution = Vec::new();
+        if let Some((group, prepared_at_ms, topics)) = resolution {
+            topics_of_resolution = topics.split(',').filter(|t| !t.is_empty()).map(str::to_string).collect();
+            info.get_or_insert(TxnInfo {
+                id: id.to_string(),
+                producer_group: group,
+                state,
+                prepared_at_ms,
+                checks,
+                resolved_by: by,
+                messages: Vec::new(),
+            });
         }
         let mut info = info.ok_or_else(unknown)?;
         info.state = state;
         info.resolved_by = by;
         info.checks = checks;
         info.messages = if state == TxnState::Committed {
-            let mut topics: Vec<&String> = halves.iter().map(|(_, t)| t).collect();
+            let mut topics: Vec<&String> = halves.iter().map(|(_, t)| t).chain(&topics_of_resolution).collect();
             topics.sort();
             topics.dedup();
             let mut out = Vec::new();
