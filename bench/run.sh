@@ -53,6 +53,7 @@ run cancel                 cancel --count 20000 --concurrency 16
 run key-lookup             key-lookup --runs 3
 run fifo                   fifo --runs 3
 run dedup                  dedup --runs 3
+run txn                    txn --runs 3 --prepared 100000
 
 # Timer (RESULTS.md, "Timer"), about 6 minutes.
 run wheel-flush            wheel-flush --dirty 10000 --reps 5

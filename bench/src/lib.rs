@@ -21,4 +21,5 @@ pub mod report;
 pub mod rng;
 pub mod target;
 pub mod timer_http;
+pub mod txn;
 pub mod wheel_flush;

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use chime_bench::{
     append, cancel, carry, compare, dedup, enqueue, fifo, http_receive, http_send, ingest, key_lookup, note, pending,
-    progress, timer_http, wheel_flush,
+    progress, timer_http, txn, wheel_flush,
 };
 use clap::{Parser, Subcommand};
 
@@ -81,6 +81,9 @@ enum Cmd {
     Fifo(fifo::FifoArgs),
     /// Sends with a dedup_id against without, repeats, and memory with 1M ids in the window.
     Dedup(dedup::DedupArgs),
+    /// Transactions (prepare + commit) of 1 and 10 messages against plain sends, the
+    /// commit-to-visible latency, and memory and restart time with open transactions.
+    Txn(txn::TxnArgs),
     /// Memory (RssAnon) of a server holding N pending scheduled messages.
     Pending(pending::PendingArgs),
     /// Compare two `--json` results of one scenario (as `--compare` does after a run).
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
         Cmd::KeyLookup(a) => key_lookup::run(a),
         Cmd::Fifo(a) => fifo::run(a),
         Cmd::Dedup(a) => dedup::run(a),
+        Cmd::Txn(a) => txn::run(a),
         Cmd::Compare { .. } => unreachable!("handled above"),
     };
     let report = match result {
@@ -201,6 +205,7 @@ fn scenario_name(cmd: &Cmd) -> &'static str {
         Cmd::KeyLookup(_) => "key-lookup",
         Cmd::Fifo(_) => "fifo",
         Cmd::Dedup(_) => "dedup",
+        Cmd::Txn(_) => "txn",
         Cmd::Compare { .. } => "compare",
     }
 }
