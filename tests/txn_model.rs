@@ -16,6 +16,8 @@ use common::consumer::rt;
 use common::lifecycle::{H, T0, TOPIC};
 
 struct Model {
+    /// Ids in the order prepared (ids are random: picks go by this order, so a seed replays).
+    order: Vec<String>,
     state: BTreeMap<String, TxnState>,
     /// Message ids of each committed transaction.
     committed: BTreeMap<String, Vec<String>>,
@@ -40,10 +42,10 @@ fn random_prepare_commit_rollback_check_and_crashes_match_the_model() {
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut h = H::new(dir.path());
-    let mut m = Model { state: BTreeMap::new(), committed: BTreeMap::new() };
+    let mut m = Model { order: Vec::new(), state: BTreeMap::new(), committed: BTreeMap::new() };
     let rt = rt();
     for step in 0..300 {
-        let ids: Vec<String> = m.state.keys().cloned().collect();
+        let ids: Vec<String> = m.order.clone();
         let pick = |rng: &mut Rng| ids[rng.range(0, ids.len() as u64 - 1) as usize].clone();
         match rng.range(0, 99) {
             0..=34 => {
@@ -60,6 +62,7 @@ fn random_prepare_commit_rollback_check_and_crashes_match_the_model() {
                     })
                     .collect();
                 let info = rt.block_on(h.broker.prepare("pg", 1000, msgs)).unwrap();
+                m.order.push(info.id.clone());
                 m.state.insert(info.id, TxnState::Prepared);
             }
             35..=79 if !ids.is_empty() => {
@@ -101,4 +104,59 @@ fn random_prepare_commit_rollback_check_and_crashes_match_the_model() {
         n(TxnState::RolledBack)
     );
     assert!(n(TxnState::Committed) > 5 && n(TxnState::RolledBack) > 5, "the run exercised both");
+}
+
+/// Races decided under one lock: a commit and a rollback of the same transaction sent at
+/// once, exactly one wins and the other is a conflict (never both, never neither); a check
+/// racing a commit either hands it out first (counted) or not at all, and the commit stands.
+#[test]
+fn racing_resolutions_and_checks_have_one_winner() {
+    let _failpoints = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let h = H::new(dir.path());
+    let send = |body: &str| TxnSend {
+        topic: TOPIC.into(),
+        message: NewMessage { body: body.as_bytes().to_vec(), born_ms: T0, ..Default::default() },
+        timing: Timing::Now,
+    };
+    let (mut commits, mut rollbacks, mut checked) = (0, 0, 0);
+    for round in 0..40 {
+        let id = rt().block_on(h.broker.prepare("pg", 1000, vec![send(&format!("r{round}"))])).unwrap().id;
+        h.clock.advance(1000);
+        let barrier = std::sync::Barrier::new(3);
+        let (c, r, k) = std::thread::scope(|s| {
+            let c = s.spawn(|| {
+                barrier.wait();
+                rt().block_on(h.broker.resolve(&id, TxnState::Committed, ResolvedBy::Client))
+            });
+            let r = s.spawn(|| {
+                barrier.wait();
+                rt().block_on(h.broker.resolve(&id, TxnState::RolledBack, ResolvedBy::Client))
+            });
+            let k = s.spawn(|| {
+                barrier.wait();
+                rt().block_on(h.broker.check("pg", 10)).unwrap()
+            });
+            (c.join().unwrap(), r.join().unwrap(), k.join().unwrap())
+        });
+        let state = h.broker.transaction(&id).unwrap();
+        match (c, r) {
+            (Ok(_), Err(ServiceError::Conflict(_))) => {
+                commits += 1;
+                assert_eq!(state.state, TxnState::Committed);
+            }
+            (Err(ServiceError::Conflict(_)), Ok(_)) => {
+                rollbacks += 1;
+                assert_eq!(state.state, TxnState::RolledBack);
+            }
+            (c, r) => panic!("round {round}: commit {c:?}, rollback {r:?}"),
+        }
+        let handed = k.iter().filter(|x| x.info.id == id).count();
+        assert!(handed <= 1);
+        checked += handed;
+        assert_eq!(state.checks as usize, handed, "round {round}: counted iff handed out");
+    }
+    eprintln!("commit won {commits}, rollback {rollbacks}; the check was first {checked} times");
+    let visible = h.visible().len();
+    assert_eq!(visible, commits, "one message per committed round, none of the rolled back");
 }
