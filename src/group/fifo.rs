@@ -95,7 +95,12 @@ impl Fifo {
         let group = self.held_at.remove(&offset)?;
         self.ready.remove(&offset);
         if let Some(q) = self.held.get_mut(&group) {
-            q.retain(|&o| o != offset);
+            // Handed out in order, so it is the front but for retention's cuts.
+            if q.front() == Some(&offset) {
+                q.pop_front();
+            } else {
+                q.retain(|&o| o != offset);
+            }
             if q.is_empty() {
                 self.held.remove(&group);
             }
@@ -143,11 +148,6 @@ impl Fifo {
     /// Held offsets, ascending.
     pub fn held_offsets(&self) -> impl Iterator<Item = u64> + '_ {
         self.held_at.keys().copied()
-    }
-
-    /// Whether `offset` is held.
-    pub fn is_held(&self, offset: u64) -> bool {
-        self.held_at.contains_key(&offset)
     }
 
     /// The message groups with a message out, longest out first, at most `limit`.

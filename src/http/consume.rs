@@ -98,7 +98,7 @@ pub(crate) struct ReceiveOut<'a> {
     messages: Vec<MessageOut<'a>>,
 }
 
-fn in_range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
+pub(crate) fn in_range(name: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
     let v = v.unwrap_or(default);
     if !(lo..=hi).contains(&v) {
         return Err(ApiError::invalid(format!("{name} must be {lo}..={hi}, got {v}")));

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::body::{parse_json, read_charged, read_json};
+use super::consume::in_range;
 use super::error::{ApiError, ErrorBody};
 use super::path::{check_topic, ProducerPath, TxnPath};
 use super::send::{to_new_message, MessageIn, StateOut};
@@ -127,10 +128,7 @@ pub async fn prepare(State(state): State<AppState>, body: Body) -> Result<Respon
     if raw.is_empty() || raw.len() > MAX_MESSAGES {
         return Err(ApiError::invalid(format!("a transaction holds 1..={MAX_MESSAGES} messages, got {}", raw.len())));
     }
-    let check_after_ms = req.check_after_ms.unwrap_or(6000);
-    if !(1000..=3_600_000).contains(&check_after_ms) {
-        return Err(ApiError::invalid(format!("check_after_ms must be 1000..=3600000, got {check_after_ms}")));
-    }
+    let check_after_ms = in_range("check_after_ms", req.check_after_ms, 6000, 1000, 3_600_000)?;
     let now = core.store.clock().now_ms();
     let mut msgs = Vec::with_capacity(raw.len());
     for (i, v) in raw.into_iter().enumerate() {
@@ -304,14 +302,8 @@ pub async fn check(
 ) -> Result<Response, ApiError> {
     let core = state.core()?;
     let req: CheckIn = read_json(body, 64 * 1024).await?;
-    let max = req.max.unwrap_or(16);
-    if !(1..=100).contains(&max) {
-        return Err(ApiError::invalid(format!("max must be 1..=100, got {max}")));
-    }
-    let wait_ms = req.wait_ms.unwrap_or(0);
-    if !(0..=30_000).contains(&wait_ms) {
-        return Err(ApiError::invalid(format!("wait_ms must be 0..=30000, got {wait_ms}")));
-    }
+    let max = in_range("max", req.max, 16, 1, 100)?;
+    let wait_ms = in_range("wait_ms", req.wait_ms, 0, 0, 30_000)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
     let got = loop {
         let got = core.broker.check(&group, max as usize).await?;

@@ -55,13 +55,15 @@ pub fn deliver<'a>(rec: &Record<'a>, log_offset: u64) -> DeliveredMessage<'a> {
         }),
         _ => None,
     };
+    let mut keys = rec.keys();
+    keys.retain(|k| !super::dedup::is_reserved_key(k));
     DeliveredMessage {
         dead_letter,
         message_group: prop(PROP_MESSAGE_GROUP),
         id,
         topic: rec.topic,
         tag: rec.tag,
-        keys: rec.keys().into_iter().filter(|k| !super::dedup::is_reserved_key(k)).collect(),
+        keys,
         // Every property starting with `__` is reserved (a send cannot set one): not shown.
         properties: props.into_iter().filter(|(k, _)| !k.starts_with("__")).collect(),
         body: rec.body,

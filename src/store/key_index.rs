@@ -38,8 +38,13 @@ const ENTRY_WORDS: usize = 3;
 
 /// The 64-bit FNV-1a hash of `topic`, a NUL and `key` (stable across builds: it is on disk).
 pub fn hash(topic: &str, key: &str) -> u64 {
+    fnv1a(topic.bytes().chain([0u8]).chain(key.bytes()))
+}
+
+/// The 64-bit FNV-1a hash of `bytes` (also what places a message group in its queue).
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.bytes().chain([0u8]).chain(key.bytes()) {
+    for b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -265,6 +270,14 @@ impl KeyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hash_is_fnv1a_as_on_disk() {
+        // Published FNV-1a 64 values: the index and the message-group queues depend on them.
+        assert_eq!(fnv1a(*b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(*b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(hash("t", "k"), fnv1a(*b"t\0k"));
+    }
 
     #[test]
     fn keys_are_found_newest_first_across_files_and_survive_a_reopen_and_a_truncation() {

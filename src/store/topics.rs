@@ -89,12 +89,7 @@ impl Topic {
 
 /// The 64-bit FNV-1a hash of a message group's name (stable: it places messages in queues).
 pub fn message_group_hash(message_group: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in message_group.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    super::key_index::fnv1a(message_group.bytes())
 }
 
 fn cq_dir(data_dir: &Path, topic: &str, queue: u16) -> PathBuf {
