@@ -24,9 +24,8 @@ use std::time::Duration;
 
 use chime::clock::ManualClock;
 use chime::service::ServiceError;
-use chime::store::powercut;
 use common::consumer::{configure, dead_letters, nack, receive, receive_soon, Delivery};
-use common::lifecycle::{half_full, open_with, Params, T0, TOPIC};
+use common::lifecycle::{half_full, open_with, Params, Recorded, T0, TOPIC};
 use parking_lot::Mutex;
 
 /// Attempts up to 5, nacked with a 10-minute delay.
@@ -74,12 +73,7 @@ fn check_after_cut(dir: &Path, id: &str, lost: Option<&str>) {
 #[test]
 fn a_power_cut_after_a_nack_or_a_dead_letter_answered_loses_neither_and_stores_neither_twice() {
     let scenario = fail::FailScenario::setup();
-    let tmp = tempfile::tempdir().unwrap();
-    let (data, shadow) = (tmp.path().join("data"), tmp.path().join("shadow"));
-    std::fs::create_dir_all(&data).unwrap();
-    fail::cfg(powercut::FAILPOINT, &format!("return({})", shadow.display())).unwrap();
-    let h = open_with(&data, ManualClock::new(T0), Arc::new(Mutex::new(half_full())), params());
-    fail::remove(powercut::FAILPOINT);
+    let (h, rec) = Recorded::open(params());
     let id = h.send("payload".into(), None);
     configure(&h, RETRYING, 5);
     configure(&h, DEAD, 1);
@@ -92,11 +86,9 @@ fn a_power_cut_after_a_nack_or_a_dead_letter_answered_loses_neither_and_stores_n
     let out = nack(&h, DEAD, &[d[0].3.clone()], None);
     assert_eq!((out.nacked, out.dead_lettered), (1, 1));
 
-    let before_flush = tmp.path().join("cut-before-flush");
-    powercut::materialize(&shadow, &before_flush).unwrap();
+    let before_flush = rec.cut("cut-before-flush");
     h.store.flush_all().unwrap();
-    let after_flush = tmp.path().join("cut-after-flush");
-    powercut::materialize(&shadow, &after_flush).unwrap();
+    let after_flush = rec.cut("cut-after-flush");
     drop(h);
 
     check_after_cut(&before_flush, &id, Some(&lost));

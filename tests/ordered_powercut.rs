@@ -18,10 +18,9 @@ use chime::clock::ManualClock;
 use chime::group::fifo::PROP_MESSAGE_GROUP;
 use chime::group::GroupConfig;
 use chime::service::dedup::Outcome;
-use chime::store::powercut;
 use chime::store::NewMessage;
 use common::consumer::{nack, receive, rt, topic};
-use common::lifecycle::{half_full, open_with, Params, T0, TOPIC};
+use common::lifecycle::{half_full, open_with, Params, Recorded, T0, TOPIC};
 use parking_lot::Mutex;
 
 const G: &str = "ordered";
@@ -48,12 +47,7 @@ fn send_once(h: &common::lifecycle::H, body: &str, id: &str) -> Outcome {
 #[test]
 fn a_fifo_nack_and_a_dedup_id_answered_before_a_power_cut_hold_after_it() {
     let scenario = fail::FailScenario::setup();
-    let tmp = tempfile::tempdir().unwrap();
-    let (data, shadow) = (tmp.path().join("data"), tmp.path().join("shadow"));
-    std::fs::create_dir_all(&data).unwrap();
-    fail::cfg(powercut::FAILPOINT, &format!("return({})", shadow.display())).unwrap();
-    let h = open_with(&data, ManualClock::new(T0), Arc::new(Mutex::new(half_full())), params());
-    fail::remove(powercut::FAILPOINT);
+    let (h, rec) = Recorded::open(params());
     h.store.topics().create(TOPIC, 2).unwrap();
     h.consumers.configure(G, &topic(&h), GroupConfig { fifo: true, ..GroupConfig::default() }).unwrap();
     let msgs: Vec<NewMessage> = (0..3).map(|i| message(&format!("g{i}"), Some("g"))).collect();
@@ -67,8 +61,7 @@ fn a_fifo_nack_and_a_dedup_id_answered_before_a_power_cut_hold_after_it() {
     assert_eq!(nack(&h, G, std::slice::from_ref(&head[0].3), Some(30_000)).nacked, 1);
     // Acknowledged, not flushed: the default profile may lose it to a power cut.
     let Outcome::Stored(lost) = send_once(&h, "lost", "d2") else { panic!("a new id is stored") };
-    let cut = tmp.path().join("cut");
-    powercut::materialize(&shadow, &cut).unwrap();
+    let cut = rec.cut("cut");
     drop(h);
 
     let h = open_with(&cut, ManualClock::new(T0), Arc::new(Mutex::new(half_full())), params());

@@ -9,9 +9,8 @@ mod common;
 
 use std::sync::Arc;
 
-use chime::store::powercut;
 use chime::timer::MessageState;
-use common::lifecycle::{fill, half_full, open, H, HOUR, T0};
+use common::lifecycle::{fill, half_full, open, Params, Recorded, HOUR, T0};
 use parking_lot::Mutex;
 
 fn check_after_cut(dir: &std::path::Path, far: &[String], cancelled: &[usize]) {
@@ -41,12 +40,7 @@ fn check_after_cut(dir: &std::path::Path, far: &[String], cancelled: &[usize]) {
 #[test]
 fn a_power_cut_during_or_after_a_carry_forward_loses_nothing_and_fires_once() {
     let scenario = fail::FailScenario::setup();
-    let tmp = tempfile::tempdir().unwrap();
-    let (data, shadow) = (tmp.path().join("data"), tmp.path().join("shadow"));
-    std::fs::create_dir_all(&data).unwrap();
-    fail::cfg(powercut::FAILPOINT, &format!("return({})", shadow.display())).unwrap();
-    let h = H::new(&data);
-    fail::remove(powercut::FAILPOINT);
+    let (h, rec) = Recorded::open(Params::default());
     let (_, far) = fill(&h);
     h.cancel(&far[5]).unwrap(); // fsync'd before its 200
     h.wait_idle();
@@ -58,14 +52,12 @@ fn a_power_cut_during_or_after_a_carry_forward_loses_nothing_and_fires_once() {
     fail::cfg(chime::timer::carry::STOP_BEFORE_MOVE, "return").unwrap();
     assert!(h.retention.tick().is_err());
     fail::remove(chime::timer::carry::STOP_BEFORE_MOVE);
-    let mid = tmp.path().join("cut-mid");
-    powercut::materialize(&shadow, &mid).unwrap(); // the directory a power cut now leaves
+    let mid = rec.cut("cut-mid"); // the directory a power cut now leaves
 
     // 2. Cut right after a pass that carried everything forward and deleted the segments.
     let t = h.retention.tick().unwrap();
     assert!(t.reclaimed.len() >= 2 && t.carried > 0, "{t:?}");
-    let after = tmp.path().join("cut-after");
-    powercut::materialize(&shadow, &after).unwrap();
+    let after = rec.cut("cut-after");
     drop(h);
 
     check_after_cut(&mid, &far, &[5]);

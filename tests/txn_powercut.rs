@@ -16,10 +16,9 @@ use std::sync::Arc;
 
 use chime::clock::ManualClock;
 use chime::service::transactions::{ResolvedBy, Timing, TxnSend, TxnState};
-use chime::store::powercut;
 use chime::store::NewMessage;
 use common::consumer::rt;
-use common::lifecycle::{half_full, open_with, Params, H, T0, TOPIC};
+use common::lifecycle::{half_full, open_with, Params, Recorded, H, T0, TOPIC};
 use parking_lot::Mutex;
 
 fn params() -> Params {
@@ -45,12 +44,7 @@ fn open(dir: &std::path::Path) -> H {
 #[test]
 fn a_commit_survives_a_power_cut_whole_or_not_at_all() {
     let scenario = fail::FailScenario::setup();
-    let tmp = tempfile::tempdir().unwrap();
-    let (data, shadow) = (tmp.path().join("data"), tmp.path().join("shadow"));
-    std::fs::create_dir_all(&data).unwrap();
-    fail::cfg(powercut::FAILPOINT, &format!("return({})", shadow.display())).unwrap();
-    let h = open(&data);
-    fail::remove(powercut::FAILPOINT);
+    let (h, rec) = Recorded::open(params());
     let committed = prepare(&h, &["c1", "c2", "c3"]);
     let rolled = prepare(&h, &["r1"]);
     h.store.flush_all().unwrap();
@@ -58,11 +52,9 @@ fn a_commit_survives_a_power_cut_whole_or_not_at_all() {
     let c = rt().block_on(h.broker.resolve(&committed, TxnState::Committed, ResolvedBy::Client)).unwrap();
     let ids: Vec<String> = c.messages.iter().map(|m| m.message_id.clone()).collect();
     rt().block_on(h.broker.resolve(&rolled, TxnState::RolledBack, ResolvedBy::Client)).unwrap();
-    let before = tmp.path().join("cut-before-flush");
-    powercut::materialize(&shadow, &before).unwrap();
+    let before = rec.cut("cut-before-flush");
     h.store.flush_all().unwrap();
-    let after = tmp.path().join("cut-after-flush");
-    powercut::materialize(&shadow, &after).unwrap();
+    let after = rec.cut("cut-after-flush");
     drop(h);
 
     // Before the flush: both prepared again, nothing visible; the unflushed prepare is gone.

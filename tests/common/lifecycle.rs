@@ -243,3 +243,32 @@ pub fn fill(h: &H) -> (Vec<String>, Vec<String>) {
     }
     (normal, far)
 }
+
+/// A harness whose data directory the power-cut simulation records (`src/store/powercut.rs`):
+/// [`Recorded::cut`] builds the directory a power cut would leave at that moment. The caller
+/// holds a `fail::FailScenario` (the recorder is configured through a failpoint).
+pub struct Recorded {
+    pub tmp: tempfile::TempDir,
+    pub shadow: PathBuf,
+}
+
+impl Recorded {
+    /// Opens a harness on `tmp/data` with the recorder on, at `T0`.
+    pub fn open(params: Params) -> (H, Recorded) {
+        use chime::store::powercut;
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, shadow) = (tmp.path().join("data"), tmp.path().join("shadow"));
+        std::fs::create_dir_all(&data).unwrap();
+        fail::cfg(powercut::FAILPOINT, &format!("return({})", shadow.display())).unwrap();
+        let h = open_with(&data, ManualClock::new(T0), Arc::new(Mutex::new(half_full())), params);
+        fail::remove(powercut::FAILPOINT);
+        (h, Recorded { tmp, shadow })
+    }
+
+    /// The directory a power cut now leaves, as `tmp/name`.
+    pub fn cut(&self, name: &str) -> PathBuf {
+        let dir = self.tmp.path().join(name);
+        chime::store::powercut::materialize(&self.shadow, &dir).unwrap();
+        dir
+    }
+}
