@@ -198,6 +198,16 @@ fn extend_racing_the_invisibility_deadline_either_keeps_the_delivery_or_loses_it
     assert_eq!(h.groups.extend("edge", &t, &[got[0].3.clone()], 60_000).0, 1);
     h.clock.set(T0 + 5_000);
     assert!(receive(&h, "edge", 5_000).is_empty(), "extended: still invisible at its first deadline");
+    // Deterministic edge the other way: at the deadline a receive comes first, so the extend
+    // of the old handle is refused and only the new handle acks.
+    h.clock.set(T0);
+    let old = receive(&h, "edge-2", 5_000);
+    h.clock.set(T0 + 5_000);
+    let again = receive(&h, "edge-2", 5_000);
+    assert_eq!((again.len(), again[0].2), (1, 2), "redelivered at its deadline");
+    assert_eq!(h.groups.extend("edge-2", &t, &[old[0].3.clone()], 60_000), (0, vec![old[0].3.clone()]));
+    assert_eq!(h.groups.ack("edge-2", &t, &[old[0].3.clone()]).0, 0, "the old handle is spent");
+    assert_eq!(h.groups.ack("edge-2", &t, &[again[0].3.clone()]).0, 1);
     h.clock.set(T0);
     let (mut extend_won, mut receive_won) = (0, 0);
     // One group per round (the harness allows 100 per topic).
@@ -208,6 +218,8 @@ fn extend_racing_the_invisibility_deadline_either_keeps_the_delivery_or_loses_it
         assert_eq!((&first[0].0, first[0].2), (&id, 1));
         h.clock.set(T0 + 5_000);
         let barrier = std::sync::Barrier::new(2);
+        // The receive's runtime is built before the barrier, so both start level.
+        let rt = rt();
         let (extended, again) = std::thread::scope(|s| {
             let extender = s.spawn(|| {
                 barrier.wait();
@@ -215,7 +227,16 @@ fn extend_racing_the_invisibility_deadline_either_keeps_the_delivery_or_loses_it
             });
             let receiver = s.spawn(|| {
                 barrier.wait();
-                receive(&h, &group, 5_000)
+                let batch = chime::group::Batch { max: 100, max_bytes: 8 << 20 };
+                let got = rt.block_on(h.consumers.receive(&group, &t, batch, 5_000, &chime::group::TagExpr::All));
+                got.unwrap()
+                    .messages
+                    .iter()
+                    .map(|d| {
+                        let m = chime::service::deliver(&d.record.record(), d.log_offset);
+                        (m.id, String::new(), d.attempt, d.receipt_handle.clone())
+                    })
+                    .collect::<Vec<_>>()
             });
             (extender.join().unwrap(), receiver.join().unwrap())
         });

@@ -4,8 +4,8 @@
 //!
 //! - A FIFO group's nack is written (fsync'd) before its 200: after a cut its message is still
 //!   out, invisible for the delay, and what its message group holds stays behind it, in order.
-//! - A repeat of a `dedup_id` is answered 200 only once the first message is durable: after a
-//!   cut, a repeat of it is still a repeat. A first send the cut took (not yet flushed, which the
+//! - A repeat of a `dedup_id` whose first message was flushed: after a cut, a repeat of it is
+//!   still a repeat. A first send the cut took (not yet flushed, which the
 //!   default profile allows) is forgotten with its id: its repeat is stored as new, once.
 //!
 //! A file of its own: the simulation records one data directory per process.

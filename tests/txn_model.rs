@@ -119,23 +119,42 @@ fn racing_resolutions_and_checks_have_one_winner() {
         message: NewMessage { body: body.as_bytes().to_vec(), born_ms: T0, ..Default::default() },
         timing: Timing::Now,
     };
-    let (mut commits, mut rollbacks, mut checked) = (0, 0, 0);
+    // Each order once, deterministically: the second resolution is a conflict; a check before
+    // a commit is counted, one after it hands nothing out.
+    let rt1 = rt();
+    let id = rt1.block_on(h.broker.prepare("pg", 1000, vec![send("seq-1")])).unwrap().id;
+    h.clock.advance(1000);
+    assert_eq!(rt1.block_on(h.broker.check("pg", 10)).unwrap().len(), 1);
+    rt1.block_on(h.broker.resolve(&id, TxnState::Committed, ResolvedBy::Client)).unwrap();
+    let r = rt1.block_on(h.broker.resolve(&id, TxnState::RolledBack, ResolvedBy::Client));
+    assert!(matches!(r, Err(ServiceError::Conflict(_))), "{r:?}");
+    assert_eq!(h.broker.transaction(&id).unwrap().checks, 1);
+    let id = rt1.block_on(h.broker.prepare("pg", 1000, vec![send("seq-2")])).unwrap().id;
+    h.clock.advance(1000);
+    rt1.block_on(h.broker.resolve(&id, TxnState::RolledBack, ResolvedBy::Client)).unwrap();
+    assert!(rt1.block_on(h.broker.check("pg", 10)).unwrap().is_empty(), "resolved: not handed out");
+    let r = rt1.block_on(h.broker.resolve(&id, TxnState::Committed, ResolvedBy::Client));
+    assert!(matches!(r, Err(ServiceError::Conflict(_))), "{r:?}");
+    assert_eq!(h.broker.transaction(&id).unwrap().checks, 0);
+    let (mut commits, mut rollbacks, mut checked) = (1, 0, 0);
     for round in 0..40 {
         let id = rt().block_on(h.broker.prepare("pg", 1000, vec![send(&format!("r{round}"))])).unwrap().id;
         h.clock.advance(1000);
         let barrier = std::sync::Barrier::new(3);
+        // Runtimes built before the barrier, so the three start level.
+        let (rc, rr, rk) = (rt(), rt(), rt());
         let (c, r, k) = std::thread::scope(|s| {
             let c = s.spawn(|| {
                 barrier.wait();
-                rt().block_on(h.broker.resolve(&id, TxnState::Committed, ResolvedBy::Client))
+                rc.block_on(h.broker.resolve(&id, TxnState::Committed, ResolvedBy::Client))
             });
             let r = s.spawn(|| {
                 barrier.wait();
-                rt().block_on(h.broker.resolve(&id, TxnState::RolledBack, ResolvedBy::Client))
+                rr.block_on(h.broker.resolve(&id, TxnState::RolledBack, ResolvedBy::Client))
             });
             let k = s.spawn(|| {
                 barrier.wait();
-                rt().block_on(h.broker.check("pg", 10)).unwrap()
+                rk.block_on(h.broker.check("pg", 10)).unwrap()
             });
             (c.join().unwrap(), r.join().unwrap(), k.join().unwrap())
         });

@@ -78,5 +78,49 @@ fn a_commit_survives_a_power_cut_whole_or_not_at_all() {
     want.sort();
     assert_eq!(visible, want, "each of its messages, once");
     assert_eq!(h.broker.transaction(&committed).unwrap().messages.len(), 3);
+    drop(h);
+
+    // Torn inside the commit's batch: the cut came while its pages were being written, so the
+    // disk holds its first message but not the rest (nothing of it was fsync'd: the checkpoint
+    // is the one before it). Recovery drops the batch whole: the transaction is prepared again
+    // with none of its messages visible, not half-applied.
+    let torn = rec.tmp.path().join("torn");
+    copy_dir(&before, &torn);
+    let (first, second): (chime::store::MessageId, chime::store::MessageId) =
+        (ids[0].parse().unwrap(), ids[1].parse().unwrap());
+    let base = std::fs::read_dir(after.join("commitlog"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<u64>().ok())
+        .filter(|&b| b <= first.offset)
+        .max()
+        .unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let name = format!("{base:020}");
+        let mut part = vec![0u8; (second.offset - first.offset) as usize];
+        std::fs::File::open(after.join("commitlog").join(&name))
+            .unwrap()
+            .read_exact_at(&mut part, first.offset - base)
+            .unwrap();
+        assert!(part.iter().any(|&b| b != 0), "the premise: the first message's bytes are there");
+        let f = std::fs::OpenOptions::new().write(true).open(torn.join("commitlog").join(&name)).unwrap();
+        f.write_all_at(&part, first.offset - base).unwrap();
+    }
+    let h = open(&torn);
+    assert_eq!(state(&h, &committed).unwrap(), TxnState::Prepared, "the torn commit is undone whole");
+    assert!(h.visible().is_empty(), "no part of the torn commit is visible: {:?}", h.visible());
     scenario.teardown();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
 }

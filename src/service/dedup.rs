@@ -13,8 +13,9 @@
 //!
 //! **Races.** Two sends with the same id must not both store: the lookup and the append run
 //! under one of [`STRIPES`] locks chosen by the id's hash (all of a batch's, in order). The
-//! locks are released before waiting for durability; a repeat that finds a message not yet
-//! durable waits for it before answering, so its 200 promises what a 201 would.
+//! locks are released before waiting for durability; a repeat waits for the message it found
+//! as that message's own send did ([`crate::store::Store::wait_durable`]: under `store.flush =
+//! "sync"` until it is fsync'd), so its 200 promises what the 201 did.
 
 use std::collections::HashMap;
 
