@@ -26,8 +26,9 @@ pub struct Params {
     pub retention_ms: i64,
     pub precision_ms: i64,
     pub slots: u64,
-    /// The store's flush and checkpoint interval, and the groups' persist interval (ms).
+    /// The store's flush and checkpoint interval and the timer's checkpoint interval (ms).
     pub flush_ms: u64,
+    /// The groups' persist interval (ms).
     pub persist_ms: u64,
 }
 
@@ -78,6 +79,8 @@ pub fn open_with(dir: &Path, clock: Arc<ManualClock>, disk: Arc<Mutex<Disk>>, pa
         timer_log_segment_units: 16,
         state_cells_per_file: 64,
         geometry: chime::timer::Geometry::new(params.precision_ms, params.slots),
+        // The timer's checkpoint fsyncs the commit log too: it runs on the store's interval.
+        checkpoint_interval: Duration::from_millis(params.flush_ms),
         ..super::timer_options(dir, params.slots, 4096)
     };
     let timer = TimerEngine::start(store.clone(), timer_opts).unwrap();
