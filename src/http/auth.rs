@@ -4,7 +4,8 @@
 //! `Authorization: Bearer <token>` (the scheme is case-insensitive, RFC 7235), else it is
 //! answered 401 `UNAUTHORIZED` with `WWW-Authenticate: Bearer` before any handler runs, so an
 //! unauthenticated client cannot read, write or even learn which `/v1` routes exist.
-//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json` stay open.
+//! `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/console` stay open (the console
+//! page asks for the token and sends it on its own `/v1` calls).
 //!
 //! The comparison is constant-time in the token's bytes (`subtle`): its time does not depend
 //! on how many leading bytes match. It does reveal whether the lengths are equal, which is
@@ -87,7 +88,7 @@ mod tests {
         assert!(is_protected("/v1/topics"));
         assert!(is_protected("/v1"));
         assert!(is_protected("/v1/no/such/route"));
-        for open in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/v2/topics"] {
+        for open in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/console", "/", "/v2/topics"] {
             assert!(!is_protected(open), "{open}");
         }
     }

@@ -7,6 +7,7 @@ pub mod admission;
 mod auth;
 mod body;
 mod congestion;
+mod console;
 mod consume;
 pub mod error;
 mod groups;
@@ -128,6 +129,7 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/healthz", Method::GET, get(healthz)),
         ("/readyz", Method::GET, get(readyz)),
         ("/openapi.json", Method::GET, get(openapi::serve_spec)),
+        ("/console", Method::GET, get(console::console)),
         ("/v1/topics", Method::GET, get(send::list_topics)),
         ("/v1/topics/{topic}", Method::PUT, put(send::create_topic)),
         ("/v1/topics/{topic}/messages", Method::POST, post(send::send)),

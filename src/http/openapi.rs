@@ -23,7 +23,7 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
         description = "Durable delayed and scheduled messages over HTTP. Every non-2xx answer has the body \
             `{\"error\": {\"code\": \"UPPER_SNAKE\", \"message\": \"…\"}}`. Times are integers in ms since \
             the Unix epoch. With `auth.token` set, every `/v1` route requires `Authorization: Bearer <token>` \
-            (else 401 UNAUTHORIZED); `/healthz`, `/readyz`, `/metrics` and `/openapi.json` stay open. \
+            (else 401 UNAUTHORIZED); `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/console` stay open. \
             Unknown routes answer 404 NOT_FOUND and wrong methods 405 METHOD_NOT_ALLOWED, in the same shape.",
         license(name = "Apache-2.0"),
     ),
@@ -31,6 +31,7 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
         super::healthz,
         super::readyz,
         serve_spec,
+        super::console::console,
         super::metrics::metrics,
         super::send::list_topics,
         super::send::create_topic,
@@ -65,6 +66,7 @@ pub const PENDING_ROUTES: &[(&str, &str)] = &[];
         (name = "transactions", description = "Transaction messages: prepare, commit or roll back as a whole, the producer's check-back"),
         (name = "timer", description = "Timer observability"),
         (name = "storage", description = "Disk use, retention and reclamation"), (name = "health"), (name = "meta"),
+        (name = "console", description = "The web console: a page of its own that uses only this API"),
     )
 )]
 pub struct ApiDoc;
