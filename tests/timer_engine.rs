@@ -798,3 +798,43 @@ fn an_empty_timer_log_segment_is_rebuilt_and_its_messages_fire_once() {
     assert_eq!(h.visible().len(), 5000);
     h.assert_never_early();
 }
+
+/// The consume queues of a topic that never had a message are created while its first
+/// scheduled messages wait for their millisecond (dequeue-get-message prepares them, with one
+/// `topics.json` write), not by the append at the fire: a burst into a fresh topic does not
+/// create and fault in a file per queue under the writer lock at its time. The prepared queues
+/// hold nothing until the fire, and after a restart they open as what they are.
+#[test]
+fn the_queues_of_a_fresh_topic_are_prepared_before_its_first_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(dir.path(), 7200);
+    let at = T0 + 10_000;
+    let ids: Vec<_> = (0..3).map(|i| h.schedule(&format!("m{i}"), at)).collect();
+    h.settle();
+    let t = h.store.topics().get(TOPIC).expect("the send created the topic");
+    let queues = t.queues.len() as u16;
+    let files = |h: &Harness| {
+        let qdir = h.dir.join("consumequeue").join(TOPIC);
+        (0..queues)
+            .filter(|q| std::fs::read_dir(qdir.join(q.to_string())).is_ok_and(|mut d| d.next().is_some()))
+            .count()
+    };
+    assert!((0..queues).all(|q| !t.queue_used(q)), "the send creates nothing for the topic's queues");
+    assert_eq!(files(&h), 0);
+    // Inside the lookahead (1 s): dequeue-get-message has read the messages and prepared the topic.
+    h.clock.set(at - 500);
+    h.wait_for("the topic's queues to be prepared", |_| (0..queues).all(|q| t.queue_used(q)));
+    h.wait_for("their index files", |h| files(h) == queues as usize);
+    h.settle();
+    assert_eq!(h.visible_count(), 0, "prepared, not fired");
+    assert!(t.queues.iter().all(|q| q.next() == 0), "the prepared queues hold nothing yet");
+    h.clock.set(at);
+    h.wait_for("the fires", |h| h.visible_count() == 3);
+    h.assert_never_early();
+    let h = h.restart();
+    assert_eq!(h.copies().len(), 3);
+    for id in &ids {
+        assert_eq!(h.timer.status(TOPIC, &h.record(id)).unwrap().0, MessageState::Delivered);
+    }
+    assert_eq!(h.visible_count(), 3, "fired once each, after the restart too");
+}

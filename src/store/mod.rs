@@ -282,6 +282,29 @@ impl Store {
         Ok(result.pop().expect("one part"))
     }
 
+    /// Creates ahead of time what the next `ahead` entries of a queue of `topic` need (`queue`,
+    /// or each of them): the queue marked used in `topics.json` and its index segments created
+    /// and faulted in. Off the append path: the timer calls it while a message waits for its
+    /// millisecond, so that the fire of a burst into a topic that was never used does not
+    /// write `topics.json` and create and fault in a segment per queue under the writer lock
+    /// (50–80 ms for 8 queues, measured). The append path still does the same if this did not
+    /// run or failed.
+    pub fn prepare_topic(&self, topic: &Topic, queue: Option<u16>, ahead: u64) -> Result<(), StoreError> {
+        let n = topic.queues.len() as u32;
+        let bits = match queue {
+            Some(q) => 1u64 << q,
+            None => u64::MAX >> (64 - n),
+        };
+        self.topics.mark_used_bits(topic, bits)?;
+        for (q, cq) in topic.queues.iter().enumerate() {
+            if bits & (1 << q) != 0 {
+                cq.prepare(cq.next(), ahead)
+                    .map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
+            }
+        }
+        Ok(())
+    }
+
     fn append_locked(
         &self,
         w: &mut Writer,

@@ -220,15 +220,24 @@ impl Topics {
     /// Marks queue `q` of `topic` used, durably, before its first index segment is created
     /// (the store's appender calls it, under its lock, for a queue's first message).
     pub fn mark_used(&self, topic: &Topic, q: u16) -> Result<(), StoreError> {
-        let _guard = self.create_lock.lock();
-        if topic.queue_used(q) {
+        self.mark_used_bits(topic, 1 << q)
+    }
+
+    /// Marks the queues of `bits` used, with one `topics.json` write for all that were not.
+    pub fn mark_used_bits(&self, topic: &Topic, bits: u64) -> Result<(), StoreError> {
+        if topic.used.load(Ordering::Acquire) & bits == bits {
             return Ok(());
         }
-        topic.used.fetch_or(1 << q, Ordering::AcqRel);
+        let _guard = self.create_lock.lock();
+        let new = bits & !topic.used.load(Ordering::Acquire);
+        if new == 0 {
+            return Ok(());
+        }
+        topic.used.fetch_or(new, Ordering::AcqRel);
         let all: Vec<Arc<Topic>> = self.map.read().values().cloned().collect();
         let written = write_file(&self.data_dir, all.iter().map(|t| t.as_ref()));
         if written.is_err() {
-            topic.used.fetch_and(!(1 << q), Ordering::AcqRel);
+            topic.used.fetch_and(!new, Ordering::AcqRel);
         }
         written
     }

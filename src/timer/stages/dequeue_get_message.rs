@@ -1,14 +1,17 @@
 //! dequeue-get-message (RocketMQ's `TimerDequeueGetMessageService`): reads the original record
 //! of each unit to fire, skipping cancelled ones early, and builds the record to store for its
-//! topic ahead of its time; rolls pass through untouched.
+//! topic ahead of its time, preparing that topic's consume queues meanwhile; rolls pass through
+//! untouched.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chime_pipeline::{queue, StageCtx};
 
 use super::{send, FireReq, Ready, Source, POLL};
 use crate::group::fifo::PROP_MESSAGE_GROUP;
 use crate::store::record;
+use crate::store::topics::Topic;
 use crate::timer::state;
 use crate::timer::timerlog::Unit;
 use crate::timer::{Core, PROP_ID, PROP_TOPIC, SYSTEM_PROP_PREFIX, SYSTEM_TOPIC};
@@ -49,6 +52,35 @@ impl Core {
     }
 }
 
+/// How often, at most, dequeue-get-message prepares the consume queues of a topic it fires into.
+const PREPARE_EVERY: Duration = Duration::from_millis(100);
+
+/// Prepares, ahead of its fires, the consume queues a topic's fired messages go to
+/// ([`crate::store::Store::prepare_topic`]): at most every [`PREPARE_EVERY`] per topic, for
+/// more entries than dequeue-put holds and this stage hands on meanwhile.
+struct Preparer {
+    last: HashMap<String, Instant>,
+    ahead: u64,
+}
+
+impl Preparer {
+    fn new(core: &Core) -> Self {
+        Preparer { last: HashMap::new(), ahead: (core.opts.queue_capacity as u64).max(1 << 17) }
+    }
+
+    fn prepare(&mut self, core: &Core, topic: &Topic, queue: Option<u16>) {
+        let now = Instant::now();
+        if self.last.get(&topic.name).is_some_and(|at| now.duration_since(*at) < PREPARE_EVERY) {
+            return;
+        }
+        self.last.insert(topic.name.clone(), now);
+        // Failing here costs nothing but the time: the append at the fire does it again.
+        if let Err(e) = core.store.prepare_topic(topic, queue, self.ahead) {
+            tracing::debug!(error = %e, topic = %topic.name, "cannot prepare the consume queues ahead of a fire");
+        }
+    }
+}
+
 /// dequeue-get-message: reads the original record of each unit to fire (skipping cancelled
 /// ones early); rolls pass through untouched.
 pub(super) fn dequeue_get_message(
@@ -57,6 +89,7 @@ pub(super) fn dequeue_get_message(
     tx: &queue::Sender<Ready>,
     ctx: &StageCtx,
 ) {
+    let mut preparer = Preparer::new(core);
     while !ctx.stopped() {
         let f = match rx.recv_timeout(POLL) {
             Ok(f) => f,
@@ -96,7 +129,10 @@ pub(super) fn dequeue_get_message(
                 }
             };
             match out {
-                Source::Fire(out) => Ready { fire: f, out: Some(out) },
+                Source::Fire(out) => {
+                    preparer.prepare(core, &out.0, out.1);
+                    Ready { fire: f, out: Some(out) }
+                }
                 Source::Stale => {
                     tracing::warn!(
                         sys_offset = f.unit.sys_offset,
