@@ -98,6 +98,11 @@ impl<T> Sender<T> {
         self.inner.try_send(item)
     }
 
+    /// The queue's capacity (`usize::MAX` for an unbounded one).
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity().unwrap_or(usize::MAX)
+    }
+
     pub fn len(&self) -> usize {
         self.inner.len()
     }

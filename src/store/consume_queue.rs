@@ -183,6 +183,11 @@ impl ConsumeQueue {
         self.put(index, entry)
     }
 
+    /// Entries per index segment.
+    pub fn segment_entries(&self) -> u64 {
+        self.segs.segment_size() / ENTRY_LEN as u64
+    }
+
     /// Creates ahead of time the segments that entries `[from, from + n)` need.
     pub fn prepare(&self, from: u64, n: u64) -> io::Result<()> {
         let seg_size = self.segs.segment_size();

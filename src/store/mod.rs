@@ -73,9 +73,34 @@ pub struct MessageId {
     pub crc: u32,
 }
 
+impl MessageId {
+    /// The 24 hex digits, without an allocation (the fire path writes one per message).
+    pub fn hex(&self) -> IdHex {
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = [0u8; 24];
+        for (i, b) in out[..16].iter_mut().enumerate() {
+            *b = DIGITS[(self.offset >> (60 - 4 * i) & 0xF) as usize];
+        }
+        for (i, b) in out[16..].iter_mut().enumerate() {
+            *b = DIGITS[(self.crc >> (28 - 4 * i) & 0xF) as usize];
+        }
+        IdHex(out)
+    }
+}
+
+/// A [`MessageId`]'s text, on the stack.
+#[derive(Clone, Copy)]
+pub struct IdHex([u8; 24]);
+
+impl IdHex {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
 impl std::fmt::Display for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016X}{:08X}", self.offset, self.crc)
+        f.write_str(self.hex().as_str())
     }
 }
 
@@ -283,8 +308,9 @@ impl Store {
     }
 
     /// Creates ahead of time what the next `ahead` entries of a queue of `topic` need (`queue`,
-    /// or each of them): the queue marked used in `topics.json` and its index segments created
-    /// and faulted in. Off the append path: the timer calls it while a message waits for its
+    /// or each of them; at most one segment's worth, so at most the current segment and the
+    /// next): the queue marked used in `topics.json` and its index segments created and
+    /// faulted in. Off the append path: the timer calls it while a message waits for its
     /// millisecond, so that the fire of a burst into a topic that was never used does not
     /// write `topics.json` and create and fault in a segment per queue under the writer lock
     /// (50–80 ms for 8 queues, measured). The append path still does the same if this did not
@@ -298,7 +324,7 @@ impl Store {
         self.topics.mark_used_bits(topic, bits)?;
         for (q, cq) in topic.queues.iter().enumerate() {
             if bits & (1 << q) != 0 {
-                cq.prepare(cq.next(), ahead)
+                cq.prepare(cq.next(), ahead.min(cq.segment_entries()))
                     .map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
             }
         }
@@ -598,6 +624,7 @@ mod tests {
     fn message_id_round_trip() {
         let id = MessageId { offset: 0x1234_5678_9ABC, crc: 0xDEAD_BEEF };
         let s = id.to_string();
+        assert_eq!(s, format!("{:016X}{:08X}", id.offset, id.crc));
         assert_eq!(s.len(), 24);
         assert_eq!(s.parse::<MessageId>(), Ok(id));
         assert_eq!(s.to_lowercase().parse::<MessageId>(), Ok(id));

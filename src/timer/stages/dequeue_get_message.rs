@@ -43,9 +43,14 @@ impl Core {
             Some(t) => t,
             None => self.store.topics().create_unlimited(topic, self.opts.default_queues)?.0,
         };
-        let id = super::super::carry::message_id(&r);
-        let mut out = Vec::new();
-        record::encode_derived(&mut out, &rec, &t.name, unit.deliver_at, SYSTEM_PROP_PREFIX, (PROP_ID, &id));
+        // The id it keeps: a carried copy's origin, else its own (as `carry::message_id`,
+        // without allocating).
+        let own = r.id().hex();
+        let id = rec.property(super::super::carry::PROP_ORIGIN).unwrap_or(own.as_str());
+        // One allocation: the derived record is at most the original plus its topic name and
+        // the id property.
+        let mut out = Vec::with_capacity(r.bytes().len() + t.name.len() + PROP_ID.len() + id.len() + 16);
+        record::encode_derived(&mut out, &rec, &t.name, unit.deliver_at, SYSTEM_PROP_PREFIX, (PROP_ID, id));
         // A message of a message group joins its group's queue when it fires.
         let queue = rec.property(PROP_MESSAGE_GROUP).map(|g| t.queue_for(Some(g)));
         Ok(Source::Fire((t, queue, out)))

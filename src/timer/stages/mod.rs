@@ -94,17 +94,28 @@ fn disk_full(e: &TimerError) -> bool {
     }
 }
 
+/// How long a stage sleeps between looks at a full queue in front of it.
+const FULL_NAP: Duration = Duration::from_micros(500);
+
+/// Hands `item` to the next stage. While the queue is full, the stage sleeps until the next
+/// stage has worked off a quarter of it, rather than block in crossbeam's `send`, which spins
+/// and yields per item against a full queue: on two cores that burnt the CPU the next stage
+/// needed (a burst keeps every queue of the fire path full for its whole length). Returns
+/// false if the pipeline stops or the next stage is gone.
 fn send<T>(tx: &queue::Sender<T>, mut item: T, ctx: &StageCtx) -> bool {
+    let cap = tx.capacity();
+    let resume_at = cap - (cap / 4).max(1);
     loop {
-        match tx.send_timeout(item, Duration::from_millis(50)) {
+        match tx.try_send(item) {
             Ok(()) => return true,
-            Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
-                if ctx.stopped() {
-                    return false;
-                }
-                item = back;
+            Err(crossbeam_channel::TrySendError::Full(back)) => item = back,
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
+        }
+        while tx.len() > resume_at {
+            if ctx.stopped() {
+                return false;
             }
-            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
+            std::thread::sleep(FULL_NAP);
         }
     }
 }
