@@ -173,6 +173,9 @@ impl H {
             self.clock.set(next);
             self.wait_idle();
         }
+        // On a busy machine the timer may still be reading slots up to `t`: wait until it has.
+        self.wait_caught_up();
+        // Then a checkpoint interval or two, for fired cells to settle (FIRING → DELIVERED).
         std::thread::sleep(Duration::from_millis(100));
         self.wait_idle();
     }

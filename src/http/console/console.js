@@ -12,6 +12,7 @@ const RANGES = {
 const STAGES = ["enqueue_get", "enqueue_put", "dequeue_get", "dequeue_get_message", "dequeue_put"];
 const REFRESH_MS = { timer: 1000, topics: 2000, transactions: 2000, storage: 2000 };
 const MAX_TOPICS = 100;
+const ARM_MS = 5000; // how long a confirm button stays armed
 
 const ui = {
   view: "timer",
@@ -152,7 +153,7 @@ function showAges(root) {
 }
 
 /**
- * A button that acts on its second click: the first arms it for 3 s. `key` names what it acts
+ * A button that acts on its second click: the first arms it for `ARM_MS`. `key` names what it acts
  * on, so a button drawn again by a refresh stays armed.
  */
 function confirmButton(label, cls, key, action) {
@@ -164,9 +165,9 @@ function confirmButton(label, cls, key, action) {
   arm((ui.armed[key] || 0) > Date.now());
   b.addEventListener("click", async () => {
     if (!((ui.armed[key] || 0) > Date.now())) {
-      ui.armed[key] = Date.now() + 3000;
+      ui.armed[key] = Date.now() + ARM_MS;
       arm(true);
-      setTimeout(() => { if (b.isConnected && !((ui.armed[key] || 0) > Date.now())) arm(false); }, 3050);
+      setTimeout(() => { if (b.isConnected && !((ui.armed[key] || 0) > Date.now())) arm(false); }, ARM_MS + 50);
       return;
     }
     delete ui.armed[key];
