@@ -149,6 +149,18 @@ fn confirm(tab: &Tab, button: &str, done: &str) {
     panic!("{button}: not done after three confirmed clicks");
 }
 
+/// Waits up to 10 s for `done`; if it does not hold, confirms with [`confirm`].
+fn confirm_unless(tab: &Tab, button: &str, done: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if eval(tab, done) == true {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    confirm(tab, button, done);
+}
+
 /// The console tests one at a time: two browsers and two servers at once overload 2 cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -229,10 +241,19 @@ async fn seed(s: &TestServer) -> Seeded {
     }
 }
 
-/// The chart's bars as `[start_ms, count]`.
-fn bars(tab: &Tab) -> Vec<(i64, u64)> {
-    let v = eval(tab, "return [...document.querySelectorAll('#chart rect.bar')].map(r => [Number(r.dataset.start), Number(r.dataset.count)]);");
-    v.as_array().unwrap().iter().map(|b| (b[0].as_i64().unwrap(), b[1].as_u64().unwrap())).collect()
+/// The chart's bars as `(start_ms, count, height)`, read in one evaluation (the chart is
+/// drawn again every second).
+fn bars(tab: &Tab) -> Vec<(i64, u64, f64)> {
+    let v = eval(
+        tab,
+        "return [...document.querySelectorAll('#chart rect.bar')]\
+           .map(r => [Number(r.dataset.start), Number(r.dataset.count), Number(r.getAttribute('height'))]);",
+    );
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b[0].as_i64().unwrap(), b[1].as_u64().unwrap(), b[2].as_f64().unwrap()))
+        .collect()
 }
 
 /// Shows the chart's `range`, checks its bars against the congestion endpoint; returns the
@@ -240,7 +261,8 @@ fn bars(tab: &Tab) -> Vec<(i64, u64)> {
 async fn check_chart(s: &TestServer, tab: &Tab, range: &str, n: usize, bucket_ms: i64) -> u64 {
     click(tab, &format!("#chart-range button[data-range={range}]"));
     wait_for(tab, &format!("{n} bars"), "return document.querySelectorAll('#chart rect.bar').length;", |v| v == n);
-    let got = bars(tab);
+    let drawn = bars(tab);
+    let got: Vec<(i64, u64)> = drawn.iter().map(|b| (b.0, b.1)).collect();
     let from = got[0].0;
     assert_eq!(from % bucket_ms, 0, "{range}: the window starts on a bucket boundary");
     let path =
@@ -252,15 +274,10 @@ async fn check_chart(s: &TestServer, tab: &Tab, range: &str, n: usize, bucket_ms
         .map(|b| (b["start_ms"].as_i64().unwrap(), b["count"].as_u64().unwrap()))
         .collect();
     assert_eq!(got, want, "{range}: the bars are the congestion buckets");
-    let heights = eval(
-        tab,
-        "return [...document.querySelectorAll('#chart rect.bar')].map(r => Number(r.getAttribute('height')));",
-    );
     let max = got.iter().map(|b| b.1).max().unwrap();
-    for (h, b) in heights.as_array().unwrap().iter().zip(&got) {
-        let h = h.as_f64().unwrap();
-        assert_eq!(h > 0.0, b.1 > 0, "{range}: a bar is drawn exactly when its bucket has messages");
-        if b.1 == max {
+    for &(_, count, h) in &drawn {
+        assert_eq!(h > 0.0, count > 0, "{range}: a bar is drawn exactly when its bucket has messages");
+        if count == max {
             assert!(h > 150.0, "{range}: the fullest bar is full height: {h}");
         }
     }
@@ -277,6 +294,11 @@ async fn the_console_shows_what_the_api_answers_and_acts_on_the_server() {
     let tab: Arc<Tab> = browser.new_tab().unwrap();
     tab.set_default_timeout(WAIT);
     tab.navigate_to(&s.url("/console")).unwrap().wait_until_navigated().unwrap();
+    eval(
+        &tab,
+        "window.__violations = []; \
+         document.addEventListener('securitypolicyviolation', e => window.__violations.push(e.blockedURI)); return true;",
+    );
 
     // Timer: the figures, the stages, the chart of what falls due when.
     wait_for(
@@ -324,8 +346,9 @@ async fn the_console_shows_what_the_api_answers_and_acts_on_the_server() {
     }
     let billing = eval(&tab, "const r = document.querySelector('#groups-table tr[data-group=billing]'); return [r.querySelector('.backlog').textContent, r.querySelector('.in_flight').textContent];");
     assert_eq!(billing, json!(["2", "1"]), "the known figures themselves");
-    let dlq = eval(&tab, "return [...document.querySelectorAll('#dlq-table tbody tr')].map(r => [r.dataset.topic, r.querySelector('.messages').textContent]);");
-    assert_eq!(dlq, json!([["%DLQ%audit", "1"]]));
+    // Its readers come from `/v1/topics/%25DLQ%25audit/groups`: the name is encoded in the path.
+    let dlq = eval(&tab, "return [...document.querySelectorAll('#dlq-table tbody tr')].map(r => [r.dataset.topic, r.querySelector('.messages').textContent, r.cells[2].textContent]);");
+    assert_eq!(dlq, json!([["%DLQ%audit", "1", "dlq-reader"]]));
     let blocked_api = api(&s, "GET", "/v1/topics/shipments/groups/dispatch/blocked", None).await;
     let mut want: Vec<(String, u64)> = blocked_api["blocked"]
         .as_array()
@@ -360,8 +383,11 @@ async fn the_console_shows_what_the_api_answers_and_acts_on_the_server() {
     assert_eq!(armed, "Confirm cancel", "the first click only arms the button");
     let st = api(&s, "GET", &format!("/v1/topics/orders/messages/{}", seeded.to_cancel), None).await;
     assert_eq!(st["state"], "scheduled", "not cancelled by the first click");
+    // The second click cancels (or, if a slow machine let the 5 s arming end, arms again:
+    // then `confirm` clicks in pairs).
     click(&tab, &format!("{row} button.cancel"));
-    wait_for(&tab, "the cancel", &state, |v| *v == "cancelled");
+    let cancelled = format!("return (document.querySelector(\"{row} .state\") || {{}}).textContent === 'cancelled';");
+    confirm_unless(&tab, &format!("{row} button.cancel"), &cancelled);
     let st = api(&s, "GET", &format!("/v1/topics/orders/messages/{}", seeded.to_cancel), None).await;
     assert_eq!(st["state"], "cancelled");
     eval(&tab, "document.getElementById('find-by').value = 'id'; return true;");
@@ -403,12 +429,23 @@ async fn the_console_shows_what_the_api_answers_and_acts_on_the_server() {
         let want = key.split('.').fold(&storage, |v, k| &v[k]);
         assert_eq!(shown.as_str(), Some(want.to_string().as_str()), "{key}: {storage}");
     }
+    // And what is on screen, for the figures that do not move.
+    let text = |key: &str| {
+        eval(&tab, &format!("return document.querySelector('#storage dd[data-k=\"{key}\"]').textContent;"))
+            .as_str()
+            .unwrap()
+            .replace(',', "")
+    };
+    assert_eq!(text("commitlog.segments"), storage["commitlog"]["segments"].to_string());
+    assert_eq!(text("commitlog.first_offset"), storage["commitlog"]["first_offset"].to_string());
+    assert_eq!(text("pinned.pending_messages"), storage["pinned"]["pending_messages"].to_string());
+    assert_eq!(text("accepting"), "yes");
     screenshot(&tab, "storage");
 
     // Send a test message with a delay and watch it arrive.
     open_view(&tab, "send");
     fill(&tab, "#send-topic", "console-test");
-    fill(&tab, "#send-delay", "1500");
+    fill(&tab, "#send-delay", "5000");
     click(&tab, "#send-form button[type=submit]");
     let id = wait_for(
         &tab,
@@ -425,7 +462,9 @@ async fn the_console_shows_what_the_api_answers_and_acts_on_the_server() {
     assert_eq!(st["state"], "delivered");
     screenshot(&tab, "send");
 
-    // The page only ever called /v1 routes of this server (and itself).
+    // The page only ever called /v1 routes of this server, and nothing it tried was refused by
+    // its Content-Security-Policy (a request elsewhere would be: it never reaches the list).
+    assert_eq!(eval(&tab, "return window.__violations.length;"), 0, "{}", eval(&tab, "return window.__violations;"));
     let resources = eval(&tab, "return performance.getEntriesByType('resource').map(e => e.name);");
     assert!(resources.as_array().unwrap().len() > 20, "{resources}");
     for url in resources.as_array().unwrap() {
@@ -474,8 +513,10 @@ async fn with_a_token_the_console_asks_for_it_once_and_keeps_it_for_the_tab() {
         |v| v.as_u64().unwrap() >= 1,
     );
     assert_eq!(eval(&tab, dialog), false);
-    // Kept for the tab: a reload does not ask again.
+    // Kept for the tab: a reload does not ask again (the marker tells the new page from the old).
+    eval(&tab, "window.__old_page = true; return true;");
     tab.reload(true, None).unwrap().wait_until_navigated().unwrap();
+    wait_for(&tab, "the reloaded page", "return window.__old_page === undefined;", |v| v == true);
     wait_for(
         &tab,
         "the topics after a reload",

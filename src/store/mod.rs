@@ -321,14 +321,21 @@ impl Store {
             Some(q) => 1u64 << q,
             None => u64::MAX >> (64 - n),
         };
-        self.topics.mark_used_bits(topic, bits)?;
+        // Segments first, then the used bits: a queue marked used without a segment would read
+        // as a lost index at the next start (and be rebuilt from the whole log), while a segment
+        // without its bit is taken as used when the topics are loaded.
+        let mut prepared = 0u64;
+        let mut failed = None;
         for (q, cq) in topic.queues.iter().enumerate() {
             if bits & (1 << q) != 0 {
-                cq.prepare(cq.next(), ahead.min(cq.segment_entries()))
-                    .map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
+                match cq.prepare(cq.next(), ahead.min(cq.segment_entries())) {
+                    Ok(()) => prepared |= 1 << q,
+                    Err(e) => failed = Some(self.durability.io_error("allocate consume-queue segment", e)),
+                }
             }
         }
-        Ok(())
+        self.topics.mark_used_bits(topic, prepared)?;
+        failed.map_or(Ok(()), Err)
     }
 
     fn append_locked(

@@ -4,7 +4,8 @@
 //! replaced atomically (temp file, fsync, rename, fsync directory) whenever a topic is created,
 //! before any message of that topic is appended, and when a queue gets its first index segment
 //! (`used`: a bit per queue that has had one; segments are created with a queue's first
-//! message, so an unused topic costs no disk). Each topic's consume queues live in
+//! message, or for every queue of a topic when the timer prepares it for its first fired
+//! message (`Store::prepare_topic`), so a topic no message reached costs no disk). Each topic's consume queues live in
 //! `consumequeue/{topic}/{queue_id}/`.
 //!
 //! Invariants: a topic's queue count never changes after creation; queue ids are `0..queues`;
@@ -316,7 +317,8 @@ impl Topics {
             });
         }
         // A queue's first index segment is created with its first message (`Store::append`
-        // prepares segments before it writes), so a topic costs no disk until it is used. The
+        // prepares segments before it writes; the timer prepares all of a topic's queues before
+        // its first fire), so a topic costs no disk until it is used. The
         // system's own topics get theirs now: scheduled sends go to them whatever the topic,
         // and they must not need a `topics.json` write first.
         let topic = Arc::new(Topic::open(&self.data_dir, name, queues, self.cq_entries, 0, &[])?);

@@ -85,6 +85,8 @@ async function api(method, path, body) {
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     if (r.status === 401) {
+      // A token entered while this request was on its way: try again with it, ask nothing.
+      if (sessionStorage.getItem(TOKEN_KEY) !== token) continue;
       await askToken(token ? "That token was refused." : "");
       continue;
     }
@@ -101,6 +103,10 @@ async function api(method, path, body) {
 
 /** Shows the token prompt (once, however many calls wait) and resolves when a token is set. */
 function askToken(why) {
+  if (!$("#token-dialog").hidden) {
+    // Asked already: wait for the same answer.
+    return new Promise((resolve) => ui.tokenWaiters.push(resolve));
+  }
   sessionStorage.removeItem(TOKEN_KEY);
   $("#token-error").textContent = why;
   $("#token-dialog").hidden = false;
@@ -158,16 +164,18 @@ function showAges(root) {
  */
 function confirmButton(label, cls, key, action) {
   const b = el("button", { type: "button", class: cls }, label);
+  const left = () => (ui.armed[key] || 0) - Date.now();
   const arm = (on) => {
     b.classList.toggle("armed", on);
     b.textContent = on ? `Confirm ${label.toLowerCase()}` : label;
+    // Disarm when the arming ends (also for a button drawn again while armed).
+    if (on) setTimeout(() => { if (left() <= 0) arm(false); }, left() + 50);
   };
-  arm((ui.armed[key] || 0) > Date.now());
+  arm(left() > 0);
   b.addEventListener("click", async () => {
-    if (!((ui.armed[key] || 0) > Date.now())) {
+    if (left() <= 0) {
       ui.armed[key] = Date.now() + ARM_MS;
       arm(true);
-      setTimeout(() => { if (b.isConnected && !((ui.armed[key] || 0) > Date.now())) arm(false); }, ARM_MS + 50);
       return;
     }
     delete ui.armed[key];

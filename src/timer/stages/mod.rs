@@ -104,7 +104,7 @@ const FULL_NAP: Duration = Duration::from_micros(500);
 /// false if the pipeline stops or the next stage is gone.
 fn send<T>(tx: &queue::Sender<T>, mut item: T, ctx: &StageCtx) -> bool {
     let cap = tx.capacity();
-    let resume_at = cap - (cap / 4).max(1);
+    let resume_at = cap.saturating_sub((cap / 4).max(1));
     loop {
         match tx.try_send(item) {
             Ok(()) => return true,
