@@ -88,22 +88,34 @@ fn eval(tab: &Tab, expr: &str) -> Value {
     }
 }
 
-/// Polls `expr` (a body returning a value) until `done` holds on it; returns that value.
-fn wait_for(tab: &Tab, what: &str, expr: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
+/// Polls `expr` (a body returning a value) for at most `within` until `done` holds on it:
+/// `Ok` with that value, or `Err` with the last one.
+fn poll(tab: &Tab, expr: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Result<Value, Value> {
+    let deadline = Instant::now() + within;
     loop {
         let v = eval(tab, expr);
         if done(&v) {
-            return v;
+            return Ok(v);
         }
-        assert!(Instant::now() < deadline, "waiting for {what}: last {v}");
+        if Instant::now() >= deadline {
+            return Err(v);
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// How many refreshes `view` has had.
+/// [`poll`] for [`WAIT`]; fails the test on a timeout.
+fn wait_for(tab: &Tab, what: &str, expr: &str, done: impl Fn(&Value) -> bool) -> Value {
+    poll(tab, expr, WAIT, done).unwrap_or_else(|last| panic!("waiting for {what}: last {last}"))
+}
+
+/// The expression for how many refreshes `view` has had (the page counts them on `<body>`).
+fn refreshed(view: &str) -> String {
+    format!("return Number(document.body.getAttribute('data-refreshed-{view}') || 0);")
+}
+
 fn refreshes(tab: &Tab, view: &str) -> u64 {
-    eval(tab, &format!("return Number(document.body.getAttribute('data-refreshed-{view}') || 0);")).as_u64().unwrap()
+    eval(tab, &refreshed(view)).as_u64().unwrap()
 }
 
 /// Shows `view` and, for a view that refreshes, waits for a refresh that started after now.
@@ -113,8 +125,7 @@ fn open_view(tab: &Tab, view: &str) {
     let shown = format!("return !document.getElementById('view-{view}').hidden;");
     wait_for(tab, &format!("the {view} view"), &shown, |v| v == true);
     if ["timer", "topics", "transactions", "storage"].contains(&view) {
-        let count = format!("return Number(document.body.getAttribute('data-refreshed-{view}') || 0);");
-        wait_for(tab, &format!("a refresh of {view}"), &count, |v| v.as_u64().unwrap() >= before + 2);
+        wait_for(tab, &format!("a refresh of {view}"), &refreshed(view), |v| v.as_u64().unwrap() >= before + 2);
     }
 }
 
@@ -138,12 +149,8 @@ fn confirm(tab: &Tab, button: &str, done: &str) {
     for _ in 0..3 {
         click(tab, button);
         click(tab, button);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if eval(tab, done) == true {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if poll(tab, done, Duration::from_secs(10), |v| v == true).is_ok() {
+            return;
         }
     }
     panic!("{button}: not done after three confirmed clicks");
@@ -151,14 +158,9 @@ fn confirm(tab: &Tab, button: &str, done: &str) {
 
 /// Waits up to 10 s for `done`; if it does not hold, confirms with [`confirm`].
 fn confirm_unless(tab: &Tab, button: &str, done: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if eval(tab, done) == true {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if poll(tab, done, Duration::from_secs(10), |v| v == true).is_err() {
+        confirm(tab, button, done);
     }
-    confirm(tab, button, done);
 }
 
 /// The console tests one at a time: two browsers and two servers at once overload 2 cores.
@@ -301,12 +303,7 @@ async fn the_console_shows_what_the_api_answers_and_acts_on_the_server() {
     );
 
     // Timer: the figures, the stages, the chart of what falls due when.
-    wait_for(
-        tab.as_ref(),
-        "the timer view",
-        "return Number(document.body.getAttribute('data-refreshed-timer') || 0);",
-        |v| v.as_u64().unwrap() >= 2,
-    );
+    wait_for(tab.as_ref(), "the timer view", &refreshed("timer"), |v| v.as_u64().unwrap() >= 2);
     assert!(eval(&tab, "return document.getElementById('token-dialog').hidden;").as_bool().unwrap(), "no token asked");
     let stats = api(&s, "GET", "/v1/timer/stats", None).await;
     assert_eq!(stats["pending_total"], 13, "13 scheduled (prepared transactions do not count): {stats}");
@@ -506,23 +503,13 @@ async fn with_a_token_the_console_asks_for_it_once_and_keeps_it_for_the_tab() {
     assert_eq!(eval(&tab, dialog), true, "asked again");
     fill(&tab, "#token-input", "s3cret");
     click(&tab, "#token-form button[type=submit]");
-    wait_for(
-        &tab,
-        "the topics with the token",
-        "return Number(document.body.getAttribute('data-refreshed-topics') || 0);",
-        |v| v.as_u64().unwrap() >= 1,
-    );
+    wait_for(&tab, "the topics with the token", &refreshed("topics"), |v| v.as_u64().unwrap() >= 1);
     assert_eq!(eval(&tab, dialog), false);
     // Kept for the tab: a reload does not ask again (the marker tells the new page from the old).
     eval(&tab, "window.__old_page = true; return true;");
     tab.reload(true, None).unwrap().wait_until_navigated().unwrap();
     wait_for(&tab, "the reloaded page", "return window.__old_page === undefined;", |v| v == true);
-    wait_for(
-        &tab,
-        "the topics after a reload",
-        "return Number(document.body.getAttribute('data-refreshed-topics') || 0);",
-        |v| v.as_u64().unwrap() >= 1,
-    );
+    wait_for(&tab, "the topics after a reload", &refreshed("topics"), |v| v.as_u64().unwrap() >= 1);
     assert_eq!(eval(&tab, dialog), false, "not asked again in the same tab");
     drop(tab);
     s.stop().await;

@@ -313,8 +313,9 @@ impl Store {
     /// faulted in. Off the append path: the timer calls it while a message waits for its
     /// millisecond, so that the fire of a burst into a topic that was never used does not
     /// write `topics.json` and create and fault in a segment per queue under the writer lock
-    /// (50–80 ms for 8 queues, measured). The append path still does the same if this did not
-    /// run or failed.
+    /// (a 10k same-millisecond burst was 50–90 ms later on a fresh topic than on a used one:
+    /// `bench/RESULTS.md`, "Bursts"). The append path still does the same if this did not run or
+    /// failed; an HTTP send into a fresh topic still pays it, once per queue.
     pub fn prepare_topic(&self, topic: &Topic, queue: Option<u16>, ahead: u64) -> Result<(), StoreError> {
         let n = topic.queues.len() as u32;
         let bits = match queue {

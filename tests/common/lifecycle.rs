@@ -175,7 +175,8 @@ impl H {
         }
         // On a busy machine the timer may still be reading slots up to `t`: wait until it has.
         self.wait_caught_up();
-        // Then a checkpoint interval or two, for fired cells to settle (FIRING → DELIVERED).
+        // Then two checkpoint intervals of the default 50 ms, for fired cells to settle
+        // (FIRING → DELIVERED); with the power-cut tests' hour-long interval they do not.
         std::thread::sleep(Duration::from_millis(100));
         self.wait_idle();
     }
