@@ -494,18 +494,6 @@ impl<'a> Record<'a> {
     /// Calls `visit` with each property's key, value and encoded bytes (the whole entry); fails
     /// on a malformed section.
     fn walk_properties(&self, mut visit: impl FnMut(&'a str, &'a str, &'a [u8])) -> Result<(), RecordError> {
-        let utf8 = |s| std::str::from_utf8(s).map_err(|_| RecordError::Malformed("property not UTF-8"));
-        self.walk_raw_properties(|k, v, entry| {
-            visit(utf8(k)?, utf8(v)?, entry);
-            Ok(true)
-        })
-    }
-
-    /// Walks the properties as bytes (key, value, whole entry) while `visit` answers true.
-    fn walk_raw_properties(
-        &self,
-        mut visit: impl FnMut(&'a [u8], &'a [u8], &'a [u8]) -> Result<bool, RecordError>,
-    ) -> Result<(), RecordError> {
         let mut b = self.props;
         let bad = RecordError::Malformed("properties section");
         while !b.is_empty() {
@@ -513,9 +501,8 @@ impl<'a> Record<'a> {
             let k = b.get(2..2 + kn).ok_or(bad.clone())?;
             let vn = u32_at(b.get(2 + kn..6 + kn).ok_or(bad.clone())?, 0) as usize;
             let v = b.get(6 + kn..6 + kn + vn).ok_or(bad.clone())?;
-            if !visit(k, v, &b[..6 + kn + vn])? {
-                break;
-            }
+            let utf8 = |s| std::str::from_utf8(s).map_err(|_| RecordError::Malformed("property not UTF-8"));
+            visit(utf8(k)?, utf8(v)?, &b[..6 + kn + vn]);
             b = &b[6 + kn + vn..];
         }
         Ok(())
@@ -536,16 +523,12 @@ impl<'a> Record<'a> {
     }
 
     /// The value of property `key`, if the record has it.
-    /// Keys are compared as bytes and only the value found is checked as UTF-8: the fire and
-    /// receive paths look up several properties per message.
     pub fn property(&self, key: &str) -> Option<&'a str> {
         let mut found = None;
-        let _ = self.walk_raw_properties(|k, v, _| {
-            if k == key.as_bytes() {
-                found = std::str::from_utf8(v).ok();
-                return Ok(false);
+        let _ = self.walk_properties(|k, v, _| {
+            if found.is_none() && k == key {
+                found = Some(v);
             }
-            Ok(true)
         });
         found
     }
