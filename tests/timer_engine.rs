@@ -1,6 +1,6 @@
 //! The timer engine on simulated time: a `ManualClock` drives it, so days of delays take
 //! milliseconds. Each test checks the hard invariants: never visible before `deliver_at_ms`
-//! (by the server clock: `store_ms >= deliver_at_ms`), nothing lost, cancelled never visible.
+//! (by the server clock: visible at or after `deliver_at_ms`), nothing lost, cancelled never visible.
 
 mod common;
 
@@ -79,17 +79,17 @@ impl Harness {
         sent.iter().map(|s| s.id.to_string()).collect()
     }
 
-    /// Calls `f(id, body, deliver_at, store_ms)` for every record visible in the topic, copies
+    /// Calls `f(id, body, deliver_at, visible_ms)` for every record visible in the topic, copies
     /// included.
     fn each_visible(&self, mut f: impl FnMut(String, String, i64, i64)) {
         let Some(t) = self.store.topics().get(TOPIC) else { return };
-        for q in &t.queues {
+        for (qi, q) in t.queues.iter().enumerate() {
             for i in 0..q.next() {
                 let e = q.get(i).unwrap();
-                let r = self.store.read(e.log_offset).unwrap().verify().unwrap();
-                let rec = r.record();
-                let m = deliver(&rec, e.log_offset);
-                f(m.id, String::from_utf8(rec.body.to_vec()).unwrap(), rec.deliver_at_ms, rec.store_ms);
+                let r = self.store.read_entry(TOPIC, qi as u16, i, e).unwrap();
+                let rec = r.record.record();
+                let m = deliver(&rec, r.record.offset());
+                f(m.id, String::from_utf8(rec.body.to_vec()).unwrap(), rec.deliver_at_ms, r.visible_ms);
             }
         }
     }
@@ -125,7 +125,7 @@ impl Harness {
         }
     }
 
-    /// Everything visible in the topic: id → (body, deliver_at, store_ms). Copies collapse:
+    /// Everything visible in the topic: id → (body, deliver_at, visible_ms). Copies collapse:
     /// count them with [`Harness::copies`].
     fn visible(&self) -> BTreeMap<String, (String, i64, i64)> {
         let mut out = BTreeMap::new();
@@ -289,7 +289,7 @@ fn cancel_before_fire_is_final_and_after_fire_conflicts() {
 /// A cancel holds wherever the message is in the pipeline, each place reached for certain
 /// before the cancel: stored but not yet read by enqueue-get (held there by a failpoint),
 /// placed in the wheel, rolled (gone round the wheel at least once), and read out of the wheel
-/// and held in dequeue-put for its millisecond.
+/// and held in dequeue-put for its millisecond (stored ahead of its time, not yet published).
 #[test]
 fn cancel_reaches_messages_in_every_place() {
     let scenario = fail::FailScenario::setup();
@@ -332,9 +332,15 @@ fn cancel_reaches_messages_in_every_place() {
     let taken = h.stage("dequeue_get_message").processed;
     h.clock.set(near - 500);
     h.wait_for("dequeue-get-message to take it", |h| h.stage("dequeue_get_message").processed > taken);
+    // dequeue-put has stored it, staged (in the log, in no consume queue), and keeps its
+    // segment from retention until it is published or dropped.
+    h.wait_for("dequeue-put to store it ahead of its time", |h| h.timer.staged_floor().is_some());
     h.settle();
     assert_eq!(h.visible_count(), 0);
     assert_eq!(h.timer.cancel(TOPIC, &id(&held)).unwrap(), near);
+    h.clock.set(near);
+    h.wait_for("the cancelled staged copy to be dropped", |h| h.timer.staged_floor().is_none());
+    assert_eq!(h.visible_count(), 0, "a cancelled staged copy is never published");
 
     // Run past every time: only `keep` arrives; the others stay cancelled.
     while t < T0 + 5 * 86_400_000 + 10 {

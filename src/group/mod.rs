@@ -84,6 +84,8 @@ pub struct Delivery {
     pub record: VerifiedRecord,
     /// Commit-log offset of the record (with its CRC, the message id).
     pub log_offset: u64,
+    /// When the message became visible to consumers.
+    pub visible_at_ms: i64,
     pub queue_id: u16,
     pub queue_offset: u64,
     pub attempt: u32,
@@ -93,11 +95,12 @@ pub struct Delivery {
 impl Delivery {
     /// Delivery `attempt` of the message at `offset` of group queue `qi` (its record at
     /// `log_offset`), under a receipt handle with `nonce`.
-    fn new(record: VerifiedRecord, log_offset: u64, qi: usize, offset: u64, attempt: u32, nonce: u32) -> Self {
+    fn new(c: Checked, qi: usize, offset: u64, attempt: u32, nonce: u32) -> Self {
         let queue_id = qi as u16;
         Delivery {
-            record,
-            log_offset,
+            log_offset: c.record.offset(),
+            visible_at_ms: c.visible_ms,
+            record: c.record,
             queue_id,
             queue_offset: offset,
             attempt,
@@ -129,6 +132,8 @@ struct Checked {
     payload: usize,
     /// Whether its tag matches the receive's expression.
     tag_matches: bool,
+    /// When it became visible (`crate::store::Resolved::visible_ms`).
+    visible_ms: i64,
 }
 
 pub struct Received {
@@ -496,8 +501,9 @@ impl Groups {
                 let p = &mut st.queues[qi];
                 let entry = cq.get(offset);
                 match self.record_at(t, tq as u16, offset, entry, &TagExpr::All) {
-                    Some(Checked { record, payload, .. }) => {
-                        let earlier = attempts_before(&record, qi >= nt);
+                    Some(c) => {
+                        let payload = c.payload;
+                        let earlier = attempts_before(&c.record, qi >= nt);
                         let before = earlier + p.attempts_so_far(offset);
                         if before >= max_attempts {
                             p.begin_move(
@@ -516,7 +522,7 @@ impl Groups {
                         changed = true;
                         let nonce = rand::random::<u32>().max(1);
                         let attempt = p.deliver(offset, visible_at, nonce) + earlier;
-                        out.push(Delivery::new(record, entry.map_or(0, |e| e.log_offset), qi, offset, attempt, nonce));
+                        out.push(Delivery::new(c, qi, offset, attempt, nonce));
                     }
                     None => {
                         changed = true;
@@ -533,12 +539,11 @@ impl Groups {
                 let Some((offset, group)) = p.fifo().and_then(|f| f.first_ready()) else { break };
                 changed = true;
                 let entry = cq.get(offset);
-                let Some(Checked { record, payload, .. }) =
-                    self.record_at(topic, qi as u16, offset, entry, &TagExpr::All)
-                else {
+                let Some(c) = self.record_at(topic, qi as u16, offset, entry, &TagExpr::All) else {
                     p.drop_held(offset);
                     continue;
                 };
+                let payload = c.payload;
                 if !batch.admits(&out, bytes, payload) {
                     full = true;
                     break;
@@ -546,7 +551,7 @@ impl Groups {
                 bytes += payload;
                 let nonce = rand::random::<u32>().max(1);
                 let attempt = p.deliver_in_group(offset, group, visible_at, nonce, now);
-                out.push(Delivery::new(record, entry.map_or(0, |e| e.log_offset), qi, offset, attempt, nonce));
+                out.push(Delivery::new(c, qi, offset, attempt, nonce));
             }
         }
         // 3. New messages.
@@ -582,18 +587,17 @@ impl Groups {
                     p.skip_next();
                     continue;
                 }
-                let Some(Checked { record, payload, tag_matches }) =
-                    self.record_at(t, tq as u16, offset, Some(entry), expr)
-                else {
+                let Some(c) = self.record_at(t, tq as u16, offset, Some(entry), expr) else {
                     p.skip_next();
                     continue;
                 };
-                if !tag_matches {
+                let payload = c.payload;
+                if !c.tag_matches {
                     p.skip_next();
                     continue;
                 }
                 let group =
-                    p.fifo().and_then(|_| record.record().property(fifo::PROP_MESSAGE_GROUP).map(fifo::group_hash));
+                    p.fifo().and_then(|_| c.record.record().property(fifo::PROP_MESSAGE_GROUP).map(fifo::group_hash));
                 if let Some(g) = group.filter(|&g| !p.fifo().is_some_and(|f| f.is_free(g))) {
                     p.hold_next(g);
                     holds += 1;
@@ -606,12 +610,12 @@ impl Groups {
                 bytes += payload;
                 let nonce = rand::random::<u32>().max(1);
                 // Only a redelivery (from the retry topic) had deliveries before this record.
-                let earlier = attempts_before(&record, qi >= nt);
+                let earlier = attempts_before(&c.record, qi >= nt);
                 let attempt = match group {
                     Some(g) => p.deliver_in_group(offset, g, visible_at, nonce, now),
                     None => p.deliver(offset, visible_at, nonce),
                 } + earlier;
-                out.push(Delivery::new(record, entry.log_offset, qi, offset, attempt, nonce));
+                out.push(Delivery::new(c, qi, offset, attempt, nonce));
             }
         }
         if changed {
@@ -844,7 +848,7 @@ impl Groups {
                         match to {
                             SeekTo::Earliest => first,
                             SeekTo::Latest => cq.next(),
-                            SeekTo::Time(ms) => self.first_stored_at(cq, first, ms),
+                            SeekTo::Time(ms) => self.first_visible_at(topic, qi as u16, first, ms),
                         }
                     }
                 };
@@ -855,14 +859,19 @@ impl Groups {
         Ok(self.summarize(group.to_string(), topic, &gt).backlog)
     }
 
-    /// The first offset of `cq` from `from` whose record was stored at or after `ms` (store
-    /// times never go backwards, so a binary search).
-    fn first_stored_at(&self, cq: &crate::store::consume_queue::ConsumeQueue, from: u64, ms: i64) -> u64 {
+    /// The first offset of queue `queue_id` of `topic` from `from` whose message became visible
+    /// at or after `ms` (visible times never go backwards along a queue: they are store times,
+    /// a published message's its publish record's; so a binary search).
+    fn first_visible_at(&self, topic: &Topic, queue_id: u16, from: u64, ms: i64) -> u64 {
+        let cq = &topic.queues[queue_id as usize];
         let (mut lo, mut hi) = (from, cq.next());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let stored = cq.get(mid).and_then(|e| self.store.read_verified(e.log_offset)).map(|r| r.record().store_ms);
-            match stored {
+            let visible = cq
+                .get(mid)
+                .and_then(|e| self.store.read_entry(&topic.name, queue_id, mid, e).ok())
+                .map(|r| r.visible_ms);
+            match visible {
                 Some(t) if t < ms => lo = mid + 1,
                 None => lo = mid + 1, // unreadable: never a place to start
                 _ => hi = mid,
@@ -922,21 +931,18 @@ impl Groups {
         if entry.log_offset < self.store.min_offset() {
             return None; // reclaimed by retention (a redelivery of it is dropped)
         }
-        let r = self.store.read(entry.log_offset).map(|r| r.verify());
-        let checked = match &r {
-            Some(Ok(r)) => {
-                let rec = r.record();
-                (rec.topic == topic.name && rec.queue_id == queue_id && rec.queue_offset == offset)
-                    .then(|| (rec.payload_len(), expr.matches(rec.tag)))
+        let r = match self.store.read_entry(&topic.name, queue_id, offset, entry) {
+            Ok(r) => r,
+            Err(crate::store::Unresolved::Reclaimed) => return None,
+            Err(crate::store::Unresolved::NotIts) => {
+                tracing::error!(topic = %topic.name, queue_id, offset, log_offset = entry.log_offset,
+                    "consume-queue entry does not point at its record; skipping it");
+                return None;
             }
-            _ => None,
         };
-        let Some((payload, tag_matches)) = checked else {
-            tracing::error!(topic = %topic.name, queue_id, offset, log_offset = entry.log_offset,
-                "consume-queue entry does not point at its record; skipping it");
-            return None;
-        };
-        Some(Checked { record: r?.ok()?, payload, tag_matches })
+        let rec = r.record.record();
+        let (payload, tag_matches) = (rec.payload_len(), expr.matches(rec.tag));
+        Some(Checked { record: r.record, payload, tag_matches, visible_ms: r.visible_ms })
     }
 
     /// Acks receipt handles; returns how many were acked and the handles that were not valid

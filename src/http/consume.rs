@@ -192,7 +192,9 @@ pub async fn receive(
 fn render(topic: &str, deliveries: &[Delivery]) -> Response {
     let mut out = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        let m = crate::service::deliver(&d.record.record(), d.log_offset);
+        let mut m = crate::service::deliver(&d.record.record(), d.log_offset);
+        // A fired message stored ahead of its time became visible when it was published.
+        m.visible_at_ms = d.visible_at_ms;
         let (body, body_base64) = if m.binary {
             (None, Some(base64::engine::general_purpose::STANDARD.encode(m.body)))
         } else {

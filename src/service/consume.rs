@@ -203,17 +203,17 @@ impl Consumers {
         Ok(done.len())
     }
 
-    /// The values of property `prop` of the records stored in `topics` at or after commit-log
-    /// position `since` (each queue read backwards from its end).
+    /// The values of property `prop` of the messages made visible in `topics` at or after
+    /// commit-log position `since` (each queue read backwards from its end).
     fn stored(&self, topics: &[&str], prop: &str, since: u64) -> HashSet<String> {
         let mut out = HashSet::new();
         let store = &self.broker.store;
         for t in topics.iter().filter_map(|name| store.topics().get(name)) {
             store.scan_newest_first(&t, |r| {
-                if r.id().offset < since {
+                if r.visible_pos < since {
                     return false;
                 }
-                out.extend(r.record().property(prop).map(str::to_string));
+                out.extend(r.record.record().property(prop).map(str::to_string));
                 true
             });
         }

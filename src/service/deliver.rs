@@ -31,7 +31,9 @@ pub struct DeliveredMessage<'a> {
     pub binary: bool,
     pub born_ms: i64,
     pub deliver_at_ms: i64,
-    /// When it became visible (the store time of this record).
+    /// When it became visible: the store time of this record. For a delivery, take the
+    /// group's `Delivery::visible_at_ms` instead: a fired message the timer stored ahead of its
+    /// time (`crate::store::staged`) became visible when it was published, after its store time.
     pub visible_at_ms: i64,
     /// For a message in a dead letter topic: where it came from.
     pub dead_letter: Option<DeadLetterInfo<'a>>,

@@ -612,7 +612,7 @@ impl Broker {
         let mut out = Vec::new();
         let Some(t) = self.store.topics().get(TXN_TOPIC) else { return out };
         self.store.scan_newest_first(&t, |r| {
-            let rec = r.record();
+            let rec = r.record.record();
             if rec.property(KIND) == Some("header") && group.is_none_or(|g| rec.property(GROUP) == Some(g)) {
                 if let Some(info) = rec.property(ID).and_then(|id| self.transaction(id).ok()) {
                     if state.is_none_or(|s| s == info.state) {

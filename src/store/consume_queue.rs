@@ -10,6 +10,10 @@
 //! 12     8    tag_hash    u64  hash of the tag (0 = no tag), to filter without reading the log
 //! ```
 //!
+//! An entry for a message the timer stored ahead of its time (`record::FLAG_STAGED`) points at
+//! the *publish* record that made it visible instead, and its `size` is `STAGED_ENTRY | i`:
+//! the message is the `i`-th the publish record names (`CqEntry::published_index`).
+//!
 //! Entry `i` lives at byte `i * 20`; a segment holds a whole number of entries. Entries are
 //! written in queue-offset order by the store's single appender, so the written entries form a
 //! prefix. A consume queue is an index, not a source of truth: it is not checksummed, recovery
@@ -33,7 +37,15 @@ pub struct CqEntry {
     pub tag_hash: u64,
 }
 
+/// The top bit of `size`: the entry names the `i`-th message of a publish record.
+pub const STAGED_ENTRY: u32 = 1 << 31;
+
 impl CqEntry {
+    /// For an entry of a published message: its index in the publish record at `log_offset`.
+    pub fn published_index(&self) -> Option<usize> {
+        (self.size & STAGED_ENTRY != 0).then_some((self.size & !STAGED_ENTRY) as usize)
+    }
+
     pub fn encode(&self) -> [u8; ENTRY_LEN] {
         let mut b = [0u8; ENTRY_LEN];
         Put::new(&mut b).u64(self.log_offset).u32(self.size).u64(self.tag_hash);

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Every message is appended once to the commit log and indexed in the consume queue of its
-//! topic and queue. One appender (the `writer` lock) assigns commit-log offsets and queue
+//! topic and queue (a fired message may be stored ahead of its time and indexed at it: see
+//! `staged`). One appender (the `writer` lock) assigns commit-log offsets and queue
 //! offsets together, so each queue is in commit-log order. Readers never take that lock.
 //! The store knows nothing of HTTP.
 
@@ -29,13 +30,14 @@ pub mod powercut;
 pub mod record;
 pub mod recovery;
 pub mod segments;
+pub mod staged;
 pub mod topics;
 
 mod durability;
 mod error;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +52,7 @@ pub use error::StoreError;
 pub use record::NewMessage;
 use record::{FLAG_BATCH, FLAG_BATCH_END};
 pub use recovery::RecoveryReport;
+pub use staged::{Published, Resolved, Staged, Unresolved};
 use topics::{Topic, Topics};
 
 /// How the store is laid out and made durable.
@@ -166,6 +169,8 @@ pub struct Store {
     reclaimed: Mutex<(u64, u64)>,
     /// Consume-queue segments and bytes reclaimed since start.
     index_reclaimed: Mutex<(u64, u64)>,
+    /// Offsets (+1) of publish records already verified (`staged`).
+    verified_publish: [AtomicU64; staged::VERIFIED_SLOTS],
     _lock: lock::DirLock,
 }
 
@@ -200,6 +205,7 @@ impl Store {
             accepting: AtomicBool::new(true),
             reclaimed: Mutex::new((0, 0)),
             index_reclaimed: Mutex::new((0, 0)),
+            verified_publish: std::array::from_fn(|_| AtomicU64::new(0)),
             opts,
             _lock: dir_lock,
         });
@@ -486,15 +492,16 @@ impl Store {
         }))
     }
 
-    /// Visits the retained records of each queue of `topic`, newest first, while `visit`
-    /// returns true (then the next queue): how start-up and the consumer lifecycle look for
-    /// what a run that a crash stopped had already stored. Costs the records visited.
-    pub fn scan_newest_first(&self, topic: &Topic, mut visit: impl FnMut(&VerifiedRecord) -> bool) {
+    /// Visits the retained messages of each queue of `topic`, newest first (newest visible:
+    /// their visible times and positions only go back), while `visit` returns true (then the
+    /// next queue): how start-up and the consumer lifecycle look for what a run that a crash
+    /// stopped had already stored. Costs the records visited.
+    pub fn scan_newest_first(&self, topic: &Topic, mut visit: impl FnMut(&Resolved) -> bool) {
         let retained_from = self.min_offset();
-        for q in &topic.queues {
+        for (qi, q) in topic.queues.iter().enumerate() {
             for i in (q.start()..q.next()).rev() {
                 let Some(e) = q.get(i).filter(|e| e.log_offset >= retained_from) else { break };
-                let Some(r) = self.read_verified(e.log_offset) else { continue };
+                let Ok(r) = self.read_entry(&topic.name, qi as u16, i, e) else { continue };
                 if !visit(&r) {
                     break;
                 }

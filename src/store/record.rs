@@ -13,7 +13,7 @@
 //! 28     8    store_ms       i64  when the record was appended
 //! 36     8    deliver_at_ms  i64  when it becomes visible (= store_ms for a normal message)
 //! 44     2    queue_id       u16
-//! 46     2    flags          u16  FLAG_BINARY | FLAG_BATCH | FLAG_BATCH_END
+//! 46     2    flags          u16  FLAG_BINARY | FLAG_BATCH | FLAG_BATCH_END | FLAG_STAGED | FLAG_PUBLISH
 //! 48     2    topic_len      u16  1..=255
 //! 50     2    tag_len        u16  0 = no tag
 //! 52     4    keys_len       u32  bytes of the keys section
@@ -32,6 +32,17 @@
 //! the CRC covers everything after itself, so a torn or corrupted record is detected; all strings
 //! are UTF-8. Records of a batch carry `FLAG_BATCH`, its last one also `FLAG_BATCH_END`, so
 //! recovery can drop a batch whose end never reached the disk (a batch is all-or-nothing).
+//!
+//! Two kinds of record let the timer store a fired message ahead of its time and make it
+//! visible at its millisecond with a few bytes (`crate::store::Store::append_staged` and
+//! `publish_staged`):
+//! - a **staged** record (`FLAG_STAGED`) is a message for its topic and queue, stored but not
+//!   indexed: its queue offset is 0, no consume queue points at it until it is published;
+//! - a **publish** record (`FLAG_PUBLISH`) makes staged records visible: for its topic and
+//!   queue, entries `queue_offset ..` of the consume queue, one per staged record named in its
+//!   body (`n × { u64 log offset of the staged record, u64 tag hash }`, see [`publish_body`]).
+//!   It has no tag, keys or properties; its store time is when they became visible. It is
+//!   never a message itself.
 
 use std::collections::BTreeMap;
 
@@ -68,6 +79,28 @@ pub const FLAG_BINARY: u16 = 1;
 pub const FLAG_BATCH: u16 = 2;
 /// The record is the last of its batch.
 pub const FLAG_BATCH_END: u16 = 4;
+/// A fired message stored ahead of its time, not indexed until a publish record names it.
+pub const FLAG_STAGED: u16 = 8;
+/// Makes the staged records its body names visible (module doc).
+pub const FLAG_PUBLISH: u16 = 16;
+/// Bytes per staged record named in a publish record's body.
+pub const PUBLISHED_LEN: usize = 16;
+
+/// The body of a publish record naming `staged` (log offset, tag hash) in queue order.
+pub fn publish_body(staged: impl ExactSizeIterator<Item = (u64, u64)>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(staged.len() * PUBLISHED_LEN);
+    for (offset, tag) in staged {
+        push_u64(&mut b, offset);
+        push_u64(&mut b, tag);
+    }
+    b
+}
+
+/// Entry `i` of a publish record's body: the staged record's log offset and its tag hash.
+pub fn published_at(body: &[u8], i: usize) -> Option<(u64, u64)> {
+    let b = body.get(i * PUBLISHED_LEN..(i + 1) * PUBLISHED_LEN)?;
+    Some((u64_at(b, 0), u64_at(b, 8)))
+}
 
 /// Why bytes do not decode as a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -474,6 +507,22 @@ impl<'a> Record<'a> {
 
     pub fn binary(&self) -> bool {
         self.flags & FLAG_BINARY != 0
+    }
+
+    /// A fired message stored ahead of its time (`FLAG_STAGED`).
+    pub fn staged(&self) -> bool {
+        self.flags & FLAG_STAGED != 0
+    }
+
+    /// A publish record (`FLAG_PUBLISH`): not a message.
+    pub fn publish(&self) -> bool {
+        self.flags & FLAG_PUBLISH != 0
+    }
+
+    /// The staged records a publish record names, in queue order (empty for any other record).
+    pub fn published(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let n = if self.publish() { self.body.len() / PUBLISHED_LEN } else { 0 };
+        (0..n).filter_map(|i| published_at(self.body, i))
     }
 
     /// Calls `visit` with each business key; fails on a malformed section.

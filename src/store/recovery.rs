@@ -10,7 +10,8 @@
 //!    point and delete later segments (`commitlog::CommitLog::recover`).
 //! 3. Cut every consume queue back to entries that point below the valid end.
 //! 4. Replay the records after the checkpoint into the consume queues (idempotent: an entry
-//!    already present and equal is left alone).
+//!    already present and equal is left alone): a message record gets its entry, a publish
+//!    record one per staged record it names, a staged record none (`super::staged`).
 //!
 //! Everything before the checkpoint was fsync'd before the checkpoint was written, so it is not
 //! rescanned; a record before it that is corrupt is found when read (its CRC), not here.
@@ -19,7 +20,7 @@ use std::time::Instant;
 
 use super::checkpoint::Checkpoint;
 use super::commitlog::{CommitLog, LogRecovery, LogWriter};
-use super::consume_queue::{tag_hash, CqEntry};
+use super::consume_queue::{tag_hash, CqEntry, STAGED_ENTRY};
 use super::key_index::KeyIndex;
 use super::topics::{RecoveringTopics, Topics};
 use super::{StoreError, StoreOptions};
@@ -151,19 +152,32 @@ fn reindex(
         if first_err.is_some() {
             return;
         }
-        let entry = CqEntry { log_offset: offset, size: len, tag_hash: tag_hash(rec.tag) };
         if let Err(e) = keys.add(rec.topic, rec.keys(), offset) {
             first_err = Some(StoreError::io("rebuild the key index")(e));
             return;
         }
+        // A staged record is in no queue until a publish record names it (`super::staged`);
+        // a publish record's entries point at it, one per message it names.
+        let entries: Vec<CqEntry> = if rec.staged() {
+            return;
+        } else if rec.publish() {
+            rec.published()
+                .enumerate()
+                .map(|(i, (_, tag))| CqEntry { log_offset: offset, size: STAGED_ENTRY | i as u32, tag_hash: tag })
+                .collect()
+        } else {
+            vec![CqEntry { log_offset: offset, size: len, tag_hash: tag_hash(rec.tag) }]
+        };
         let result = topics.get_or_create(rec.topic, rec.queue_id).and_then(|t| {
             let q = &mut t.queues[rec.queue_id as usize];
             gap |= rec.queue_offset > q.next();
-            let before = q.get(rec.queue_offset);
-            q.recover_put(rec.queue_offset, entry)
-                .map_err(StoreError::io(format!("rebuild consume queue of {}", rec.topic)))?;
-            if before != Some(entry) {
-                reindexed += 1;
+            for (i, entry) in entries.into_iter().enumerate() {
+                let at = rec.queue_offset + i as u64;
+                let before = q.get(at);
+                q.recover_put(at, entry).map_err(StoreError::io(format!("rebuild consume queue of {}", rec.topic)))?;
+                if before != Some(entry) {
+                    reindexed += 1;
+                }
             }
             Ok(())
         });

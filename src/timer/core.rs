@@ -75,6 +75,9 @@ pub(crate) struct Core {
     /// become DELIVERED ([`Core::settle`]), so a cell is never DELIVERED on disk before its
     /// fired copy is: after a power cut such a message fires again, it is never lost.
     pub(super) unsettled: Mutex<Vec<(u64, Vec<u64>)>>,
+    /// The lowest commit-log offset of a fired message dequeue-put stored ahead of its time
+    /// and still holds (`u64::MAX`: none): retention keeps it (`TimerEngine::staged_floor`).
+    pub(super) staged_floor: AtomicU64,
 }
 
 impl Core {

@@ -21,8 +21,9 @@
 //! `state`) and `checkpoint` (see `checkpoint`).
 //!
 //! Beyond RocketMQ: slots stay coarse (1 s) but dequeue-get reads each slot `lookahead` early
-//! and dequeue-put releases every message at its own `deliver_at_ms` (never before it by the
-//! server clock, which `store_ms ≥ deliver_at_ms` records); the wheel flush writes only dirty
+//! and dequeue-put publishes every message at its own `deliver_at_ms` (never before it by the
+//! server clock; it is stored ahead of its time, staged, and made visible by a publish record
+//! whose store time is `≥ deliver_at_ms`: `crate::store::staged`); the wheel flush writes only dirty
 //! pages; cancel is one CAS on the message's state cell; rolls keep the original record (the
 //! commit log is never truncated, so it is still there when the message finally fires) and
 //! spread over the window instead of bunching at its edge.
@@ -301,6 +302,7 @@ impl TimerEngine {
             checkpoint_path,
             last_checkpoint: Mutex::new(ckpt),
             unsettled: Mutex::new(Vec::new()),
+            staged_floor: AtomicU64::new(u64::MAX),
             store,
             opts,
         });
@@ -397,6 +399,13 @@ impl TimerEngine {
     /// Scheduled messages not yet fired or cancelled, for `topic`.
     pub fn pending_for(&self, topic: &str) -> i64 {
         self.core.pending.lock().get(topic).copied().unwrap_or(0).max(0)
+    }
+
+    /// The lowest commit-log offset of a fired message stored ahead of its time and not yet
+    /// visible (`crate::store::staged`), if any: retention must keep the segment holding it.
+    pub fn staged_floor(&self) -> Option<u64> {
+        let f = self.core.staged_floor.load(Ordering::Acquire);
+        (f != u64::MAX).then_some(f)
     }
 
     pub fn stats(&self) -> TimerStats {

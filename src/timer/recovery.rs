@@ -238,9 +238,9 @@ impl Tally {
 }
 
 /// The ids (`PROP_ID`) of fired copies stored in the topics of `targets` (cell, topic, deliver
-/// time, id) since the earliest of their deliver times: a copy is never stored before its time,
-/// and store times never go backwards, so each queue is read backwards from its end until a
-/// record stored earlier. Costs the messages stored since then.
+/// time, id) since the earliest of their deliver times: a copy is never visible before its
+/// time, and visible times never go backwards along a queue, so each queue is read backwards
+/// from its end until a message visible earlier. Costs the messages stored since then.
 pub(super) fn fired_copies(store: &Store, targets: &[(u64, String, i64, String)]) -> std::collections::HashSet<String> {
     let mut out = std::collections::HashSet::new();
     let Some(since) = targets.iter().map(|t| t.2).min() else { return out };
@@ -250,8 +250,8 @@ pub(super) fn fired_copies(store: &Store, targets: &[(u64, String, i64, String)]
     for name in topics {
         let Some(topic) = store.topics().get(name) else { continue };
         store.scan_newest_first(&topic, |r| {
-            let rec = r.record();
-            if rec.store_ms < since {
+            let rec = r.record.record();
+            if r.visible_ms < since {
                 return false;
             }
             if let Some(id) = rec.property(PROP_ID) {

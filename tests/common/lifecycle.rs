@@ -185,13 +185,13 @@ impl H {
     pub fn visible(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
         let Some(t) = self.store.topics().get(TOPIC) else { return out };
-        for q in &t.queues {
+        for (qi, q) in t.queues.iter().enumerate() {
             for i in 0..q.next() {
                 let Some(e) = q.get(i) else { continue };
-                let Some(r) = self.store.read_verified(e.log_offset) else { continue };
-                let rec = r.record();
-                assert!(rec.store_ms >= rec.deliver_at_ms, "visible before its time");
-                *out.entry(deliver(&rec, e.log_offset).id).or_default() += 1;
+                let Ok(r) = self.store.read_entry(TOPIC, qi as u16, i, e) else { continue };
+                let rec = r.record.record();
+                assert!(r.visible_ms >= rec.deliver_at_ms, "visible before its time");
+                *out.entry(deliver(&rec, r.record.offset()).id).or_default() += 1;
             }
         }
         out

@@ -1,63 +1,130 @@
-//! dequeue-put (RocketMQ's `TimerDequeuePutService`): holds ready messages by deliver time and
-//! stores each for its topic at its millisecond (a chunk per append), skips cancelled ones, and
-//! sends rolls back to the enqueue side.
+//! dequeue-put (RocketMQ's `TimerDequeuePutService`): stores each fired message for its topic
+//! as soon as it arrives, *staged* (in the commit log, visible to no one), holds it by deliver
+//! time, and at its millisecond *publishes* it (`crate::store::staged`): a thousand messages
+//! due together become visible with one small append. It skips cancelled messages and sends
+//! rolls back to the enqueue side.
+//!
+//! Cancel works until the publish: a message is published only if its state cell goes
+//! `SCHEDULED → FIRING` first, so a cancel that won its compare-and-swap means the staged
+//! copy is never named by a publish record. A message staged but not published when the
+//! process stops was never marked done: the restart fires it again, and the first copy stays
+//! invisible until its segment is reclaimed.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chime_pipeline::{queue, StageCtx};
 
-use super::{EnqueueReq, Origin, Ready, POLL};
+use super::{EnqueueReq, FireReq, Origin, Ready, POLL};
 use crate::store::topics::Topic;
+use crate::store::Staged;
 use crate::timer::state;
 use crate::timer::Core;
 
-/// Most messages stored by one append when firing: large enough to amortise the writer lock,
-/// small enough that the first of a burst are visible within a millisecond or two.
-const RELEASE_CHUNK: usize = 1000;
+/// Most messages staged by one append, or published by one publish record: large enough to
+/// amortise the writer lock, small enough that the first of a burst are visible at once.
+const CHUNK: usize = 1000;
 
-/// Messages waiting in dequeue-put for their millisecond, earliest first.
+/// Messages held per slot of the queue in front (`timer.queue_capacity`): a staged message is
+/// about 150 bytes here (its record is in the log), so dequeue-put can hold a burst's worth
+/// ahead of its time.
+const HOLD_PER_QUEUE_SLOT: usize = 4;
+
+/// A fired message stored ahead of its time, waiting for its millisecond.
+struct Waiting {
+    fire: FireReq,
+    topic: Arc<Topic>,
+    queue: u16,
+    staged: Staged,
+    /// The staging append it came from (`Chunks`).
+    chunk: u64,
+}
+
+/// Ordered by deliver time, then arrival: earliest first out of the max-heap.
+struct ByTime(i64, u64, Waiting);
+
+impl PartialEq for ByTime {
+    fn eq(&self, o: &Self) -> bool {
+        (self.0, self.1) == (o.0, o.1)
+    }
+}
+impl Eq for ByTime {}
+impl PartialOrd for ByTime {
+    fn partial_cmp(&self, o: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for ByTime {
+    fn cmp(&self, o: &Self) -> CmpOrdering {
+        (o.0, o.1).cmp(&(self.0, self.1))
+    }
+}
+
+/// The staging appends whose messages are still held, oldest first, with how many each still
+/// has: the first one's log offset is what retention must keep (`Core::staged_floor`).
+#[derive(Default)]
+struct Chunks {
+    first_id: u64,
+    live: VecDeque<(u64, usize)>,
+}
+
+impl Chunks {
+    fn add(&mut self, log_offset: u64, n: usize) -> u64 {
+        self.live.push_back((log_offset, n));
+        self.first_id + self.live.len() as u64 - 1
+    }
+
+    fn release(&mut self, id: u64) {
+        if let Some(c) = self.live.get_mut((id - self.first_id) as usize) {
+            c.1 -= 1;
+        }
+        while self.live.front().is_some_and(|c| c.1 == 0) {
+            self.live.pop_front();
+            self.first_id += 1;
+        }
+    }
+
+    fn floor(&self) -> u64 {
+        self.live.front().map_or(u64::MAX, |c| c.0)
+    }
+}
+
 #[derive(Default)]
 struct Held {
-    heap: BinaryHeap<Reverse<(i64, u64)>>,
-    items: HashMap<u64, Ready>,
+    heap: BinaryHeap<ByTime>,
     seq: u64,
+    chunks: Chunks,
 }
 
 impl Held {
-    fn push(&mut self, r: Ready) {
+    fn push(&mut self, w: Waiting) {
         self.seq += 1;
-        self.heap.push(Reverse((r.fire.unit.deliver_at, self.seq)));
-        self.items.insert(self.seq, r);
+        self.heap.push(ByTime(w.fire.unit.deliver_at, self.seq, w));
     }
 
     fn next_due(&self) -> Option<i64> {
-        self.heap.peek().map(|Reverse((d, _))| *d)
+        self.heap.peek().map(|b| b.0)
     }
 
     /// Up to `max` of the messages due at or before `now`, earliest first.
-    fn take_due(&mut self, now: i64, max: usize) -> Vec<Ready> {
+    fn take_due(&mut self, now: i64, max: usize) -> Vec<Waiting> {
         let mut due = Vec::new();
-        while let Some(Reverse((d, s))) = self.heap.peek().copied() {
-            if d > now || due.len() == max {
-                break;
-            }
-            self.heap.pop();
-            due.extend(self.items.remove(&s));
+        while due.len() < max && self.heap.peek().is_some_and(|b| b.0 <= now) {
+            due.extend(self.heap.pop().map(|b| b.2));
         }
         due
     }
 
     fn len(&self) -> usize {
-        self.items.len()
+        self.heap.len()
     }
 }
 
-/// dequeue-put: holds ready messages by deliver time and stores each for its topic at its
-/// millisecond (batched per topic); re-places rolls; skips cancelled messages.
+/// dequeue-put: stages fired messages as they arrive, publishes each at its millisecond;
+/// re-places rolls; skips cancelled messages.
 pub(super) fn dequeue_put(
     core: &Core,
     rx: &queue::Receiver<Ready>,
@@ -65,11 +132,13 @@ pub(super) fn dequeue_put(
     bell: &crossbeam_channel::Sender<()>,
     ctx: &StageCtx,
 ) {
-    let cap = core.opts.queue_capacity;
+    let hold = core.opts.queue_capacity.saturating_mul(HOLD_PER_QUEUE_SLOT).max(CHUNK);
     let mut held = Held::default();
-    let accept = |r: Ready, held: &mut Held| {
+    // Fired messages received but not yet staged (at most a chunk, unless the store refuses).
+    let mut incoming: Vec<Ready> = Vec::new();
+    let accept = |r: Ready, incoming: &mut Vec<Ready>| {
         if r.out.is_some() {
-            return held.push(r);
+            return incoming.push(r);
         }
         let u = r.fire.unit;
         let Origin::Slot(from) = r.fire.origin else { return core.done(&r.fire) };
@@ -86,107 +155,187 @@ pub(super) fn dequeue_put(
     };
     let poll_ms = POLL.as_millis() as i64;
     while !ctx.stopped() {
+        // Publish what is due by the clock read now (never before its millisecond), a chunk at
+        // a time, so the first chunk of a burst is visible while later ones are still published.
+        if !publish_due(core, &mut held) {
+            std::thread::sleep(Duration::from_millis(100)); // the store is unavailable
+        }
         let now = core.clock.now_ms();
         let wait = held.next_due().map_or(poll_ms, |d| (d - now).clamp(0, poll_ms));
-        if held.len() < cap {
+        if held.len() + incoming.len() < hold {
+            let wait = if incoming.is_empty() { wait } else { 0 };
             if wait > 0 {
                 match rx.recv_timeout(Duration::from_millis(wait as u64)) {
-                    Ok(r) => accept(r, &mut held),
+                    Ok(r) => accept(r, &mut incoming),
                     Err(queue::RecvTimeoutError::Timeout) => {}
                     Err(queue::RecvTimeoutError::Disconnected) => return,
                 }
             }
-            while held.len() < cap {
+            while incoming.len() < CHUNK && held.len() + incoming.len() < hold {
                 match rx.try_recv() {
-                    Ok(r) => accept(r, &mut held),
+                    Ok(r) => accept(r, &mut incoming),
                     Err(_) => break,
                 }
             }
-        } else if wait > 0 {
+        } else if wait > 0 && incoming.is_empty() {
             std::thread::sleep(Duration::from_millis(wait as u64));
         }
-        // Release what is due by the clock read now (never before its millisecond), a chunk at
-        // a time, so the first chunk of a burst is visible while later ones are still stored.
-        loop {
-            let due = held.take_due(core.clock.now_ms(), RELEASE_CHUNK);
-            if due.is_empty() {
-                break;
-            }
-            let failed = release(core, due);
-            if !failed.is_empty() {
-                // The store is unavailable: hold them and retry shortly.
-                failed.into_iter().for_each(|r| held.push(r));
-                std::thread::sleep(Duration::from_millis(100));
-                break;
-            }
+        if !incoming.is_empty() && !stage(core, &mut incoming, &mut held) {
+            std::thread::sleep(Duration::from_millis(100)); // the store is unavailable
         }
     }
 }
 
-/// Stores due messages for their topics, at most `RELEASE_CHUNK` per append. Returns those that could
-/// not be stored.
-fn release(core: &Core, due: Vec<Ready>) -> Vec<Ready> {
-    let mut by_topic: Vec<(Arc<Topic>, Option<u16>, Vec<Ready>)> = Vec::new();
-    for r in due {
-        let (topic, queue, _) = r.out.as_ref().expect("rolls never reach release");
-        match by_topic.iter_mut().find(|(t, q, _)| Arc::ptr_eq(t, topic) && q == queue) {
-            Some((_, _, v)) => v.push(r),
-            None => by_topic.push((topic.clone(), *queue, vec![r])),
+/// Stages `incoming` (each run of one topic and queue with one append); what could not be
+/// stored stays in `incoming`. Returns false if the store refused.
+fn stage(core: &Core, incoming: &mut Vec<Ready>, held: &mut Held) -> bool {
+    let mut rest = std::mem::take(incoming).into_iter().peekable();
+    let mut ok = true;
+    while let Some(first) = rest.next() {
+        let (topic, queue, _) = first.out.as_ref().expect("rolls are never staged");
+        let (topic, queue) = (topic.clone(), *queue);
+        let mut run = vec![first];
+        while run.len() < CHUNK {
+            let same =
+                rest.peek().and_then(|r| r.out.as_ref()).is_some_and(|(t, q, _)| Arc::ptr_eq(t, &topic) && *q == queue);
+            if !same {
+                break;
+            }
+            run.extend(rest.next());
+        }
+        if !ok {
+            incoming.extend(run);
+            continue;
+        }
+        let q = queue.unwrap_or_else(|| topic.pick_queue());
+        let mut recs: Vec<Vec<u8>> =
+            run.iter_mut().map(|r| std::mem::take(&mut r.out.as_mut().expect("a fire").2)).collect();
+        match core.store.append_staged(&topic, q, &mut recs) {
+            Ok(staged) => {
+                let chunk = held.chunks.add(staged[0].log_offset, staged.len());
+                for (r, s) in run.into_iter().zip(staged) {
+                    held.push(Waiting { fire: r.fire, topic: topic.clone(), queue: q, staged: s, chunk });
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, topic = %topic.name, "cannot store fired messages; retrying");
+                for (r, rec) in run.iter_mut().zip(recs) {
+                    r.out.as_mut().expect("a fire").2 = rec;
+                }
+                incoming.extend(run);
+                ok = false;
+            }
+        }
+    }
+    core.staged_floor.store(held.chunks.floor(), Ordering::Release);
+    ok
+}
+
+/// Publishes the held messages that are due, a chunk per publish record; returns false if the
+/// store refused (they stay held).
+fn publish_due(core: &Core, held: &mut Held) -> bool {
+    loop {
+        let due = held.take_due(core.clock.now_ms(), CHUNK);
+        if due.is_empty() {
+            return true;
+        }
+        let failed = publish(core, due, &mut held.chunks);
+        core.staged_floor.store(held.chunks.floor(), Ordering::Release);
+        if !failed.is_empty() {
+            // Still held, so their staging appends are still live in `chunks`.
+            failed.into_iter().for_each(|w| held.push(w));
+            return false;
+        }
+    }
+}
+
+/// Publishes due messages, one publish record per topic and queue. Returns those that could
+/// not be published.
+fn publish(core: &Core, due: Vec<Waiting>, chunks: &mut Chunks) -> Vec<Waiting> {
+    let mut by_queue: Vec<(Arc<Topic>, u16, Vec<Waiting>)> = Vec::new();
+    for w in due {
+        match by_queue.iter_mut().find(|(t, q, _)| Arc::ptr_eq(t, &w.topic) && *q == w.queue) {
+            Some((_, _, v)) => v.push(w),
+            None => by_queue.push((w.topic.clone(), w.queue, vec![w])),
         }
     }
     let mut failed = Vec::new();
-    for (topic, queue, group) in by_topic {
-        let mut group = group.into_iter().peekable();
-        while group.peek().is_some() {
-            let (mut fires, mut recs) = (Vec::new(), Vec::new());
-            for r in group.by_ref() {
-                let cell = r.fire.unit.sys_offset;
-                match core.states.transition(cell, state::SCHEDULED, state::FIRING) {
-                    // Anything else: cancelled, or already fired by another unit of the same
-                    // message (re-placed after a restart). Start-up turned crash-interrupted
-                    // FIRING cells back to SCHEDULED, so FIRING here is a fire in progress.
-                    Ok(state::SCHEDULED) => {
-                        fires.push(r.fire);
-                        recs.push(r.out.expect("not a roll").2);
-                    }
-                    Ok(_) => core.done(&r.fire),
-                    Err(e) => panic!("state cell {cell} unreadable: {e}"),
+    for (topic, queue, group) in by_queue {
+        let mut fires = Vec::with_capacity(group.len());
+        for w in group {
+            let cell = w.fire.unit.sys_offset;
+            match core.states.transition(cell, state::SCHEDULED, state::FIRING) {
+                // Anything else: cancelled, or already fired by another unit of the same
+                // message (re-placed after a restart). Start-up turned crash-interrupted
+                // FIRING cells back to SCHEDULED, so FIRING here is a fire in progress.
+                Ok(state::SCHEDULED) => fires.push(w),
+                Ok(_) => {
+                    chunks.release(w.chunk);
+                    core.done(&w.fire);
                 }
-                if fires.len() == RELEASE_CHUNK {
-                    break;
+                Err(e) => panic!("state cell {cell} unreadable: {e}"),
+            }
+        }
+        if fires.is_empty() {
+            continue;
+        }
+        let staged: Vec<Staged> = fires.iter().map(|w| w.staged).collect();
+        match core.store.publish_staged(&topic, queue, &staged) {
+            Ok(p) => {
+                // The cells stay FIRING until the log is durable past `p.end` (`settle`).
+                let cells = fires.iter().map(|w| w.fire.unit.sys_offset).collect();
+                core.unsettled.lock().push((p.end, cells));
+                let mut late = core.lateness.lock();
+                for w in &fires {
+                    let u = &w.fire.unit;
+                    let lateness = (p.store_ms - u.deliver_at).max(0) as u64;
+                    let _ = late.record(lateness);
+                    if u.deliver_at < core.started_ms && lateness > 1000 {
+                        core.counters.late_after_downtime.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop(late);
+                core.counters.fired.fetch_add(fires.len() as u64, Ordering::Relaxed);
+                core.uncount(Some(&topic.name), fires.iter().map(|w| w.fire.unit.deliver_at));
+                for w in &fires {
+                    chunks.release(w.chunk);
+                    core.done(&w.fire);
                 }
             }
-            if fires.is_empty() {
-                continue;
-            }
-            match core.store.append_encoded(&topic, queue, &recs) {
-                Ok(res) => {
-                    // The cells stay FIRING until the log is durable past `res.end` (`settle`).
-                    let cells = fires.iter().map(|f| f.unit.sys_offset).collect();
-                    core.unsettled.lock().push((res.end, cells));
-                    let mut late = core.lateness.lock();
-                    for (f, a) in fires.iter().zip(&res.messages) {
-                        let u = &f.unit;
-                        let lateness = (a.store_ms - u.deliver_at).max(0) as u64;
-                        let _ = late.record(lateness);
-                        if u.deliver_at < core.started_ms && lateness > 1000 {
-                            core.counters.late_after_downtime.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    drop(late);
-                    core.counters.fired.fetch_add(fires.len() as u64, Ordering::Relaxed);
-                    core.uncount(Some(&topic.name), fires.iter().map(|f| f.unit.deliver_at));
-                    fires.iter().for_each(|f| core.done(f));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, topic = %topic.name, "cannot store fired messages; retrying");
-                    for (fire, rec) in fires.into_iter().zip(recs) {
-                        let _ = core.states.transition(fire.unit.sys_offset, state::FIRING, state::SCHEDULED);
-                        failed.push(Ready { fire, out: Some((topic.clone(), queue, rec)) });
-                    }
+            Err(e) => {
+                tracing::error!(error = %e, topic = %topic.name, "cannot publish fired messages; retrying");
+                for w in fires {
+                    let _ = core.states.transition(w.fire.unit.sys_offset, state::FIRING, state::SCHEDULED);
+                    failed.push(w);
                 }
             }
         }
     }
     failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Chunks;
+
+    #[test]
+    fn the_floor_is_the_oldest_staging_append_with_a_message_still_held() {
+        let mut c = Chunks::default();
+        assert_eq!(c.floor(), u64::MAX);
+        let a = c.add(100, 2);
+        let b = c.add(200, 1);
+        let d = c.add(300, 1);
+        assert_eq!(c.floor(), 100);
+        c.release(b); // published out of order: the older append still holds the floor
+        assert_eq!(c.floor(), 100);
+        c.release(a);
+        assert_eq!(c.floor(), 100);
+        c.release(a);
+        assert_eq!(c.floor(), 300, "the second append was already empty");
+        let e = c.add(400, 1);
+        c.release(d);
+        assert_eq!(c.floor(), 400);
+        c.release(e);
+        assert_eq!(c.floor(), u64::MAX);
+    }
 }

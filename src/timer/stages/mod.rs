@@ -64,8 +64,9 @@ struct FireReq {
 
 struct Ready {
     fire: FireReq,
-    /// The record to store, encoded ahead of its time (during the lookahead) so that storing
-    /// it at its millisecond is a seal and a copy. `None` for a roll.
+    /// The record to store, encoded ahead of its time (during the lookahead); dequeue-put
+    /// stores it staged as soon as it arrives and publishes it at its millisecond. `None` for
+    /// a roll.
     out: Option<Fired>,
 }
 
