@@ -229,6 +229,34 @@ impl ConsumeQueue {
         self.next.fetch_max(upto, Ordering::AcqRel);
     }
 
+    /// Writes `entries` from entry `first` on without publishing them (as [`Self::write`]
+    /// each), one copy per segment they fall in: a publish writes a thousand at once.
+    pub fn write_run(&self, first: u64, entries: &[CqEntry]) -> io::Result<()> {
+        let per_seg = self.segment_entries();
+        let (mut at, mut rest) = (first, entries);
+        let mut buf = Vec::with_capacity(rest.len().min(per_seg as usize) * ENTRY_LEN);
+        while !rest.is_empty() {
+            let room = (per_seg - at % per_seg) as usize;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            buf.clear();
+            now.iter().for_each(|e| buf.extend_from_slice(&e.encode()));
+            let pos = at * ENTRY_LEN as u64;
+            let seg = match self.segs.find(pos) {
+                Some(seg) => seg,
+                None => self.segs.create(pos / self.segs.segment_size() * self.segs.segment_size())?,
+            };
+            if !seg.file.append_at((pos - seg.base) as usize, &buf) {
+                return Err(io::Error::other(format!(
+                    "consume queue {} refused entry {at}",
+                    self.segs.dir().display()
+                )));
+            }
+            at += now.len() as u64;
+            rest = later;
+        }
+        Ok(())
+    }
+
     /// Writes entry `index` without publishing it (readers see it once [`Self::publish`]
     /// passes it), so a batch becomes visible whole.
     pub fn write(&self, index: u64, entry: CqEntry) -> io::Result<()> {

@@ -143,11 +143,11 @@ impl Store {
             .log
             .append(&mut w.log, &rec)
             .map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))?;
-        for (i, s) in staged.iter().enumerate() {
-            let entry = CqEntry { log_offset: offset, size: STAGED_ENTRY | i as u32, tag_hash: s.tag_hash };
-            cq.write(first + i as u64, entry)
-                .map_err(|e| self.durability.poison(format!("consume-queue append failed: {e}")))?;
-        }
+        let entries: Vec<CqEntry> = (staged.iter().enumerate())
+            .map(|(i, s)| CqEntry { log_offset: offset, size: STAGED_ENTRY | i as u32, tag_hash: s.tag_hash })
+            .collect();
+        cq.write_run(first, &entries)
+            .map_err(|e| self.durability.poison(format!("consume-queue append failed: {e}")))?;
         self.log.publish(&w.log);
         cq.publish(first + n);
         let end = w.log.pos();

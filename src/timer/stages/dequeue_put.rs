@@ -10,7 +10,6 @@
 //! process stops was never marked done: the restart fires it again, and the first copy stays
 //! invisible until its segment is reclaimed.
 
-use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -43,25 +42,10 @@ struct Waiting {
     chunk: u64,
 }
 
-/// Ordered by deliver time, then arrival: earliest first out of the max-heap.
-struct ByTime(i64, u64, Waiting);
-
-impl PartialEq for ByTime {
-    fn eq(&self, o: &Self) -> bool {
-        (self.0, self.1) == (o.0, o.1)
-    }
-}
-impl Eq for ByTime {}
-impl PartialOrd for ByTime {
-    fn partial_cmp(&self, o: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for ByTime {
-    fn cmp(&self, o: &Self) -> CmpOrdering {
-        (o.0, o.1).cmp(&(self.0, self.1))
-    }
-}
+/// A held message's place in the heap: its deliver time, its arrival, its slot in `Held::items`
+/// (the heap moves these 24 bytes, not the message).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Key(std::cmp::Reverse<(i64, u64)>, u32);
 
 /// The staging appends whose messages are still held, oldest first, with how many each still
 /// has: the first one's log offset is what retention must keep (`Core::staged_floor`).
@@ -94,7 +78,9 @@ impl Chunks {
 
 #[derive(Default)]
 struct Held {
-    heap: BinaryHeap<ByTime>,
+    heap: BinaryHeap<Key>,
+    items: Vec<Option<Waiting>>,
+    free: Vec<u32>,
     seq: u64,
     chunks: Chunks,
 }
@@ -102,18 +88,38 @@ struct Held {
 impl Held {
     fn push(&mut self, w: Waiting) {
         self.seq += 1;
-        self.heap.push(ByTime(w.fire.unit.deliver_at, self.seq, w));
+        let key = std::cmp::Reverse((w.fire.unit.deliver_at, self.seq));
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.items[i as usize] = Some(w);
+                i
+            }
+            None => {
+                self.items.push(Some(w));
+                (self.items.len() - 1) as u32
+            }
+        };
+        self.heap.push(Key(key, slot));
     }
 
     fn next_due(&self) -> Option<i64> {
-        self.heap.peek().map(|b| b.0)
+        self.heap.peek().map(|k| k.0 .0 .0)
     }
 
     /// Up to `max` of the messages due at or before `now`, earliest first.
     fn take_due(&mut self, now: i64, max: usize) -> Vec<Waiting> {
         let mut due = Vec::new();
-        while due.len() < max && self.heap.peek().is_some_and(|b| b.0 <= now) {
-            due.extend(self.heap.pop().map(|b| b.2));
+        while due.len() < max && self.next_due().is_some_and(|d| d <= now) {
+            let Key(_, slot) = self.heap.pop().expect("peeked");
+            due.extend(self.items[slot as usize].take());
+            self.free.push(slot);
+        }
+        if self.heap.is_empty() && self.items.capacity() > 4096 {
+            // Give a burst's memory back.
+            (self.items, self.free) = (Vec::new(), Vec::new());
+        } else if self.heap.is_empty() {
+            self.items.clear();
+            self.free.clear();
         }
         due
     }
@@ -297,10 +303,8 @@ fn publish(core: &Core, due: Vec<Waiting>, chunks: &mut Chunks) -> Vec<Waiting> 
                 drop(late);
                 core.counters.fired.fetch_add(fires.len() as u64, Ordering::Relaxed);
                 core.uncount(Some(&topic.name), fires.iter().map(|w| w.fire.unit.deliver_at));
-                for w in &fires {
-                    chunks.release(w.chunk);
-                    core.done(&w.fire);
-                }
+                fires.iter().for_each(|w| chunks.release(w.chunk));
+                core.done_all(fires.iter().map(|w| &w.fire));
             }
             Err(e) => {
                 tracing::error!(error = %e, topic = %topic.name, "cannot publish fired messages; retrying");

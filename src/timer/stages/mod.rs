@@ -167,10 +167,17 @@ pub(super) fn spawn(
 impl Core {
     /// Marks a fire request finished (fired, skipped or re-placed).
     fn done(&self, f: &FireReq) {
+        self.done_all([f]);
+    }
+
+    /// Marks fire requests finished, under one lock.
+    fn done_all<'a>(&self, fires: impl IntoIterator<Item = &'a FireReq>) {
         let mut p = self.progress.lock();
-        match f.origin {
-            Origin::Slot(s) => p.slot_done(s),
-            Origin::Direct => p.direct_done(f.unit.sys_offset),
+        for f in fires {
+            match f.origin {
+                Origin::Slot(s) => p.slot_done(s),
+                Origin::Direct => p.direct_done(f.unit.sys_offset),
+            }
         }
     }
 }
