@@ -20,7 +20,9 @@
 //! message in it is due within [`RetentionOptions::carry_margin`] or being fired, or enqueue-get has not read
 //! it) is *pinned*: kept, and tried again next tick. Under size or disk pressure a segment that
 //! is more than half pending messages is pinned too: copying them would free too little, and
-//! the same messages would be copied again at once. Normal
+//! the same messages would be copied again at once. A segment holding a fired message the timer
+//! stored ahead of its time and has not yet published (`TimerEngine::staged_floor`), or a
+//! prepared transaction's records ([`Retention::pin_below`]), is pinned as well. Normal
 //! messages are not carried: a consumer group whose next message was reclaimed moves on and
 //! counts it `expired` (`crate::group`).
 //!

@@ -61,8 +61,8 @@ impl Core {
 const PREPARE_EVERY: Duration = Duration::from_millis(100);
 
 /// Prepares, ahead of its fires, the consume queues a topic's fired messages go to
-/// ([`crate::store::Store::prepare_topic`]): at most every [`PREPARE_EVERY`] per topic, for
-/// more entries than dequeue-put holds and this stage hands on meanwhile.
+/// ([`crate::store::Store::prepare_topic`]): at most every [`PREPARE_EVERY`] per topic, for as
+/// many entries as dequeue-put may hold (at most a segment's worth: `prepare_topic` caps it).
 struct Preparer {
     last: HashMap<String, Instant>,
     ahead: u64,
@@ -70,7 +70,7 @@ struct Preparer {
 
 impl Preparer {
     fn new(core: &Core) -> Self {
-        Preparer { last: HashMap::new(), ahead: (core.opts.queue_capacity as u64).max(1 << 17) }
+        Preparer { last: HashMap::new(), ahead: (core.opts.queue_capacity as u64 * 4).max(1 << 17) }
     }
 
     fn prepare(&mut self, core: &Core, topic: &Topic, queue: Option<u16>) {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chime_pipeline::{queue, StageCtx};
 
-use super::{EnqueueReq, FireReq, Origin, Ready, POLL};
+use super::{EnqueueReq, Origin, Ready, POLL};
 use crate::store::topics::Topic;
 use crate::store::Staged;
 use crate::timer::state;
@@ -27,14 +27,20 @@ use crate::timer::Core;
 /// amortise the writer lock, small enough that the first of a burst are visible at once.
 const CHUNK: usize = 1000;
 
-/// Messages held per slot of the queue in front (`timer.queue_capacity`): a staged message is
-/// about 150 bytes here (its record is in the log), so dequeue-put can hold a burst's worth
-/// ahead of its time.
-const HOLD_PER_QUEUE_SLOT: usize = 4;
+/// Messages held per slot of the queue in front (`timer.queue_capacity`, so 1,048,576 by
+/// default): a staged message is about 100 bytes here (its record is in the log), so
+/// dequeue-put can hold a burst of a million ahead of its time. Holding only 4 per slot, a
+/// million due in one second were all visible 0.66–1.02 s after it; 16, 0.25–0.49 s
+/// (`bench/RESULTS.md`, "Bursts").
+const HOLD_PER_QUEUE_SLOT: usize = 16;
 
-/// A fired message stored ahead of its time, waiting for its millisecond.
+/// A fired message stored ahead of its time, waiting for its millisecond (72 bytes: a burst of
+/// a million is held in about 100 MB with its heap key).
 struct Waiting {
-    fire: FireReq,
+    /// Its state cell (the system-topic offset of its scheduled record).
+    cell: u64,
+    deliver_at: i64,
+    origin: Origin,
     topic: Arc<Topic>,
     queue: u16,
     staged: Staged,
@@ -88,7 +94,7 @@ struct Held {
 impl Held {
     fn push(&mut self, w: Waiting) {
         self.seq += 1;
-        let key = std::cmp::Reverse((w.fire.unit.deliver_at, self.seq));
+        let key = std::cmp::Reverse((w.deliver_at, self.seq));
         let slot = match self.free.pop() {
             Some(i) => {
                 self.items[i as usize] = Some(w);
@@ -160,6 +166,9 @@ pub(super) fn dequeue_put(
         let _ = bell.try_send(());
     };
     let poll_ms = POLL.as_millis() as i64;
+    // However the stage ends (a stop, a panic), what it holds is dropped, to be fired again by
+    // the next start: it must not keep pinning the log meanwhile.
+    let _unpin = Unpin(core);
     while !ctx.stopped() {
         // Publish what is due by the clock read now (never before its millisecond), a chunk at
         // a time, so the first chunk of a burst is visible while later ones are still published.
@@ -192,6 +201,15 @@ pub(super) fn dequeue_put(
     }
 }
 
+/// Clears the staged floor when dequeue-put ends.
+struct Unpin<'a>(&'a Core);
+
+impl Drop for Unpin<'_> {
+    fn drop(&mut self) {
+        self.0.staged_floor.store(u64::MAX, Ordering::Release);
+    }
+}
+
 /// Stages `incoming` (each run of one topic and queue with one append); what could not be
 /// stored stays in `incoming`. Returns false if the store refused.
 fn stage(core: &Core, incoming: &mut Vec<Ready>, held: &mut Held) -> bool {
@@ -214,13 +232,24 @@ fn stage(core: &Core, incoming: &mut Vec<Ready>, held: &mut Held) -> bool {
             continue;
         }
         let q = queue.unwrap_or_else(|| topic.pick_queue());
+        // Retention must see the floor before the records exist: a pass that starts meanwhile
+        // could otherwise reclaim the segment they land in once the log has moved past it.
+        core.staged_floor.fetch_min(core.store.write_pos(), Ordering::AcqRel);
         let mut recs: Vec<Vec<u8>> =
             run.iter_mut().map(|r| std::mem::take(&mut r.out.as_mut().expect("a fire").2)).collect();
         match core.store.append_staged(&topic, q, &mut recs) {
             Ok(staged) => {
                 let chunk = held.chunks.add(staged[0].log_offset, staged.len());
                 for (r, s) in run.into_iter().zip(staged) {
-                    held.push(Waiting { fire: r.fire, topic: topic.clone(), queue: q, staged: s, chunk });
+                    held.push(Waiting {
+                        cell: r.fire.unit.sys_offset,
+                        deliver_at: r.fire.unit.deliver_at,
+                        origin: r.fire.origin,
+                        topic: topic.clone(),
+                        queue: q,
+                        staged: s,
+                        chunk,
+                    });
                 }
             }
             Err(e) => {
@@ -269,7 +298,7 @@ fn publish(core: &Core, due: Vec<Waiting>, chunks: &mut Chunks) -> Vec<Waiting> 
     for (topic, queue, group) in by_queue {
         let mut fires = Vec::with_capacity(group.len());
         for w in group {
-            let cell = w.fire.unit.sys_offset;
+            let cell = w.cell;
             match core.states.transition(cell, state::SCHEDULED, state::FIRING) {
                 // Anything else: cancelled, or already fired by another unit of the same
                 // message (re-placed after a restart). Start-up turned crash-interrupted
@@ -277,7 +306,7 @@ fn publish(core: &Core, due: Vec<Waiting>, chunks: &mut Chunks) -> Vec<Waiting> 
                 Ok(state::SCHEDULED) => fires.push(w),
                 Ok(_) => {
                     chunks.release(w.chunk);
-                    core.done(&w.fire);
+                    core.done_all([(w.origin, w.cell)]);
                 }
                 Err(e) => panic!("state cell {cell} unreadable: {e}"),
             }
@@ -289,27 +318,26 @@ fn publish(core: &Core, due: Vec<Waiting>, chunks: &mut Chunks) -> Vec<Waiting> 
         match core.store.publish_staged(&topic, queue, &staged) {
             Ok(p) => {
                 // The cells stay FIRING until the log is durable past `p.end` (`settle`).
-                let cells = fires.iter().map(|w| w.fire.unit.sys_offset).collect();
+                let cells = fires.iter().map(|w| w.cell).collect();
                 core.unsettled.lock().push((p.end, cells));
                 let mut late = core.lateness.lock();
                 for w in &fires {
-                    let u = &w.fire.unit;
-                    let lateness = (p.store_ms - u.deliver_at).max(0) as u64;
+                    let lateness = (p.store_ms - w.deliver_at).max(0) as u64;
                     let _ = late.record(lateness);
-                    if u.deliver_at < core.started_ms && lateness > 1000 {
+                    if w.deliver_at < core.started_ms && lateness > 1000 {
                         core.counters.late_after_downtime.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 drop(late);
                 core.counters.fired.fetch_add(fires.len() as u64, Ordering::Relaxed);
-                core.uncount(Some(&topic.name), fires.iter().map(|w| w.fire.unit.deliver_at));
+                core.uncount(Some(&topic.name), fires.iter().map(|w| w.deliver_at));
                 fires.iter().for_each(|w| chunks.release(w.chunk));
-                core.done_all(fires.iter().map(|w| &w.fire));
+                core.done_all(fires.iter().map(|w| (w.origin, w.cell)));
             }
             Err(e) => {
                 tracing::error!(error = %e, topic = %topic.name, "cannot publish fired messages; retrying");
                 for w in fires {
-                    let _ = core.states.transition(w.fire.unit.sys_offset, state::FIRING, state::SCHEDULED);
+                    let _ = core.states.transition(w.cell, state::FIRING, state::SCHEDULED);
                     failed.push(w);
                 }
             }

@@ -167,16 +167,16 @@ pub(super) fn spawn(
 impl Core {
     /// Marks a fire request finished (fired, skipped or re-placed).
     fn done(&self, f: &FireReq) {
-        self.done_all([f]);
+        self.done_all([(f.origin, f.unit.sys_offset)]);
     }
 
-    /// Marks fire requests finished, under one lock.
-    fn done_all<'a>(&self, fires: impl IntoIterator<Item = &'a FireReq>) {
+    /// Marks fire requests finished (each its origin and state cell), under one lock.
+    fn done_all(&self, fires: impl IntoIterator<Item = (Origin, u64)>) {
         let mut p = self.progress.lock();
-        for f in fires {
-            match f.origin {
+        for (origin, cell) in fires {
+            match origin {
                 Origin::Slot(s) => p.slot_done(s),
-                Origin::Direct => p.direct_done(f.unit.sys_offset),
+                Origin::Direct => p.direct_done(cell),
             }
         }
     }
