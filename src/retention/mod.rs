@@ -285,21 +285,16 @@ impl Retention {
             // Past its retention a segment goes whatever it holds (its copies age from now);
             // for size or disk pressure only if that frees at least half of it, or the same
             // pending messages would be copied round and round.
-            if let Some(floor) = self.timer.staged_floor().filter(|&f| f < end) {
+            let pins = [
+                (self.timer.staged_floor(), "fired messages stored ahead of their time"),
+                (self.pinned_floor(), "a prepared transaction's records"),
+            ];
+            if let Some((floor, what)) = pins.into_iter().find_map(|(f, what)| Some((f.filter(|&f| f < end)?, what))) {
                 tick.pinned = Pinned {
                     segments: 1,
                     bytes: end - base,
                     pending_messages: 0,
-                    reason: Some(format!("segment {base}: fired messages stored ahead of their time (offset {floor})")),
-                };
-                break;
-            }
-            if let Some(floor) = self.pinned_floor().filter(|&f| f < end) {
-                tick.pinned = Pinned {
-                    segments: 1,
-                    bytes: end - base,
-                    pending_messages: 0,
-                    reason: Some(format!("segment {base}: a prepared transaction's records (offset {floor})")),
+                    reason: Some(format!("segment {base}: {what} (offset {floor})")),
                 };
                 break;
             }
