@@ -152,11 +152,39 @@ pub async fn read_json<T: DeserializeOwned + Default>(body: Body, limit: usize) 
     parse_json(&read_limited(body, limit).await?)
 }
 
-/// Parses a JSON body; an empty body, or JSON `null`, parses as `T::default()` (the spec lets
-/// an optional body be either).
+/// Parses a JSON object body; an empty body, or JSON `null`, parses as `T::default()` (the spec
+/// lets an optional body be either). Anything but an object is refused: serde would otherwise
+/// read a JSON array as a struct's fields in order (`[null, null]` as both absent).
 pub fn parse_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.trim_ascii().is_empty() || bytes.trim_ascii() == b"null" {
+    let text = bytes.trim_ascii();
+    if text.is_empty() || text == b"null" {
         return Ok(T::default());
     }
+    if text.first() != Some(&b'{') {
+        return Err(ApiError::invalid("invalid JSON body: expected an object"));
+    }
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_json;
+
+    #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct In {
+        max: Option<i64>,
+        wait_ms: Option<i64>,
+    }
+
+    #[test]
+    fn only_an_object_or_nothing_parses() {
+        assert_eq!(parse_json::<In>(b"").unwrap(), In::default());
+        assert_eq!(parse_json::<In>(b" null ").unwrap(), In::default());
+        assert_eq!(parse_json::<In>(br#" {"max": 3}"#).unwrap(), In { max: Some(3), wait_ms: None });
+        for bad in [&b"[null, null]"[..], b"[1, 2]", b"3", b"\"x\"", b"true", b"{", b"{\"other\": 1}"] {
+            let e = parse_json::<In>(bad).unwrap_err();
+            assert_eq!(e.code.status(), axum::http::StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }
