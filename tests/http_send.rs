@@ -107,6 +107,9 @@ async fn every_bad_send_gets_its_code_and_changes_nothing() {
         ("t", "not json".into(), 400, "INVALID_ARGUMENT"),
         ("t", "".into(), 400, "INVALID_ARGUMENT"),
         ("t", "[]".into(), 400, "INVALID_ARGUMENT"),
+        // An element that is an array of a message's fields in order (serde alone accepts it).
+        ("t", "[[\"x\"]]".into(), 400, "INVALID_ARGUMENT"),
+        ("t", "[{\"body\":\"ok\"}, [\"x\"]]".into(), 400, "INVALID_ARGUMENT"),
         ("t", "[{\"body\":\"ok\"}, {\"body\": 1}]".into(), 400, "INVALID_ARGUMENT"),
         ("t", "[{\"body\":\"ok\"}, {\"body\":\"x\",\"delay_level\":0}]".into(), 400, "INVALID_ARGUMENT"),
         ("t", r#"{"body": "x", "delay_ms": 400000000000}"#.into(), 400, "DELAY_OUT_OF_RANGE"),

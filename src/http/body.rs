@@ -166,9 +166,43 @@ pub fn parse_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiE
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
+/// `T` read from a JSON object only. serde's derived structs also accept an array of their
+/// fields in order, which no client means: a batch's element `["x"]` would be a message.
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData)).map(ObjectOnly)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_json;
+    use super::{parse_json, ObjectOnly};
+
+    #[test]
+    fn object_only_refuses_an_array_of_fields() {
+        let ok: Vec<ObjectOnly<In>> = serde_json::from_str(r#"[{"max": 1}, {}]"#).unwrap();
+        assert_eq!(
+            ok.into_iter().map(|o| o.0).collect::<Vec<_>>(),
+            [In { max: Some(1), wait_ms: None }, In::default()]
+        );
+        let plain: Result<Vec<In>, _> = serde_json::from_str("[[1, 2]]");
+        assert!(plain.is_ok(), "what serde does without it");
+        for bad in ["[[1, 2]]", "[3]", r#"[{"max": 1}, null]"#, r#"[{"nope": 1}]"#] {
+            assert!(serde_json::from_str::<Vec<ObjectOnly<In>>>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[derive(serde::Deserialize, Default, Debug, PartialEq)]
     #[serde(deny_unknown_fields)]

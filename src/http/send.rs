@@ -396,7 +396,7 @@ pub async fn send(
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let (msgs, batch) = match first {
         Some(b'[') => {
-            let raw: Vec<MessageIn> =
+            let raw: Vec<super::body::ObjectOnly<MessageIn>> =
                 serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid batch: {e}")))?;
             if raw.is_empty() || raw.len() > MAX_BATCH {
                 return Err(ApiError::invalid(format!("a batch holds 1..={MAX_BATCH} messages, got {}", raw.len())));
@@ -404,7 +404,7 @@ pub async fn send(
             let msgs = raw
                 .into_iter()
                 .enumerate()
-                .map(|(i, m)| to_new_message(m, &format!("messages[{i}]"), now, limits))
+                .map(|(i, m)| to_new_message(m.0, &format!("messages[{i}]"), now, limits))
                 .collect::<Result<Vec<_>, _>>()?;
             (msgs, true)
         }
