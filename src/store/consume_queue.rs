@@ -41,6 +41,11 @@ pub struct CqEntry {
 pub const STAGED_ENTRY: u32 = 1 << 31;
 
 impl CqEntry {
+    /// The entry of the `i`-th message the publish record at `publish_offset` names.
+    pub fn published(publish_offset: u64, i: usize, tag_hash: u64) -> Self {
+        CqEntry { log_offset: publish_offset, size: STAGED_ENTRY | i as u32, tag_hash }
+    }
+
     /// For an entry of a published message: its index in the publish record at `log_offset`.
     pub fn published_index(&self) -> Option<usize> {
         (self.size & STAGED_ENTRY != 0).then_some((self.size & !STAGED_ENTRY) as usize)
@@ -229,8 +234,9 @@ impl ConsumeQueue {
         self.next.fetch_max(upto, Ordering::AcqRel);
     }
 
-    /// Writes `entries` from entry `first` on without publishing them (as [`Self::write`]
-    /// each), one copy per segment they fall in: a publish writes a thousand at once.
+    /// Writes `entries` from entry `first` on without publishing them (readers see them once
+    /// [`Self::publish`] passes them), so a batch becomes visible whole: one copy per segment
+    /// they fall in (a publish writes a thousand at once).
     pub fn write_run(&self, first: u64, entries: &[CqEntry]) -> io::Result<()> {
         let per_seg = self.segment_entries();
         let (mut at, mut rest) = (first, entries);
@@ -240,26 +246,21 @@ impl ConsumeQueue {
             let (now, later) = rest.split_at(room.min(rest.len()));
             buf.clear();
             now.iter().for_each(|e| buf.extend_from_slice(&e.encode()));
-            let pos = at * ENTRY_LEN as u64;
-            let seg = match self.segs.find(pos) {
-                Some(seg) => seg,
-                None => self.segs.create(pos / self.segs.segment_size() * self.segs.segment_size())?,
-            };
-            if !seg.file.append_at((pos - seg.base) as usize, &buf) {
-                return Err(io::Error::other(format!(
-                    "consume queue {} refused entry {at}",
-                    self.segs.dir().display()
-                )));
-            }
+            self.write_bytes(at, &buf)?;
             at += now.len() as u64;
             rest = later;
         }
         Ok(())
     }
 
-    /// Writes entry `index` without publishing it (readers see it once [`Self::publish`]
-    /// passes it), so a batch becomes visible whole.
+    /// Writes entry `index` without publishing it ([`Self::write_run`] of one).
     pub fn write(&self, index: u64, entry: CqEntry) -> io::Result<()> {
+        self.write_bytes(index, &entry.encode())
+    }
+
+    /// Copies encoded entries from entry `index` on into its segment (created if missing);
+    /// they must not cross its end.
+    fn write_bytes(&self, index: u64, bytes: &[u8]) -> io::Result<()> {
         let pos = index * ENTRY_LEN as u64;
         let seg = match self.segs.find(pos) {
             Some(seg) => seg,
@@ -268,7 +269,7 @@ impl ConsumeQueue {
                 self.segs.create(pos / seg_size * seg_size)?
             }
         };
-        if !seg.file.append_at((pos - seg.base) as usize, &entry.encode()) {
+        if !seg.file.append_at((pos - seg.base) as usize, bytes) {
             return Err(io::Error::other(format!("consume queue {} refused entry {index}", self.segs.dir().display())));
         }
         Ok(())

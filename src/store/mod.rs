@@ -145,6 +145,14 @@ struct Writer {
     scratch: Vec<u8>,
 }
 
+impl Writer {
+    /// The store time of the next append: `now`, or the last one if the clock went back.
+    fn stamp(&mut self, now: i64) -> i64 {
+        self.last_store_ms = now.max(self.last_store_ms);
+        self.last_store_ms
+    }
+}
+
 pub struct Store {
     opts: StoreOptions,
     clock: SharedClock,
@@ -356,9 +364,7 @@ impl Store {
     ) -> Result<Vec<AppendResult>, StoreError> {
         self.check_writable()?;
         // Everything fallible happens before the first byte is written.
-        self.log
-            .prepare(&w.log, bounds.iter().map(|r| r.len()))
-            .map_err(|e| self.durability.io_error("allocate commit-log segment", e))?;
+        self.prepare_log(w, bounds.iter().map(|r| r.len()))?;
         for ((topic, n), &q) in parts.iter().zip(queues) {
             let cq = &topic.queues[q as usize];
             if !topic.queue_used(q) {
@@ -368,8 +374,7 @@ impl Store {
                 .map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
         }
 
-        let store_ms = self.clock.now_ms().max(w.last_store_ms);
-        w.last_store_ms = store_ms;
+        let store_ms = w.stamp(self.clock.now_ms());
         let mut results = Vec::with_capacity(parts.len());
         let mut bounds = bounds.iter();
         // Index entries are published only after the whole batch (below), so a queue that two
@@ -392,19 +397,10 @@ impl Store {
                 let crc = record::seal(rec, qo, store_ms, if last { FLAG_BATCH_END } else { 0 });
                 let deliver_at_ms = record::raw_deliver_at(rec);
                 let tag = tag_hash(record::raw_tag(rec));
-                let offset = self
-                    .log
-                    .append(&mut w.log, rec)
-                    .map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))?;
+                let offset = self.write_record(w, rec)?;
                 cq.write(qo, CqEntry { log_offset: offset, size: rec.len() as u32, tag_hash: tag })
                     .map_err(|e| self.durability.poison(format!("consume-queue append failed: {e}")))?;
-                if record::raw_has_keys(rec) {
-                    // The index is rebuildable: a failure (a full disk) loses lookups of these
-                    // keys until a restart replays them, never the message.
-                    if let Err(e) = self.keys.add(&topic.name, record::raw_keys(rec), offset) {
-                        tracing::warn!(error = %e, "key index: cannot add a record's keys");
-                    }
-                }
+                self.index_keys(&topic.name, rec, offset);
                 out.push(Appended {
                     id: MessageId { offset, crc },
                     queue_id,
@@ -425,6 +421,29 @@ impl Store {
         }
         let end = w.log.pos();
         Ok(results.into_iter().map(|messages| AppendResult { messages, end }).collect())
+    }
+
+    /// Makes room in the commit log for records of `lens` bytes (a new segment if needed), before
+    /// anything is written: a full disk fails here, with nothing to undo.
+    fn prepare_log(&self, w: &Writer, lens: impl Iterator<Item = usize>) -> Result<(), StoreError> {
+        self.log.prepare(&w.log, lens).map_err(|e| self.durability.io_error("allocate commit-log segment", e))
+    }
+
+    /// Appends one sealed record to the commit log (unpublished until `log.publish`); a failed
+    /// write poisons the store.
+    fn write_record(&self, w: &mut Writer, rec: &[u8]) -> Result<u64, StoreError> {
+        self.log.append(&mut w.log, rec).map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))
+    }
+
+    /// Adds the keys of the record at `offset` to the key index. The index is rebuildable: a
+    /// failure (a full disk) loses lookups of these keys until a restart replays them, never
+    /// the message.
+    fn index_keys(&self, topic: &str, rec: &[u8], offset: u64) {
+        if record::raw_has_keys(rec) {
+            if let Err(e) = self.keys.add(topic, record::raw_keys(rec), offset) {
+                tracing::warn!(error = %e, "key index: cannot add a record's keys");
+            }
+        }
     }
 
     /// Waits until the log is durable up to `end` (immediately under [`FlushPolicy::Async`]).

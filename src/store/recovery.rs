@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use super::checkpoint::Checkpoint;
 use super::commitlog::{CommitLog, LogRecovery, LogWriter};
-use super::consume_queue::{tag_hash, CqEntry, STAGED_ENTRY};
+use super::consume_queue::{tag_hash, CqEntry};
 use super::key_index::KeyIndex;
 use super::topics::{RecoveringTopics, Topics};
 use super::{StoreError, StoreOptions};
@@ -158,21 +158,15 @@ fn reindex(
         }
         // A staged record is in no queue until a publish record names it (`super::staged`);
         // a publish record's entries point at it, one per message it names.
-        let entries: Vec<CqEntry> = if rec.staged() {
+        if rec.staged() {
             return;
-        } else if rec.publish() {
-            rec.published()
-                .enumerate()
-                .map(|(i, (_, tag))| CqEntry { log_offset: offset, size: STAGED_ENTRY | i as u32, tag_hash: tag })
-                .collect()
-        } else {
-            vec![CqEntry { log_offset: offset, size: len, tag_hash: tag_hash(rec.tag) }]
-        };
+        }
+        let single = (!rec.publish()).then(|| CqEntry { log_offset: offset, size: len, tag_hash: tag_hash(rec.tag) });
+        let published = rec.published().enumerate().map(|(i, (_, tag))| CqEntry::published(offset, i, tag));
         let result = topics.get_or_create(rec.topic, rec.queue_id).and_then(|t| {
             let q = &mut t.queues[rec.queue_id as usize];
             gap |= rec.queue_offset > q.next();
-            for (i, entry) in entries.into_iter().enumerate() {
-                let at = rec.queue_offset + i as u64;
+            for (at, entry) in (rec.queue_offset..).zip(single.into_iter().chain(published)) {
                 let before = q.get(at);
                 q.recover_put(at, entry).map_err(StoreError::io(format!("rebuild consume queue of {}", rec.topic)))?;
                 if before != Some(entry) {

@@ -26,7 +26,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::consume_queue::{CqEntry, STAGED_ENTRY};
+use super::consume_queue::CqEntry;
 use super::record::{self, NewMessage, FLAG_PUBLISH, FLAG_STAGED};
 use super::topics::Topic;
 use super::{tag_hash, Store, StoreError, VerifiedRecord};
@@ -85,25 +85,15 @@ impl Store {
         self.check_writable()?;
         let mut w = self.writer.lock();
         self.check_writable()?;
-        self.log
-            .prepare(&w.log, recs.iter().map(Vec::len))
-            .map_err(|e| self.durability.io_error("allocate commit-log segment", e))?;
-        let store_ms = self.clock.now_ms().max(w.last_store_ms);
-        w.last_store_ms = store_ms;
+        self.prepare_log(&w, recs.iter().map(Vec::len))?;
+        let store_ms = w.stamp(self.clock.now_ms());
         let mut out = Vec::with_capacity(recs.len());
         for rec in recs.iter_mut() {
             record::set_queue(rec, queue, FLAG_STAGED);
             record::seal(rec, 0, store_ms, 0);
             let tag = tag_hash(record::raw_tag(rec));
-            let offset = self
-                .log
-                .append(&mut w.log, rec)
-                .map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))?;
-            if record::raw_has_keys(rec) {
-                if let Err(e) = self.keys.add(&topic.name, record::raw_keys(rec), offset) {
-                    tracing::warn!(error = %e, "key index: cannot add a record's keys");
-                }
-            }
+            let offset = self.write_record(&mut w, rec)?;
+            self.index_keys(&topic.name, rec, offset);
             out.push(Staged { log_offset: offset, tag_hash: tag });
         }
         self.log.publish(&w.log);
@@ -128,24 +118,17 @@ impl Store {
         let mut w = self.writer.lock();
         self.check_writable()?;
         // Everything fallible happens before the first byte is written.
-        self.log
-            .prepare(&w.log, std::iter::once(rec.len()))
-            .map_err(|e| self.durability.io_error("allocate commit-log segment", e))?;
+        self.prepare_log(&w, std::iter::once(rec.len()))?;
         if !topic.queue_used(queue) {
             self.topics.mark_used(topic, queue)?;
         }
         cq.prepare(cq.next(), n).map_err(|e| self.durability.io_error("allocate consume-queue segment", e))?;
-        let store_ms = self.clock.now_ms().max(w.last_store_ms);
-        w.last_store_ms = store_ms;
+        let store_ms = w.stamp(self.clock.now_ms());
         let first = cq.next();
         record::seal(&mut rec, first, store_ms, 0);
-        let offset = self
-            .log
-            .append(&mut w.log, &rec)
-            .map_err(|e| self.durability.poison(format!("commit-log append failed: {e}")))?;
-        let entries: Vec<CqEntry> = (staged.iter().enumerate())
-            .map(|(i, s)| CqEntry { log_offset: offset, size: STAGED_ENTRY | i as u32, tag_hash: s.tag_hash })
-            .collect();
+        let offset = self.write_record(&mut w, &rec)?;
+        let entries: Vec<CqEntry> =
+            staged.iter().enumerate().map(|(i, s)| CqEntry::published(offset, i, s.tag_hash)).collect();
         cq.write_run(first, &entries)
             .map_err(|e| self.durability.poison(format!("consume-queue append failed: {e}")))?;
         self.log.publish(&w.log);
