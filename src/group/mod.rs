@@ -928,11 +928,9 @@ impl Groups {
         expr: &TagExpr,
     ) -> Option<Checked> {
         let entry = entry?;
-        if entry.log_offset < self.store.min_offset() {
-            return None; // reclaimed by retention (a redelivery of it is dropped)
-        }
         let r = match self.store.read_entry(&topic.name, queue_id, offset, entry) {
             Ok(r) => r,
+            // Reclaimed by retention (a redelivery of it is dropped).
             Err(crate::store::Unresolved::Reclaimed) => return None,
             Err(crate::store::Unresolved::NotIts) => {
                 tracing::error!(topic = %topic.name, queue_id, offset, log_offset = entry.log_offset,

@@ -192,9 +192,7 @@ pub async fn receive(
 fn render(topic: &str, deliveries: &[Delivery]) -> Response {
     let mut out = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        let mut m = crate::service::deliver(&d.record.record(), d.log_offset);
-        // A fired message stored ahead of its time became visible when it was published.
-        m.visible_at_ms = d.visible_at_ms;
+        let m = crate::service::deliver(&d.record.record(), d.log_offset);
         let (body, body_base64) = if m.binary {
             (None, Some(base64::engine::general_purpose::STANDARD.encode(m.body)))
         } else {
@@ -214,7 +212,9 @@ fn render(topic: &str, deliveries: &[Delivery]) -> Response {
             body_base64,
             born_at_ms: m.born_ms,
             deliver_at_ms: m.deliver_at_ms,
-            visible_at_ms: m.visible_at_ms,
+            // Not the record's store time: a fired message stored ahead of its time became
+            // visible when it was published (`crate::store::staged`).
+            visible_at_ms: d.visible_at_ms,
             delivery_attempt: d.attempt,
             receipt_handle: &d.receipt_handle,
             message_group: m.message_group,

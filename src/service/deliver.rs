@@ -1,6 +1,8 @@
 //! Delivery: what a consumer sees of a stored record. A fired message (and a redelivery or a
 //! dead letter) carries the id its sender was given (in a reserved property); reserved
-//! properties are not shown, but a dead letter's say where it came from.
+//! properties are not shown, but a dead letter's say where it came from. When it became visible
+//! is not here: it is not always the record's store time (a fired message is stored ahead of
+//! its time, `crate::store::staged`), so a delivery carries it (`Delivery::visible_at_ms`).
 
 use crate::group::fifo::PROP_MESSAGE_GROUP;
 use crate::group::{PROP_DLQ_ATTEMPTS, PROP_DLQ_GROUP, PROP_DLQ_TOPIC};
@@ -31,10 +33,6 @@ pub struct DeliveredMessage<'a> {
     pub binary: bool,
     pub born_ms: i64,
     pub deliver_at_ms: i64,
-    /// When it became visible: the store time of this record. For a delivery, take the
-    /// group's `Delivery::visible_at_ms` instead: a fired message the timer stored ahead of its
-    /// time (`crate::store::staged`) became visible when it was published, after its store time.
-    pub visible_at_ms: i64,
     /// For a message in a dead letter topic: where it came from.
     pub dead_letter: Option<DeadLetterInfo<'a>>,
     /// Its ordering key, if it was sent with one.
@@ -72,6 +70,5 @@ pub fn deliver<'a>(rec: &Record<'a>, log_offset: u64) -> DeliveredMessage<'a> {
         binary: rec.binary(),
         born_ms: rec.born_ms,
         deliver_at_ms: rec.deliver_at_ms,
-        visible_at_ms: rec.store_ms,
     }
 }
