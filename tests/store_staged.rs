@@ -36,6 +36,15 @@ fn encoded(topic: &str, body: &str, at: i64) -> Vec<u8> {
     out
 }
 
+/// A new store on a manual clock at `T0`, with topic `fired` of one queue.
+fn fresh() -> (tempfile::TempDir, Arc<ManualClock>, Arc<Store>, Arc<Topic>) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = open(dir.path(), &clock);
+    let (t, _) = store.topics().create("fired", 1).unwrap();
+    (dir, clock, store, t)
+}
+
 fn stage(store: &Store, t: &Topic, bodies: &[&str], at: i64) -> Vec<Staged> {
     let mut recs: Vec<Vec<u8>> = bodies.iter().map(|b| encoded(&t.name, b, at)).collect();
     store.append_staged(t, 0, &mut recs).unwrap()
@@ -55,10 +64,7 @@ fn visible(store: &Store, topic: &str) -> Vec<(String, i64)> {
 
 #[test]
 fn staged_messages_are_invisible_until_published_then_visible_at_the_publish_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let store = open(dir.path(), &clock);
-    let (t, _) = store.topics().create("fired", 1).unwrap();
+    let (_dir, clock, store, t) = fresh();
     let staged = stage(&store, &t, &["a", "b", "c"], T0 + 500);
     assert_eq!(t.queues[0].next(), 0, "staged records are in no consume queue");
     assert!(staged.windows(2).all(|w| w[0].log_offset < w[1].log_offset));
@@ -84,10 +90,7 @@ fn staged_messages_are_invisible_until_published_then_visible_at_the_publish_tim
 
 #[test]
 fn recovery_rebuilds_published_entries_and_never_indexes_unpublished_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let store = open(dir.path(), &clock);
-    let (t, _) = store.topics().create("fired", 1).unwrap();
+    let (dir, clock, store, t) = fresh();
     let published = stage(&store, &t, &["p1", "p2"], T0 + 10);
     let _never = stage(&store, &t, &["cancelled"], T0 + 20);
     clock.advance(10);
@@ -109,10 +112,7 @@ fn recovery_rebuilds_published_entries_and_never_indexes_unpublished_ones() {
 
 #[test]
 fn a_publish_record_recovery_cuts_takes_its_entries_with_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let store = open(dir.path(), &clock);
-    let (t, _) = store.topics().create("fired", 1).unwrap();
+    let (dir, clock, store, t) = fresh();
     let staged = stage(&store, &t, &["x", "y"], T0);
     store.publish_staged(&t, 0, &staged).unwrap();
     let publish_at = t.queues[0].get(0).unwrap().log_offset;

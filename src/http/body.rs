@@ -153,21 +153,20 @@ pub async fn read_json<T: DeserializeOwned + Default>(body: Body, limit: usize) 
 }
 
 /// Parses a JSON object body; an empty body, or JSON `null`, parses as `T::default()` (the spec
-/// lets an optional body be either). Anything but an object is refused: serde would otherwise
-/// read a JSON array as a struct's fields in order (`[null, null]` as both absent).
+/// lets an optional body be either). Anything but an object is refused ([`ObjectOnly`]).
 pub fn parse_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     let text = bytes.trim_ascii();
     if text.is_empty() || text == b"null" {
         return Ok(T::default());
     }
-    if text.first() != Some(&b'{') {
-        return Err(ApiError::invalid("invalid JSON body: expected an object"));
-    }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    serde_json::from_slice::<ObjectOnly<T>>(bytes)
+        .map(|o| o.0)
+        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
 /// `T` read from a JSON object only. serde's derived structs also accept an array of their
-/// fields in order, which no client means: a batch's element `["x"]` would be a message.
+/// fields in order, which no client means: `[null, null]` would be a body with both fields
+/// absent, a batch's element `["x"]` a message.
 pub struct ObjectOnly<T>(pub T);
 
 impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {

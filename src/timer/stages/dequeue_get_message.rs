@@ -70,7 +70,7 @@ struct Preparer {
 
 impl Preparer {
     fn new(core: &Core) -> Self {
-        Preparer { last: HashMap::new(), ahead: (core.opts.queue_capacity as u64 * 4).max(1 << 17) }
+        Preparer { last: HashMap::new(), ahead: (super::dequeue_put::hold_capacity(&core.opts) as u64).max(1 << 17) }
     }
 
     fn prepare(&mut self, core: &Core, topic: &Topic, queue: Option<u16>) {

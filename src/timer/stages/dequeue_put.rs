@@ -34,6 +34,11 @@ const CHUNK: usize = 1000;
 /// (`bench/RESULTS.md`, "Bursts").
 const HOLD_PER_QUEUE_SLOT: usize = 16;
 
+/// Most fired messages dequeue-put holds (staged or about to be) for timer options `opts`.
+pub(super) fn hold_capacity(opts: &crate::timer::TimerOptions) -> usize {
+    opts.queue_capacity.saturating_mul(HOLD_PER_QUEUE_SLOT).max(CHUNK)
+}
+
 /// A fired message stored ahead of its time, waiting for its millisecond (72 bytes: a burst of
 /// a million is held in about 100 MB with its heap key).
 struct Waiting {
@@ -47,6 +52,9 @@ struct Waiting {
     /// The staging append it came from (`Chunks`).
     chunk: u64,
 }
+
+// What the held memory figures above assume.
+const _: () = assert!(std::mem::size_of::<Option<Waiting>>() == 72 && std::mem::size_of::<Key>() == 24);
 
 /// A held message's place in the heap: its deliver time, its arrival, its slot in `Held::items`
 /// (the heap moves these 24 bytes, not the message).
@@ -144,7 +152,7 @@ pub(super) fn dequeue_put(
     bell: &crossbeam_channel::Sender<()>,
     ctx: &StageCtx,
 ) {
-    let hold = core.opts.queue_capacity.saturating_mul(HOLD_PER_QUEUE_SLOT).max(CHUNK);
+    let hold = hold_capacity(&core.opts);
     let mut held = Held::default();
     // Fired messages received but not yet staged (at most a chunk, unless the store refuses).
     let mut incoming: Vec<Ready> = Vec::new();
